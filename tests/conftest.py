@@ -1,0 +1,20 @@
+"""Test set-up: four simulated CPU devices (for pmap tests) and the path to ../shared/data."""
+
+import os
+import pathlib
+
+# Must happen before JAX initialises its backends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+    """`../shared/data` beside the repository; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real-data test: {SHARED_DATA} is absent (CI has it)")
+    return SHARED_DATA
