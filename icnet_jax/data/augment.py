@@ -1,0 +1,250 @@
+"""Training augmentations and input normalisation for semantic segmentation, in numpy and OpenCV.
+
+Every random function takes an explicit `np.random.Generator`, so that a pipeline can make the
+randomness a function of its seed and the example's position (no global RNG anywhere).
+
+Conventions: images are `[H, W, 3]` RGB, `uint8` (or `float32` once padded with a fractional
+fill); labels are `[H, W]` class ids (`uint8` on input, 255 = ignore); sizes are `(height, width)`
+in pixels.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+Size = int | tuple[int, int]
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    """`(height, width)` from an int (square) or a pair; both must be positive."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return int(h), int(w)
+
+
+def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
+    """Raises ValueError unless `image` is `[H, W, 3]` and `label` is `[H, W]`."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3], got shape {image.shape}")
+    if label.shape != image.shape[:2]:
+        raise ValueError(
+            f"label must be [H, W] = {image.shape[:2]} like its image, got shape {label.shape}"
+        )
+
+
+def file_name_of(example: Mapping[str, Any]) -> str:
+    """The example's `file_name` as `str` (tfds gives `bytes`); `'<unnamed>'` when absent."""
+    name = example.get("file_name", "<unnamed>")
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def validate_example(example: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Checks a source example and returns `(image [H, W, 3] uint8, label [H, W] uint8)`.
+
+    Raises:
+      ValueError: naming the example's `file_name`, when a key is missing, a dtype is not uint8,
+        the image is not `[H, W, 3]`, the label is not `[H, W, 1]` (or `[H, W]`), or their
+        heights and widths differ.
+    """
+    name = file_name_of(example)
+    for key in ("image", "label"):
+        if key not in example:
+            raise ValueError(f"example {name!r} has no {key!r} (keys: {sorted(example)})")
+    image = np.asarray(example["image"])
+    label = np.asarray(example["label"])
+    for key, array in (("image", image), ("label", label)):
+        if array.dtype != np.uint8:
+            raise ValueError(f"example {name!r}: {key} must be uint8, got {array.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"example {name!r}: image must be [H, W, 3], got shape {image.shape}")
+    if label.ndim == 3 and label.shape[2] == 1:
+        label = label[:, :, 0]
+    if label.ndim != 2:
+        raise ValueError(f"example {name!r}: label must be [H, W, 1], got shape {label.shape}")
+    if label.shape != image.shape[:2]:
+        raise ValueError(
+            f"example {name!r}: image is {image.shape[:2]} but label is {label.shape} (H, W)"
+        )
+    return image, label
+
+
+def random_resize(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescales both sides by one factor drawn uniformly from `scale_range`.
+
+    The image is resized bilinearly (half-pixel centres); the label by nearest neighbour, so its
+    values are always a subset of the input's (never a blend of two classes).
+
+    Args:
+      image: `[H, W, 3]`.
+      label: `[H, W]`.
+      rng: source of the scale.
+      scale_range: `(low, high)` factors, `0 < low <= high`.
+
+    Returns:
+      `(image [h, w, 3], label [h, w])` with `h = round(H * s)`, `w = round(W * s)` (at least 1);
+      the inputs themselves when the size does not change.
+    """
+    _check_pair(image, label)
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    scale = rng.uniform(low, high)
+    h, w = label.shape
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return image, label
+    # cv2 takes (width, height). INTER_NEAREST_EXACT samples the pixel whose centre is nearest;
+    # plain INTER_NEAREST is shifted by half a pixel.
+    image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return image, label
+
+
+def pad_to(
+    image: np.ndarray,
+    label: np.ndarray,
+    size: Size,
+    image_fill: Sequence[float],
+    ignore_label: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pads at the bottom and right up to at least `size`; never crops.
+
+    Args:
+      image: `[H, W, 3]`.
+      label: `[H, W]`.
+      size: minimum `(height, width)` (or an int for both).
+      image_fill: per-channel value of padded image pixels, in the image's channel order; pass
+        the normalisation mean so that padding becomes 0 after `normalize`.
+      ignore_label: value of padded label pixels.
+
+    Returns:
+      `(image [max(H, h), max(W, w), 3], label [max(H, h), max(W, w)])`; the inputs themselves
+      when no padding is needed. A uint8 image with a fill that is not a whole number comes back
+      as float32, so that the fill is exact.
+    """
+    _check_pair(image, label)
+    target_h, target_w = _pair(size)
+    h, w = label.shape
+    pad_h, pad_w = max(0, target_h - h), max(0, target_w - w)
+    if pad_h == 0 and pad_w == 0:
+        return image, label
+    fill = np.asarray(image_fill, dtype=np.float64)
+    if fill.shape != (3,):
+        raise ValueError(f"image_fill must have 3 values, got {image_fill}")
+    if image.dtype == np.uint8 and not np.array_equal(fill, np.round(fill)):
+        image = image.astype(np.float32)
+    padded_image = np.empty((h + pad_h, w + pad_w, 3), dtype=image.dtype)
+    padded_image[...] = fill.astype(image.dtype)
+    padded_image[:h, :w] = image
+    padded_label = np.full((h + pad_h, w + pad_w), ignore_label, dtype=label.dtype)
+    padded_label[:h, :w] = label
+    return padded_image, padded_label
+
+
+def random_crop(
+    image: np.ndarray, label: np.ndarray, size: Size, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts the same window, at a uniformly random offset, out of image and label.
+
+    Args:
+      image: `[H, W, 3]`, at least `size` (pad first with `pad_to`).
+      label: `[H, W]`.
+      size: `(height, width)` of the window (or an int for both).
+      rng: source of the offset.
+
+    Returns:
+      `(image [h, w, 3], label [h, w])`, views into the inputs.
+    """
+    _check_pair(image, label)
+    crop_h, crop_w = _pair(size)
+    h, w = label.shape
+    if h < crop_h or w < crop_w:
+        raise ValueError(f"cannot crop {(crop_h, crop_w)} out of {(h, w)}: pad first")
+    top = int(rng.integers(0, h - crop_h + 1))
+    left = int(rng.integers(0, w - crop_w + 1))
+    window = np.s_[top : top + crop_h, left : left + crop_w]
+    return image[window], label[window]
+
+
+def random_mirror(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """With probability 1/2 flips both image `[H, W, 3]` and label `[H, W]` left-right (views)."""
+    _check_pair(image, label)
+    if rng.random() < 0.5:
+        return image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
+def normalize(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool
+) -> np.ndarray:
+    """`(image - mean) / std` per channel, optionally reordered to BGR.
+
+    Args:
+      image: `[..., 3]` RGB, any real dtype, values in 0..255.
+      mean: per-channel mean in RGB order, 0..255 units (ImageNet: 123.68, 116.779, 103.939).
+      std: per-channel divisor in RGB order (all ones for the released ICNet, which does not scale).
+      bgr: whether the output channels are B, G, R (the released Caffe model) instead of R, G, B.
+
+    Returns:
+      float32 `[..., 3]`, contiguous.
+    """
+    mean_arr = np.asarray(mean, dtype=np.float32)
+    std_arr = np.asarray(std, dtype=np.float32)
+    if image.shape[-1] != 3 or mean_arr.shape != (3,) or std_arr.shape != (3,):
+        raise ValueError(
+            f"need image [..., 3] and 3 means and stds, got {image.shape}, {mean}, {std}"
+        )
+    if np.any(std_arr <= 0):
+        raise ValueError(f"std must be positive, got {std}")
+    if bgr:
+        image, mean_arr, std_arr = image[..., ::-1], mean_arr[::-1], std_arr[::-1]
+    out = image.astype(np.float32, order="C")  # a fresh array: safe to modify in place
+    out -= mean_arr
+    out /= std_arr
+    return out
+
+
+def train_transform(
+    example: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    crop_size: Size,
+    scale_range: tuple[float, float],
+    mirror: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    bgr: bool,
+    ignore_label: int,
+) -> dict[str, np.ndarray]:
+    """One training example: random resize, pad, random crop, random mirror, normalise.
+
+    Args:
+      example: `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W, 1], 'file_name': ...}`.
+      rng: the example's generator (all randomness comes from it).
+      crop_size: output `(height, width)` (or an int for both).
+      scale_range: `(low, high)` resize factors; `(1.0, 1.0)` turns resizing off.
+      mirror: whether to flip left-right with probability 1/2.
+      mean, std, bgr: as in `normalize` (mean and std in RGB order).
+      ignore_label: label of padded pixels.
+
+    Returns:
+      `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`; padded pixels are 0 in the image
+      and `ignore_label` in the label.
+    """
+    image, label = validate_example(example)
+    image, label = random_resize(image, label, rng, scale_range)
+    image, label = pad_to(image, label, crop_size, image_fill=mean, ignore_label=ignore_label)
+    image, label = random_crop(image, label, crop_size, rng)
+    if mirror:
+        image, label = random_mirror(image, label, rng)
+    return {"image": normalize(image, mean, std, bgr), "label": label.astype(np.int32)}

@@ -1,0 +1,122 @@
+"""The one entry point of the training code to the datasets: prepared once, read randomly.
+
+    source, info = get_data_source("cityscapes", "train", data_dir="data/tfds",
+                                   manual_dir="data/manual/cityscapes")
+    example = source[0]  # {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1], 'file_name': bytes}
+
+Datasets and their builder keyword arguments (see ``builders`` for each manual dir layout):
+
+- ``cityscapes``: ``on_bad_file``. Splits train, val, test, trainval.
+- ``camvid``: ``config='segnet'`` (default) or ``'original'``, ``on_bad_file``. Splits train, val,
+  test (those present), trainval.
+- ``coco_stuff``: ``config='10k'`` (default; splits train, test) or ``'164k'`` (train, val),
+  ``on_bad_file``.
+- ``custom``: ``dataset_name`` (tells prepared custom datasets apart), ``ignore_label`` (raw value
+  of ignored pixels, default 255), ``on_bad_file``. Splits: the subfolders of ``images/``.
+- ``street``: ``num_train``, ``num_val``, ``height``, ``width``, ``seed``; no manual dir.
+
+A dataset is prepared (written as array_record under ``data_dir``) on first use only; preparing
+again with another ``on_bad_file`` needs the prepared folder deleted. Reading needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from icnet_jax.data import labels as L
+from icnet_jax.data.builders import BUILDERS
+
+_log = logging.getLogger(__name__)
+
+
+def get_builder(
+    name: str,
+    *,
+    data_dir: str | pathlib.Path,
+    manual_dir: str | pathlib.Path | None = None,
+    **builder_kwargs: Any,
+) -> tfds.core.GeneratorBasedBuilder:
+    """The builder of dataset ``name`` (prepared if needed, so its ``info`` is complete)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(BUILDERS)}")
+    if name != "street":
+        builder_kwargs["manual_dir"] = manual_dir
+    builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
+    if not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+        skipped = getattr(builder, "skipped_files", [])
+        if skipped:
+            _log.warning("%s: %d bad files skipped, first: %s", name, len(skipped), skipped[0])
+    return builder
+
+
+def _split_spec(builder: tfds.core.GeneratorBasedBuilder, split: str) -> str:
+    """tfds split string for ``split``; ``trainval`` reads train and val without a copy."""
+    splits = builder.info.splits
+    if split in splits:
+        return split
+    if split == "trainval" and "train" in splits and "val" in splits:
+        return "train+val"
+    raise ValueError(
+        f"{builder.name}: no split {split!r}; available: {sorted(splits)} (+ trainval)"
+    )
+
+
+def dataset_info(name: str, builder: tfds.core.GeneratorBasedBuilder) -> L.DatasetInfo:
+    """Class names and palette stored with the prepared dataset."""
+    meta = builder.info.metadata
+    return L.DatasetInfo(
+        name, tuple(meta["class_names"]), np.asarray(meta["palette"], dtype=np.uint8)
+    )
+
+
+def get_data_source(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | pathlib.Path,
+    manual_dir: str | pathlib.Path | None = None,
+    **builder_kwargs: Any,
+) -> tuple[Any, L.DatasetInfo]:
+    """Prepares dataset ``name`` once and returns a random-access source of ``split``.
+
+    Args:
+      name: one of ``cityscapes``, ``camvid``, ``coco_stuff``, ``custom``, ``street``.
+      split: e.g. ``train``, ``val``, ``test``, ``trainval``.
+      data_dir: where prepared datasets live (``<data_dir>/icnet_<name>/<config>/<version>``).
+      manual_dir: folder with the downloaded archives/folders (default
+        ``<data_dir>/downloads/manual``); ignored for ``street``.
+      **builder_kwargs: per dataset, see the module docstring.
+
+    Returns:
+      source: ``len(source)`` examples; ``source[i]`` is a dict with ``image`` uint8
+        ``[H, W, 3]`` RGB, ``label`` uint8 ``[H, W, 1]`` train ids (255 = ignore) and
+        ``file_name`` (bytes).
+      info: class names, palette and ignore label.
+
+    Raises:
+      builders.MissingDataError: the manual dir lacks what the dataset needs.
+      builders.BadFileError: a bad file, with ``on_bad_file='error'`` (the default).
+    """
+    builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir, **builder_kwargs)
+    return builder.as_data_source(_split_spec(builder, split)), dataset_info(name, builder)
+
+
+def num_examples(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | pathlib.Path,
+    manual_dir: str | pathlib.Path | None = None,
+    **builder_kwargs: Any,
+) -> int:
+    """Number of examples of ``split`` (prepares the dataset if needed)."""
+    source, _ = get_data_source(
+        name, split, data_dir=data_dir, manual_dir=manual_dir, **builder_kwargs
+    )
+    return len(source)

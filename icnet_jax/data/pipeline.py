@@ -1,0 +1,215 @@
+"""grain input pipelines: an endless, sharded, shuffled, augmented training stream and a fixed-order
+evaluation stream, over any random-access source of segmentation examples.
+
+A source is anything with `len(src)` and `src[i]` returning
+`{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W, 1] (255 = ignore), 'file_name': str | bytes}`,
+such as a tfds `as_data_source` split or a list. With `worker_count > 0` it must be picklable
+(grain starts its workers with `spawn`).
+"""
+
+import functools
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+from grain.sources import RandomAccessDataSource
+
+from icnet_jax.data.augment import (
+    Size,
+    file_name_of,
+    normalize,
+    train_transform,
+    validate_example,
+)
+
+# Tags that split one user seed into independent streams for the shuffle and the augmentation.
+_SHUFFLE_STREAM = 0
+_AUGMENT_STREAM = 1
+
+
+def _derived_seed(seed: int, stream: int, process_index: int) -> int:
+    """A seed in [0, 2**32) for `stream` on host `process_index`, well mixed from `seed`.
+
+    grain seeds epoch e's shuffle with `seed + e`, so raw seeds s and s + 1 would replay each
+    other's epochs; hashing through SeedSequence keeps nearby user seeds unrelated. Folding in
+    the host keeps hosts from drawing identical crops and flips at the same step.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return int(np.random.SeedSequence([seed, stream, process_index]).generate_state(1)[0])
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index} and {process_count}"
+        )
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    """Examples per host and step: `global_batch_size // process_count`, which must be exact."""
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not a positive multiple of "
+            f"process_count {process_count}"
+        )
+    return global_batch_size // process_count
+
+
+def train_dataset(
+    source: RandomAccessDataSource,
+    *,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    crop_size: Size,
+    scale_range: tuple[float, float],
+    mirror: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    bgr: bool,
+    ignore_label: int,
+    seed: int,
+    worker_count: int = 0,
+    read_threads: int = 1,
+) -> grain.DatasetIterator:
+    """Endless iterator of augmented training batches for this host.
+
+    Host `p` of `P` reads source indices `p, p + P, ...` up to `(len(source) // P) * P` (equal,
+    disjoint shards; the last `len(source) % P` examples are never read). Each epoch visits the
+    shard in a new order derived from `seed` and the epoch number, and drops its last incomplete
+    batch, so every epoch has `(len(source) // P) // B_local` steps. Each example's augmentation
+    is drawn from a generator seeded by `seed`, the host and the example's position in the
+    host's stream, so the batches depend on none of `worker_count` or `read_threads`.
+
+    Args:
+      source: random-access examples (see the module docstring).
+      global_batch_size: examples per step over all hosts.
+      process_index, process_count: this host and the number of hosts (`jax.process_index()`,
+        `jax.process_count()`).
+      crop_size, scale_range, mirror, mean, std, bgr, ignore_label: see
+        `augment.train_transform`.
+      seed: any non-negative int; the same seed gives the same batches.
+      worker_count: grain worker processes (0: work in this process).
+      read_threads: threads per process, each building whole batches ahead of time; each
+        holds one batch in flight, so memory grows with it.
+
+    Returns:
+      A grain iterator of `{'image': float32 [B_local, h, w, 3], 'label': int32 [B_local, h, w]}`
+      with `B_local = global_batch_size // process_count`. `get_state()` gives a small dict;
+      `set_state(state)` on a fresh iterator made with the same arguments continues with exactly
+      the batch that would have come next. The state's form depends on `worker_count` (grain
+      raises KeyError on a state saved with 0 workers restored with 2, or the reverse), so keep
+      it fixed across a resume. Call `close()` when done if `worker_count > 0`.
+    """
+    _check_process(process_index, process_count)
+    batch = local_batch_size(global_batch_size, process_count)
+    if worker_count < 0 or read_threads < 0:
+        raise ValueError(
+            f"need worker_count, read_threads >= 0, got {worker_count}, {read_threads}"
+        )
+    shard_len = len(source) // process_count
+    steps_per_epoch = shard_len // batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(source)} examples over {process_count} hosts give {shard_len} per host, "
+            f"fewer than one batch of {batch}"
+        )
+    transform = functools.partial(
+        train_transform,
+        crop_size=crop_size,
+        scale_range=scale_range,
+        mirror=mirror,
+        mean=tuple(mean),
+        std=tuple(std),
+        bgr=bgr,
+        ignore_label=ignore_label,
+    )
+    ds = grain.MapDataset.source(source)[process_index : shard_len * process_count : process_count]
+    ds = ds.shuffle(seed=_derived_seed(seed, _SHUFFLE_STREAM, process_index))
+    # Truncating each shuffled epoch (not the endless stream) keeps batches within one epoch.
+    ds = ds[: steps_per_epoch * batch].repeat()
+    ds = ds.random_map(transform, seed=_derived_seed(seed, _AUGMENT_STREAM, process_index))
+    ds = ds.batch(batch, drop_remainder=True)
+    # grain's default read options (16 threads, 500 elements ahead) would hold hundreds of
+    # full-size batches in memory.
+    read_options = grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=max(1, read_threads)
+    )
+    iter_ds = ds.to_iter_dataset(read_options)
+    if worker_count > 0:
+        # grain 0.2.18 with jax >= 0.10 reads an absl flag when it starts workers and fails
+        # with UnparsedFlagAccessError outside `absl.app.run`; defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(iter_ds)
+
+
+def eval_transform(
+    example: Mapping[str, Any], *, mean: Sequence[float], std: Sequence[float], bgr: bool
+) -> dict[str, Any]:
+    """One evaluation example at native resolution, no augmentation.
+
+    Returns:
+      `{'image': float32 [H, W, 3] (see `augment.normalize`), 'label': int32 [H, W],
+      'file_name': str}`.
+    """
+    image, label = validate_example(example)
+    return {
+        "image": normalize(image, mean, std, bgr),
+        "label": label.astype(np.int32),
+        "file_name": file_name_of(example),
+    }
+
+
+def eval_dataset(
+    source: RandomAccessDataSource,
+    *,
+    process_index: int,
+    process_count: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    bgr: bool,
+) -> grain.IterDataset:
+    """This host's evaluation examples, unbatched, in source order.
+
+    Host `p` of `P` gets source indices `p, p + P, ...`: disjoint shards that together cover the
+    whole source; their sizes differ by at most one (`num_eval_examples`), so multi-host
+    evaluation must let hosts finish at different counts or pad.
+
+    Returns:
+      A re-iterable grain dataset of `eval_transform` outputs (one example prepared ahead).
+    """
+    _check_process(process_index, process_count)
+    transform = functools.partial(eval_transform, mean=tuple(mean), std=tuple(std), bgr=bgr)
+    ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
+    # Full-resolution float32 examples are large: read one ahead, not grain's default 500.
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+
+
+def num_eval_examples(
+    source: RandomAccessDataSource, *, process_index: int, process_count: int
+) -> int:
+    """How many examples `eval_dataset` gives host `process_index` of `process_count`."""
+    _check_process(process_index, process_count)
+    return len(range(process_index, len(source), process_count))
+
+
+def measure_throughput(iterator: Iterator[Mapping[str, np.ndarray]], num_batches: int) -> float:
+    """Images per second over `num_batches` batches, after one untimed warm-up batch.
+
+    The warm-up absorbs worker start-up and first-call costs; `'image'`'s leading axis is the
+    batch size.
+    """
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be positive, got {num_batches}")
+    next(iterator)
+    images = 0
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        images += next(iterator)["image"].shape[0]
+    return images / (time.perf_counter() - start)

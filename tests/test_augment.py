@@ -1,0 +1,188 @@
+"""Augmentations and normalisation against hand-computed expectations."""
+
+import numpy as np
+import pytest
+
+from icnet_jax.data import augment
+
+MEAN = (123.68, 116.779, 103.939)  # RGB, as in the reference
+ONES = (1.0, 1.0, 1.0)
+
+
+def _pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random uint8 image `[h, w, 3]` and a label `[h, w]` with a few classes and 255s."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    label = rng.choice(np.array([0, 3, 7, 18, 255], dtype=np.uint8), size=(h, w))
+    return image, label
+
+
+def _example(h: int, w: int, seed: int = 0) -> dict:
+    image, label = _pair(h, w, seed)
+    return {"image": image, "label": label[:, :, None], "file_name": b"aachen_000000"}
+
+
+def test_random_resize_label_values_are_a_subset_and_size_follows_scale() -> None:
+    image, label = _pair(37, 53)
+    for seed in range(10):
+        out_image, out_label = augment.random_resize(
+            image, label, np.random.default_rng(seed), (0.5, 2.0)
+        )
+        assert out_image.dtype == np.uint8 and out_label.dtype == np.uint8
+        assert out_image.shape[:2] == out_label.shape
+        assert set(np.unique(out_label)) <= set(np.unique(label))
+        scale_h, scale_w = out_label.shape[0] / 37, out_label.shape[1] / 53
+        assert 0.5 - 1 / 37 <= scale_h <= 2.0 + 1 / 37
+        assert abs(scale_h - scale_w) < 2 / 37  # one factor for both sides, up to rounding
+
+
+def test_random_resize_by_two_repeats_label_pixels() -> None:
+    image, label = _pair(5, 7)
+    out_image, out_label = augment.random_resize(image, label, np.random.default_rng(0), (2.0, 2.0))
+    np.testing.assert_array_equal(out_label, label.repeat(2, axis=0).repeat(2, axis=1))
+    assert out_image.shape == (10, 14, 3)
+
+
+def test_random_resize_bilinear_keeps_a_constant_image_and_rejects_bad_range() -> None:
+    image = np.full((20, 30, 3), (10, 200, 77), dtype=np.uint8)
+    label = np.zeros((20, 30), np.uint8)
+    out_image, _ = augment.random_resize(image, label, np.random.default_rng(1), (0.5, 0.5))
+    assert out_image.shape == (10, 15, 3)
+    np.testing.assert_array_equal(out_image, np.broadcast_to(image[0, 0], (10, 15, 3)))
+    with pytest.raises(ValueError, match="scale_range"):
+        augment.random_resize(image, label, np.random.default_rng(0), (2.0, 1.0))
+
+
+def test_pad_to_fills_image_with_mean_and_label_with_ignore() -> None:
+    image, label = _pair(4, 6)
+    out_image, out_label = augment.pad_to(image, label, (7, 5), image_fill=MEAN, ignore_label=255)
+    assert out_image.shape == (7, 6, 3) and out_label.shape == (7, 6)
+    assert out_image.dtype == np.float32  # fractional fill must survive exactly
+    np.testing.assert_array_equal(out_image[:4], image.astype(np.float32))
+    np.testing.assert_array_equal(out_image[4:], np.broadcast_to(np.float32(MEAN), (3, 6, 3)))
+    np.testing.assert_array_equal(out_label[:4], label)
+    assert np.all(out_label[4:] == 255)
+    # After normalisation with the same mean the padding is exactly 0.
+    assert np.all(augment.normalize(out_image[4:], MEAN, ONES, bgr=True) == 0)
+
+
+def test_pad_to_integer_fill_keeps_uint8_and_no_padding_returns_inputs() -> None:
+    image, label = _pair(4, 6)
+    out_image, out_label = augment.pad_to(image, label, 8, image_fill=(1, 2, 3), ignore_label=9)
+    assert out_image.dtype == np.uint8 and out_image.shape == (8, 8, 3)
+    np.testing.assert_array_equal(out_image[:, 6:], np.broadcast_to((1, 2, 3), (8, 2, 3)))
+    assert np.all(out_label[:, 6:] == 9) and np.all(out_label[4:] == 9)
+    same_image, same_label = augment.pad_to(image, label, (4, 6), image_fill=MEAN)
+    assert same_image is image and same_label is label
+
+
+def test_random_crop_cuts_the_same_window_from_both() -> None:
+    h, w = 9, 11
+    # Every pixel of the label names its position, so a crop reveals its window.
+    label = np.arange(h * w, dtype=np.uint8).reshape(h, w)
+    image = np.stack([label, label, label], axis=-1)
+    seen_offsets = set()
+    for seed in range(30):
+        out_image, out_label = augment.random_crop(
+            image, label, (4, 6), np.random.default_rng(seed)
+        )
+        assert out_image.shape == (4, 6, 3) and out_label.shape == (4, 6)
+        top, left = divmod(int(out_label[0, 0]), w)
+        np.testing.assert_array_equal(out_label, label[top : top + 4, left : left + 6])
+        np.testing.assert_array_equal(out_image[..., 0], out_label)
+        seen_offsets.add((top, left))
+    assert len(seen_offsets) > 5
+    with pytest.raises(ValueError, match="pad first"):
+        augment.random_crop(image, label, (10, 4), np.random.default_rng(0))
+
+
+def test_random_mirror_flips_image_and_label_together() -> None:
+    image, label = _pair(6, 8)
+    flips = set()
+    for seed in range(20):
+        out_image, out_label = augment.random_mirror(image, label, np.random.default_rng(seed))
+        flipped = np.array_equal(out_label, label[:, ::-1])
+        if flipped:
+            np.testing.assert_array_equal(out_image, image[:, ::-1])
+        else:
+            np.testing.assert_array_equal(out_label, label)
+            np.testing.assert_array_equal(out_image, image)
+        flips.add(flipped)
+    assert flips == {True, False}
+
+
+def test_normalize_by_hand_rgb_and_bgr() -> None:
+    image = np.array([[[10, 20, 30], [255, 0, 128]]], dtype=np.uint8)  # [1, 2, 3] RGB
+    mean, std = (1.0, 2.0, 3.0), (1.0, 2.0, 5.0)
+    rgb = augment.normalize(image, mean, std, bgr=False)
+    bgr = augment.normalize(image, mean, std, bgr=True)
+    expected_rgb = np.array([[[9.0, 9.0, 5.4], [254.0, -1.0, 25.0]]], np.float32)
+    assert rgb.dtype == np.float32 and bgr.dtype == np.float32
+    np.testing.assert_allclose(rgb, expected_rgb, rtol=1e-6)
+    np.testing.assert_allclose(bgr, expected_rgb[..., ::-1], rtol=1e-6)
+    assert bgr.flags.c_contiguous
+
+
+def test_normalize_released_model_convention() -> None:
+    # The release: BGR order minus the mean (B 103.939, G 116.779, R 123.68), no scaling.
+    image = np.array([[[200, 100, 50]]], dtype=np.uint8)  # R, G, B
+    out = augment.normalize(image, MEAN, ONES, bgr=True)
+    np.testing.assert_allclose(out[0, 0], [50 - 103.939, 100 - 116.779, 200 - 123.68], rtol=1e-6)
+
+
+def test_train_transform_shapes_dtypes_and_padding() -> None:
+    example = _example(10, 12)
+    out = augment.train_transform(
+        example,
+        np.random.default_rng(0),
+        crop_size=(16, 20),
+        scale_range=(1.0, 1.0),
+        mirror=False,
+        mean=MEAN,
+        std=ONES,
+        bgr=True,
+        ignore_label=255,
+    )
+    assert out["image"].shape == (16, 20, 3) and out["image"].dtype == np.float32
+    assert out["label"].shape == (16, 20) and out["label"].dtype == np.int32
+    # No resize and a crop the size of the padded image: the original sits top-left.
+    np.testing.assert_array_equal(out["label"][:10, :12], example["label"][:, :, 0])
+    np.testing.assert_allclose(
+        out["image"][:10, :12], augment.normalize(example["image"], MEAN, ONES, bgr=True)
+    )
+    assert np.all(out["label"][10:] == 255) and np.all(out["label"][:, 12:] == 255)
+    assert np.all(out["image"][10:] == 0) and np.all(out["image"][:, 12:] == 0)
+
+
+def test_train_transform_is_a_function_of_the_generator() -> None:
+    kwargs = dict(crop_size=8, scale_range=(0.5, 2.0), mirror=True, mean=MEAN, std=ONES, bgr=True)
+    example = _example(13, 17)
+    a, b, c = (
+        augment.train_transform(example, np.random.default_rng(s), ignore_label=255, **kwargs)
+        for s in (5, 5, 6)
+    )
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(a["image"], c["image"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image": np.zeros((4, 5, 3), np.float32)}, "image must be uint8"),
+        ({"label": np.zeros((4, 5, 1), np.int32)}, "label must be uint8"),
+        ({"image": np.zeros((4, 5), np.uint8)}, r"image must be \[H, W, 3\]"),
+        ({"label": np.zeros((4, 5, 2), np.uint8)}, r"label must be \[H, W, 1\]"),
+        ({"label": np.zeros((4, 6, 1), np.uint8)}, "image is"),
+    ],
+)
+def test_bad_examples_raise_naming_the_file(change: dict, message: str) -> None:
+    example = {
+        "image": np.zeros((4, 5, 3), np.uint8),
+        "label": np.zeros((4, 5, 1), np.uint8),
+        "file_name": b"bad_file.png",
+        **change,
+    }
+    with pytest.raises(ValueError, match=message) as info:
+        augment.validate_example(example)
+    assert "bad_file.png" in str(info.value)

@@ -1,0 +1,180 @@
+"""The grain pipelines over a list-backed source whose labels name their example."""
+
+import time
+
+import grain
+import numpy as np
+import pytest
+
+from icnet_jax.data import pipeline
+
+NUM_EXAMPLES = 12
+CROP = (16, 20)
+MEAN = (123.68, 116.779, 103.939)
+NORM = dict(mean=MEAN, std=(1.0, 1.0, 1.0), bgr=True)
+
+
+def _source(num: int = NUM_EXAMPLES) -> list[dict]:
+    """Random images of various sizes; example i's label is i everywhere (so crops reveal i)."""
+    rng = np.random.default_rng(0)
+    source = []
+    for i in range(num):
+        h, w = (int(v) for v in rng.integers(24, 48, size=2))
+        source.append(
+            {
+                "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                "label": np.full((h, w, 1), i, np.uint8),
+                "file_name": f"img_{i:03d}.png".encode(),
+            }
+        )
+    return source
+
+
+def _train(source: list[dict], **overrides) -> grain.DatasetIterator:
+    kwargs = dict(
+        global_batch_size=4,
+        process_index=0,
+        process_count=1,
+        crop_size=CROP,
+        scale_range=(0.5, 2.0),
+        mirror=True,
+        ignore_label=255,
+        seed=0,
+        **NORM,
+    )
+    kwargs.update(overrides)
+    return pipeline.train_dataset(source, **kwargs)
+
+
+def _ids(batch: dict) -> list[int]:
+    """The example index behind each crop of a batch (the label value that is not padding)."""
+    ids = []
+    for label in batch["label"]:
+        values = set(np.unique(label).tolist()) - {255}
+        assert len(values) == 1
+        ids.append(values.pop())
+    return ids
+
+
+def _take(iterator, n: int) -> list[dict]:
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_same(batches_a: list[dict], batches_b: list[dict]) -> None:
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_train_batches_shapes_and_dtypes() -> None:
+    batch = next(_train(_source()))
+    assert batch["image"].shape == (4, *CROP, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4, *CROP) and batch["label"].dtype == np.int32
+
+
+def test_each_epoch_is_a_new_permutation_that_drops_the_remainder() -> None:
+    # 12 examples, batch 5: two batches per epoch, two examples dropped per epoch.
+    it = _train(_source(), global_batch_size=5)
+    epochs = [sum((_ids(b) for b in _take(it, 2)), []) for _ in range(4)]
+    for ids in epochs:
+        assert len(set(ids)) == 10  # no repeats within an epoch
+    assert len({tuple(ids) for ids in epochs}) == 4  # reshuffled every epoch
+    assert set().union(*epochs) == set(range(NUM_EXAMPLES))
+
+
+def test_two_hosts_read_disjoint_shards_covering_the_data() -> None:
+    source = _source()
+    per_host = []
+    for process_index in range(2):
+        # Global batch 4 over 2 hosts: 2 per host, 3 steps per epoch of 6 examples.
+        it = _train(source, global_batch_size=4, process_index=process_index, process_count=2)
+        batches = _take(it, 3)
+        assert all(b["image"].shape[0] == 2 for b in batches)
+        ids = sum((_ids(b) for b in batches), [])
+        assert len(set(ids)) == 6
+        per_host.append(set(ids))
+    assert per_host[0].isdisjoint(per_host[1])
+    assert per_host[0] | per_host[1] == set(range(NUM_EXAMPLES))
+
+
+def test_bad_batch_or_host_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="multiple of process_count"):
+        _train(_source(), global_batch_size=5, process_count=2)
+    with pytest.raises(ValueError, match="process_index"):
+        _train(_source(), process_index=2, process_count=2)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        _train(_source(3), global_batch_size=4)
+
+
+def test_same_seed_same_batches_different_seed_different() -> None:
+    source = _source()
+    first = _take(_train(source, seed=7), 4)
+    _assert_same(first, _take(_train(source, seed=7), 4))
+    other = _take(_train(source, seed=8), 4)
+    assert not all(
+        np.array_equal(a["image"], b["image"]) for a, b in zip(first, other, strict=True)
+    )
+
+
+def test_resume_continues_with_the_next_batch() -> None:
+    source = _source()
+    uninterrupted = _take(_train(source), 8)
+    it = _train(source)
+    _take(it, 5)  # crosses an epoch boundary (3 steps per epoch)
+    state = it.get_state()
+    restored = _train(source)
+    restored.set_state(state)
+    _assert_same(_take(restored, 3), uninterrupted[5:])
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_batches_and_resume_exactly() -> None:
+    source = _source()
+    uninterrupted = _take(_train(source), 7)
+    it = _train(source, worker_count=2)
+    try:
+        _assert_same(_take(it, 4), uninterrupted[:4])
+        state = it.get_state()
+    finally:
+        it.close()
+    restored = _train(source, worker_count=2)
+    try:
+        restored.set_state(state)
+        _assert_same(_take(restored, 3), uninterrupted[4:])
+    finally:
+        restored.close()
+
+
+def test_eval_dataset_strided_shards_in_fixed_order() -> None:
+    source = _source(7)
+    seen = []
+    for process_index in range(2):
+        ds = pipeline.eval_dataset(source, process_index=process_index, process_count=2, **NORM)
+        examples = list(ds)
+        assert len(examples) == pipeline.num_eval_examples(
+            source, process_index=process_index, process_count=2
+        )
+        assert [e["file_name"] for e in list(ds)] == [e["file_name"] for e in examples]
+        for example in examples:
+            i = int(example["label"][0, 0])
+            assert example["file_name"] == f"img_{i:03d}.png"
+            h, w = source[i]["image"].shape[:2]
+            assert example["image"].shape == (h, w, 3) and example["image"].dtype == np.float32
+            assert example["label"].shape == (h, w) and example["label"].dtype == np.int32
+            # BGR: channel 0 is blue minus the blue mean (float32 precision).
+            np.testing.assert_allclose(
+                example["image"][..., 0], source[i]["image"][..., 2] - MEAN[2], atol=1e-4
+            )
+        seen.append([int(e["label"][0, 0]) for e in examples])
+    assert seen == [[0, 2, 4, 6], [1, 3, 5]]
+
+
+def test_measure_throughput_counts_images_per_second() -> None:
+    def slow_batches():
+        while True:
+            time.sleep(0.01)
+            yield {"image": np.zeros((3, 2, 2, 3), np.float32)}
+
+    rate = pipeline.measure_throughput(slow_batches(), num_batches=5)
+    assert 30 < rate <= 300  # 3 images every >= 10 ms
