@@ -24,6 +24,7 @@ from icnet_jax.models.layers import (
 Array = jax.Array
 
 BRANCHES = ("sub4", "sub24", "sub124")
+ALL_BRANCHES = "all"
 CFF_UPSAMPLING = ("bilinear", "deconv3", "deconv5", "deconv7")
 # Heads used only for cascade label guidance in training; the released (inference) model has
 # no such tensors.
@@ -39,7 +40,8 @@ class ICNet(nn.Module):
 
     - `train=False`: logits `[N, H, W, num_classes]` of the branch setting `branch`: 'sub4' (low
       resolution branch only), 'sub24' (plus the medium branch) or 'sub124' (all three: the
-      network). Branches not needed are not computed.
+      network). Branches not needed are not computed. `branch='all'` gives a dict of the three
+      (for evaluating every branch in one pass).
     - `train=True` (call with `mutable=['batch_stats']`): a dict of logits of every branch at
       their own resolution for cascade label guidance: 'sub4' at 1/16, 'sub24' at 1/8 and 'sub124'
       at 1/4 of the input.
@@ -70,8 +72,8 @@ class ICNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> Array | dict[str, Array]:
-        if self.branch not in BRANCHES:
-            raise ValueError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.branch not in (*BRANCHES, ALL_BRANCHES):
+            raise ValueError(f"branch must be one of {BRANCHES} or 'all', got {self.branch!r}")
         if self.cff_upsampling not in CFF_UPSAMPLING:
             raise ValueError(f"cff_upsampling must be one of {CFF_UPSAMPLING}")
         conv_bn = functools.partial(
@@ -86,7 +88,8 @@ class ICNet(nn.Module):
         cff1 = self._cff(conv_bn, head, 4, "conv_sub4", "conv3_1_sub2_proj", "conv6_sub4")
         cff2 = self._cff(conv_bn, head, 2, "conv_sub2", "conv3_sub1_proj", "conv6_sub2")
         # init builds every layer whatever the branch setting, so one checkpoint serves all.
-        wanted = BRANCHES if train or self.is_initializing() else (self.branch,)
+        every = train or self.is_initializing() or self.branch == ALL_BRANCHES
+        wanted = BRANCHES if every else (self.branch,)
         deepest = wanted[-1]
         h, w = images.shape[1:3]
         images = images.astype(self.dtype)
@@ -132,6 +135,8 @@ class ICNet(nn.Module):
     def _output(self, logits: dict[str, Array], train: bool, size: tuple[int, int]):
         if train:
             return logits
+        if self.branch == ALL_BRANCHES:
+            return {k: resize_bilinear(v, size, self.align_corners) for k, v in logits.items()}
         return resize_bilinear(logits[self.branch], size, self.align_corners)
 
     def _cff(self, conv_bn, head, level: int, low: str, high: str, guide: str):

@@ -1,0 +1,11 @@
+"""ICNet on CamVid (SegNet layout, 360x480, 11 classes): 10K steps as in the paper."""
+
+from configs import default
+
+
+def get_config(variant: str | None = None):
+    config = default.get_config()
+    config.dataset.name = "camvid"
+    config.num_steps = 10_000
+    config.input.crop_size = (361, 481)  # the whole 360x480 frame, 8k+1
+    return default.apply_variant(config, variant)

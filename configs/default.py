@@ -1,0 +1,109 @@
+"""Defaults shared by every config: the paper's recipe (Sec. 5.1) for ICNet on Cityscapes.
+
+Every field can be overridden on the command line, e.g. `--config.batch_size=8`.
+"""
+
+import ml_collections
+
+# ImageNet mean in RGB order, on the 0-255 scale (the release subtracts it, BGR, no scaling).
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`.
+VARIANTS = {
+    "sub4": {"model.branch": "sub4"},
+    "sub24": {"model.branch": "sub24"},
+    "sub124": {"model.branch": "sub124"},
+    "width1": {"model.width": 1.0},
+    "width025": {"model.width": 0.25},
+    "deconv3": {"model.cff_upsampling": "deconv3"},
+    "deconv5": {"model.cff_upsampling": "deconv5"},
+    "deconv7": {"model.cff_upsampling": "deconv7"},
+    "no_clg": {"loss_weights": {"sub124": 1.0}},
+    "pspnet50": {
+        "model.name": "pspnet",
+        "model.width": 1.0,
+        "loss_weights": {"psp": 1.0, "aux": 0.4},
+    },
+    "pspnet50_half": {
+        "model.name": "pspnet",
+        "model.width": 0.5,
+        "loss_weights": {"psp": 1.0, "aux": 0.4},
+    },
+    "pspnet50_os16": {
+        "model.name": "pspnet",
+        "model.output_stride": 16,
+        "loss_weights": {"psp": 1.0, "aux": 0.4},
+    },
+    "pspnet50_os32": {
+        "model.name": "pspnet",
+        "model.output_stride": 32,
+        "loss_weights": {"psp": 1.0, "aux": 0.4},
+    },
+    "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "icnet"  # icnet | pspnet
+    config.model.width = 0.5  # the released network; 1.0 is the full width it was pruned from
+    config.model.branch = "sub124"  # inference output (Table 2); training uses every branch
+    config.model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
+    config.model.output_stride = 8  # PSPNet only (Table 1 left)
+    config.model.align_corners = True
+    config.model.bn_momentum = 0.9
+    config.model.dtype = "float32"
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "cityscapes"
+    config.dataset.data_dir = "data/tfds"  # where prepared array_record files go
+    config.dataset.manual_dir = ""  # where the downloaded archives are
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "val"
+    config.dataset.builder_kwargs = ml_collections.ConfigDict()
+
+    config.input = ml_collections.ConfigDict()
+    # 8k+1 crops keep the release geometry: labels shrink exactly to 1/4, 1/8, 1/16.
+    config.input.crop_size = (1025, 1025)
+    config.input.scale_range = (0.5, 2.0)
+    config.input.mirror = True
+    config.input.mean = IMAGENET_MEAN_RGB
+    config.input.std = (1.0, 1.0, 1.0)
+    config.input.bgr = True  # as the release
+    config.input.worker_count = 0
+    # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
+    config.input.eval_size = None
+
+    config.batch_size = 16  # global, across devices and hosts
+    config.num_steps = 30_000
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 0.01
+    config.optim.power = 0.9  # 'poly' decay
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 1e-4  # kernels only
+    config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
+    config.ignore_label = 255
+
+    config.log_every = 20
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
+    config.eval_every = 0  # 0: only at the end
+    return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str | None):
+    """Applies a named variant of `VARIANTS` (dotted keys) to `config`."""
+    if not variant:
+        return config
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
+    for key, value in VARIANTS[variant].items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config

@@ -1,0 +1,341 @@
+"""Training: model and optimiser from a config, the pmapped step, and the training loop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm import tqdm
+
+from icnet_jax import checkpoints, eval_lib
+from icnet_jax.data import datasets, pipeline
+from icnet_jax.losses import cascade_loss
+from icnet_jax.models import ICNet, PSPNet
+
+Array = jax.Array
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def create_model(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    *,
+    axis_name: str | None = None,
+    **overrides,
+) -> nn.Module:
+    """ICNet or PSPNet as `config.model` describes (`overrides` replace attributes)."""
+    m = config.model
+    common = dict(
+        num_classes=num_classes,
+        width=m.width,
+        align_corners=m.align_corners,
+        bn_momentum=m.bn_momentum,
+        axis_name=axis_name,
+        dtype=jnp.dtype(m.dtype),
+    )
+    if m.name == "icnet":
+        model = ICNet(branch=m.branch, cff_upsampling=m.cff_upsampling, **common)
+    elif m.name == "pspnet":
+        model = PSPNet(output_stride=m.output_stride, **common)
+    else:
+        raise ValueError(f"config.model.name must be 'icnet' or 'pspnet', got {m.name!r}")
+    return model.clone(**overrides)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """'poly': lr (1 - step / num_steps) ** power."""
+    return optax.polynomial_schedule(
+        init_value=config.optim.lr,
+        end_value=0.0,
+        power=config.optim.power,
+        transition_steps=config.num_steps,
+    )
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum; weight decay (added to the gradient, as in Caffe) on kernels only."""
+
+    def kernels(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+    return optax.chain(
+        optax.add_decayed_weights(config.optim.weight_decay, mask=kernels),
+        optax.sgd(learning_rate_schedule(config), momentum=config.optim.momentum),
+    )
+
+
+def create_train_state(
+    rng: Array, model: nn.Module, tx: optax.GradientTransformation, image_size: tuple[int, int]
+) -> TrainState:
+    variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_size, 3), jnp.float32))
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    # An array step from the start: a Python int would retrace the step after the first update.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    *,
+    loss_weights: Mapping[str, float],
+    ignore_label: int,
+    align_corners: bool,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, Array]]:
+    """One SGD step on this device's part of the global batch (run under `pmap(axis_name=AXIS)`).
+
+    The loss divides by the global count of labelled pixels and gradients are summed over devices,
+    so the update equals that of one device holding the whole global batch.
+    """
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss, per_branch = cascade_loss(
+            logits,
+            batch["label"],
+            loss_weights,
+            ignore_label=ignore_label,
+            align_corners=align_corners,
+            axis_name=AXIS,
+        )
+        return loss, (per_branch, updates["batch_stats"])
+
+    (loss, (per_branch, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    grads = jax.lax.psum(grads, AXIS)
+    metrics = jax.lax.psum({"loss": loss, **{f"loss_{k}": v for k, v in per_branch.items()}}, AXIS)
+    metrics["lr"] = schedule(state.step)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, devices=None):
+    """The pmapped step: unreplicated state in and out, batch split over `devices` (default: all
+    local devices)."""
+    step = functools.partial(
+        train_step,
+        loss_weights=dict(config.loss_weights),
+        ignore_label=config.ignore_label,
+        align_corners=config.model.align_corners,
+        schedule=learning_rate_schedule(config),
+    )
+    return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
+
+
+def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> dict[str, np.ndarray]:
+    """`[B_local, ...] -> [devices, B_local / devices, ...]` (default: all local devices)."""
+    n = num_devices or jax.local_device_count()
+    size = len(next(iter(batch.values())))
+    if size % n:
+        raise ValueError(f"the per-host batch {size} does not split over {n} local devices")
+    return {k: np.asarray(v).reshape(n, size // n, *np.shape(v)[1:]) for k, v in batch.items()}
+
+
+def _data_source(config: ml_collections.ConfigDict, split: str):
+    d = config.dataset
+    return datasets.get_data_source(
+        d.name,
+        split,
+        data_dir=str(pathlib.Path(d.data_dir).expanduser()),
+        manual_dir=d.manual_dir or None,
+        **d.builder_kwargs.to_dict(),
+    )
+
+
+def evaluate_split(
+    config: ml_collections.ConfigDict, variables: Any, num_classes: int, class_names, split: str
+) -> dict[str, dict[str, Any]]:
+    """Every branch of the model evaluated on `split` (whole images)."""
+    source, _ = _data_source(config, split)
+    overrides = {"branch": "all"} if config.model.name == "icnet" else {}
+    model = create_model(config, num_classes, **overrides)
+    step = eval_lib.make_eval_step(
+        model,
+        num_classes,
+        eval_size=config.input.eval_size,
+        align_corners=config.model.align_corners,
+        ignore_label=config.ignore_label,
+    )
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    examples = pipeline.eval_dataset(
+        source, mean=config.input.mean, std=config.input.std, bgr=config.input.bgr, **kw
+    )
+    return eval_lib.evaluate(
+        step,
+        variables,
+        examples,
+        class_names,
+        num_examples=pipeline.num_eval_examples(source, **kw),
+        progress=jax.process_index() == 0,
+    )
+
+
+class _Writer:
+    """metrics.jsonl and TensorBoard events in the workdir, written by process 0 only."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.active = jax.process_index() == 0
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+        for key, value in scalars.items():
+            self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.active:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def _check_finite(history: list[tuple[int, dict]]) -> None:
+    for step, metrics in history:
+        if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(
+                f"the loss became {metrics['loss']} at step {step}; training stopped, the last "
+                "good checkpoint is kept (lower config.optim.lr or check the labels)"
+            )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from the latest checkpoint in `workdir`), then evaluates every branch.
+
+    Returns the final evaluation `{branch: metrics}` (empty without an eval split).
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_dict = json.loads(config.to_json())
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
+
+    source, info = _data_source(config, config.dataset.train_split)
+    model = create_model(config, info.num_classes, axis_name=AXIS)
+    tx = create_optimizer(config)
+    rng = jax.random.PRNGKey(config.seed)
+    crop = tuple(config.input.crop_size)
+    abstract = jax.eval_shape(
+        functools.partial(create_train_state, model=model, tx=tx, image_size=crop), rng
+    )
+
+    manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+    restored = checkpoints.restore_latest(manager, abstract)
+    data_state = None
+    if restored:
+        start, state, data_state = restored
+        print(f"resuming from step {start} in {manager.directory}")
+    else:
+        start, state = 0, create_train_state(rng, model, tx, crop)
+
+    iterator = pipeline.train_dataset(
+        source,
+        global_batch_size=config.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        crop_size=crop,
+        scale_range=config.input.scale_range,
+        mirror=config.input.mirror,
+        mean=config.input.mean,
+        std=config.input.std,
+        bgr=config.input.bgr,
+        ignore_label=config.ignore_label,
+        seed=config.seed,
+        worker_count=config.input.worker_count,
+    )
+    if data_state:
+        iterator.set_state(data_state)
+
+    p_train_step = make_train_step(config)
+    writer = _Writer(workdir)
+    history: list[tuple[int, dict]] = []
+    last_time, last_step = time.time(), start
+    bar = tqdm(
+        total=config.num_steps, initial=start, desc="training", disable=jax.process_index() != 0
+    )
+    try:
+        for step in range(start + 1, config.num_steps + 1):
+            state, metrics = p_train_step(state, shard(next(iterator)))
+            history.append((step, metrics))
+            at_checkpoint = step % config.checkpoint_every == 0 or step == config.num_steps
+            if step % config.log_every == 0 or at_checkpoint:
+                history = [(s, jax.device_get(m)) for s, m in history]
+                _check_finite(history)
+                now = time.time()
+                images_per_s = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                scalars = {k: float(v) for k, v in history[-1][1].items()}
+                scalars["images_per_s"] = images_per_s
+                writer.write(step, scalars)
+                bar.set_postfix(
+                    {
+                        k.removeprefix("loss_"): f"{v:.3f}"
+                        for k, v in scalars.items()
+                        if k.startswith("loss_")
+                    }
+                    | {"lr": f"{scalars['lr']:.2e}", "img/s": f"{images_per_s:.1f}"}
+                )
+                history = []
+            if at_checkpoint:
+                checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
+            if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+                results = _evaluate_and_log(config, state, info, writer, step, workdir)
+            bar.update(1)
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
+
+    results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
+    writer.close()
+    return results
+
+
+def _evaluate_and_log(config, state, info, writer, step, workdir) -> dict[str, Any]:
+    split = config.dataset.eval_split
+    if not split:
+        return {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    results = evaluate_split(config, variables, info.num_classes, info.class_names, split)
+    writer.write(step, {f"eval/{b}/miou": r["miou"] for b, r in results.items()})
+    if jax.process_index() == 0:
+        out = workdir / "eval" / split
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"step": step, "split": split, "branches": eval_lib.metrics_summary(results)}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+        print(f"\nstep {step}, {split}:\n" + eval_lib.format_table(results, info.class_names))
+    return results

@@ -1,0 +1,40 @@
+"""Trains ICNet: `python train.py --config=configs/cityscapes.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.batch_size=8`; a variant of the paper's
+ablations is chosen with `--config=configs/cityscapes.py:sub24`. Training resumes from the latest
+checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--num_processes` and
+`--process_id`, or `--distributed` where JAX detects them itself (SLURM, TPU pods).
+"""
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from icnet_jax import train_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", "configs/quickstart.py", "Training config.", lock_config=True
+)
+flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, logs and evaluation go here.")
+flags.DEFINE_bool("distributed", False, "Join a multi-host job that JAX can detect (SLURM, TPU).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host job.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host job.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
+
+
+def main(argv):
+    del argv
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
