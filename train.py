@@ -6,6 +6,8 @@ checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--nu
 `--process_id`, or `--distributed` where JAX detects them itself (SLURM, TPU pods).
 """
 
+import sys
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,7 +35,10 @@ def main(argv):
         )
     elif FLAGS.distributed:
         jax.distributed.initialize()
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train_lib.NonFiniteLossError as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

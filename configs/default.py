@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.output_stride = 8  # PSPNet only (Table 1 left)
     config.model.align_corners = True
     config.model.bn_momentum = 0.9
-    config.model.dtype = "float32"
+    config.model.dtype = "float32"  # computation; parameters stay float32
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "cityscapes"
@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 1e-4  # kernels only
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
+
+    # Start from this checkpoint when the workdir has none (fine-tuning; see README).
+    config.init_checkpoint = ""
 
     config.log_every = 20
     config.checkpoint_every = 1000

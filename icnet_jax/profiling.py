@@ -32,6 +32,7 @@ __all__ = [
     "compiled_flops",
     "compiled_memory_estimate",
     "count_parameters",
+    "count_used_parameters",
     "peak_memory_bytes",
     "run_json_subprocess",
     "runs_within_budget",
@@ -45,6 +46,19 @@ __all__ = [
 def count_parameters(tree: Any) -> int:
     """Number of scalar entries (not bytes) over all array leaves of a pytree."""
     return int(sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def count_used_parameters(fn: Callable[..., Any], tree: Any, *args: Any) -> int:
+    """Number of scalar entries of the leaves of `tree` that `fn(tree, *args)` actually reads
+    (from the traced jaxpr; leaves never used, e.g. other branches' layers, are left out)."""
+    closed = jax.make_jaxpr(fn)(tree, *args)
+    leaves = jax.tree_util.tree_leaves(tree)
+    invars = closed.jaxpr.invars[: len(leaves)]
+    read = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
+    read |= {id(v) for v in closed.jaxpr.outvars}
+    return int(
+        sum(int(np.prod(np.shape(leaf))) for leaf, var in zip(leaves, invars) if id(var) in read)
+    )
 
 
 def compile_function(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

@@ -18,7 +18,7 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from icnet_jax import checkpoints, eval_lib
+from icnet_jax import checkpoints, eval_lib, finetune
 from icnet_jax.data import datasets, pipeline
 from icnet_jax.losses import cascade_loss
 from icnet_jax.models import ICNet, PSPNet
@@ -224,12 +224,17 @@ class _Writer:
             self.tensorboard.close()
 
 
+@jax.jit
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _check_finite(history: list[tuple[int, dict]]) -> None:
     for step, metrics in history:
         if not np.isfinite(metrics["loss"]):
             raise NonFiniteLossError(
-                f"the loss became {metrics['loss']} at step {step}; training stopped, the last "
-                "good checkpoint is kept (lower config.optim.lr or check the labels)"
+                f"the loss became non-finite ({metrics['loss']}) at step {step}; training "
+                "stopped, the last good checkpoint is kept (lower config.optim.lr or check labels)"
             )
 
 
@@ -261,6 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f"resuming from step {start} in {manager.directory}")
     else:
         start, state = 0, create_train_state(rng, model, tx, crop)
+        if config.init_checkpoint:
+            # Converted release weights, a pruned model or another run; classifiers of another
+            # shape (number of classes) keep their fresh initialisation.
+            state, _ = finetune.load_pretrained(state, config.init_checkpoint, config=config)
 
     iterator = pipeline.train_dataset(
         source,
@@ -311,6 +320,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 history = []
             if at_checkpoint:
+                if not _all_finite(state.params):
+                    raise NonFiniteLossError(
+                        f"the parameters became non-finite at step {step}; training stopped, the "
+                        "last good checkpoint is kept (lower config.optim.lr)"
+                    )
                 checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
             if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
                 results = _evaluate_and_log(config, state, info, writer, step, workdir)

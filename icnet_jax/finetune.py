@@ -1,0 +1,212 @@
+"""Starting training from a checkpoint: the released weights (converted), a pruned model, or a run
+of our own, possibly with another number of classes.
+
+`load_pretrained(state, path, config=config)` restores the checkpoint with an abstract target
+built from the checkpoint's OWN saved config (its model, width and optimizer), copies every
+parameter and BatchNorm statistic whose path and shape match into `state`, and keeps the fresh
+initialisation of `state` for the classifiers whose shapes differ (another number of classes).
+Any other mismatch is an error naming the tensors. The optimizer state and the step of `state`
+are kept (fine-tuning starts at step 0 with a fresh momentum).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from icnet_jax import checkpoints
+
+# Classifier layers: re-initialised when their shapes differ (another number of classes).
+CLASSIFIER_LAYERS = ("conv6_cls", "conv6_sub4", "conv6_sub2", "conv6", "conv6_aux")
+# Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
+_COLLECTIONS = ("params", "batch_stats")
+
+
+@dataclasses.dataclass
+class PretrainedReport:
+    """What `load_pretrained` did. Paths are '/'-joined, prefixed by the collection."""
+
+    checkpoint: str
+    step: int
+    loaded: list[str]
+    reinitialised: list[str]  # classifier tensors whose shapes differ: fresh init kept
+    missing: list[str]  # in the model, absent from the checkpoint: fresh init kept
+    unused: list[str]  # in the checkpoint, absent from the model: ignored
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.reinitialised + self.missing
+
+    def summary(self) -> str:
+        lines = [
+            f"initialised from {self.checkpoint} (step {self.step}): "
+            f"{len(self.loaded)} tensors loaded, {len(self.skipped)} kept freshly initialised"
+        ]
+        if self.reinitialised:
+            lines.append(
+                "  classifiers re-initialised (shape differs, e.g. another number of classes):"
+            )
+            lines += [f"    {p}" for p in self.reinitialised]
+        if self.missing:
+            lines.append("  absent from the checkpoint, freshly initialised:")
+            lines += [f"    {p}" for p in self.missing]
+        if self.unused:
+            lines.append("  in the checkpoint but not in the model, ignored:")
+            lines += [f"    {p}" for p in self.unused]
+        return "\n".join(lines)
+
+
+def _to_config(config: Mapping | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    if isinstance(config, ml_collections.ConfigDict):
+        return config
+    return ml_collections.ConfigDict(dict(config))
+
+
+def _classifier_classes(state_dir: pathlib.Path) -> int | None:
+    """The number of classes of a checkpointed model, from the saved tree's metadata."""
+    metadata = ocp.StandardCheckpointer().metadata(state_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    params = tree.get("params", {}) if isinstance(tree, Mapping) else {}
+    for name in ("conv6_cls", "conv6"):
+        kernel = params.get(name, {}).get("kernel") if isinstance(params, Mapping) else None
+        if kernel is not None and getattr(kernel, "shape", None):
+            return int(kernel.shape[-1])
+    return None
+
+
+def _plain(tree: Any) -> Any:
+    """Nested mappings (orbax metadata trees, FrozenDicts, TrainStates) as plain dicts."""
+    if hasattr(tree, "tree"):  # orbax TreeMetadata
+        tree = tree.tree
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
+
+
+def restore_checkpoint(
+    path: str | pathlib.Path, *, step: int | None = None
+) -> tuple[Any, dict, int, int]:
+    """Restores a training checkpoint with an abstract target built from its own config.
+
+    Args:
+      path: a workdir, its `checkpoints/` folder or one step folder (`.../checkpoints/<step>`).
+      step: the step to read (default: the one `path` names, else the latest).
+    Returns:
+      `(state, config_dict, num_classes, step)`: the restored `TrainState` (numpy/jax arrays on
+      the default device), the checkpoint's resolved config, its number of classes, the step.
+    """
+    from icnet_jax import train_lib  # train_lib imports the data pipeline: import lazily
+
+    manager, named_step = checkpoints.checkpoint_manager_for(path)
+    step = step if step is not None else named_step
+    step = step if step is not None else manager.latest_step()
+    config_dict = checkpoints.read_config(manager, step)
+    config = _to_config(config_dict)
+    num_classes = _classifier_classes(pathlib.Path(manager.directory) / str(step) / "state")
+    if num_classes is None:
+        raise ValueError(
+            f"{path}: cannot find the classifier (conv6_cls or conv6) in the checkpoint"
+        )
+    model = train_lib.create_model(config, num_classes)
+    tx = train_lib.create_optimizer(config)
+    abstract = jax.eval_shape(
+        functools.partial(train_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)),
+        jax.random.PRNGKey(0),
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )
+    manager.close()
+    return restored["state"], config_dict, num_classes, step
+
+
+def merge_variables(
+    target: Mapping[str, Any], source: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """`target` (`{'params':..., 'batch_stats':...}`) with every tensor of `source` whose path and
+    shape match copied in; classifiers of another shape keep `target`'s values.
+
+    Returns the merged variables and `{'loaded', 'reinitialised', 'missing', 'unused'}` path lists.
+    Raises ValueError naming every non-classifier tensor whose shape differs.
+    """
+    flat_target = traverse_util.flatten_dict(_plain(target))
+    flat_source = traverse_util.flatten_dict(_plain(source))
+    merged, report, errors = (
+        {},
+        {"loaded": [], "reinitialised": [], "missing": [], "unused": []},
+        [],
+    )
+    for path, value in flat_target.items():
+        name = "/".join(path)
+        if path not in flat_source:
+            report["missing"].append(name)
+            merged[path] = value
+            continue
+        loaded = flat_source[path]
+        if tuple(np.shape(loaded)) == tuple(np.shape(value)):
+            merged[path] = np.asarray(loaded).astype(np.asarray(value).dtype)
+            report["loaded"].append(name)
+        elif any(part in CLASSIFIER_LAYERS for part in path):
+            report["reinitialised"].append(
+                f"{name} (checkpoint {tuple(np.shape(loaded))}, model {tuple(np.shape(value))})"
+            )
+            merged[path] = value
+        else:
+            errors.append(
+                f"{name}: checkpoint {tuple(np.shape(loaded))}, model {tuple(np.shape(value))}"
+            )
+    report["unused"] = ["/".join(p) for p in flat_source if p not in flat_target]
+    if errors:
+        raise ValueError(
+            "the checkpoint does not fit the model outside the classifiers (is model.width or "
+            "model.name different?):\n  " + "\n  ".join(errors)
+        )
+    return traverse_util.unflatten_dict(merged), report
+
+
+def load_pretrained(
+    state: Any,
+    checkpoint_path: str | pathlib.Path,
+    *,
+    config: ml_collections.ConfigDict | None = None,
+    verbose: bool = True,
+) -> tuple[Any, PretrainedReport]:
+    """Initialises `state`'s params and batch_stats from a checkpoint (see the module docstring).
+
+    Args:
+      state: a freshly created `TrainState` of the model to train.
+      checkpoint_path: a workdir, its `checkpoints/` folder or one step folder.
+      config: the training config (for the message only; the checkpoint is read with its own).
+      verbose: print the report.
+    Returns:
+      `(state, report)`: `state` with the loaded tensors (opt_state and step unchanged).
+    """
+    restored, ckpt_config, ckpt_classes, step = restore_checkpoint(checkpoint_path)
+    source = {c: getattr(restored, c) for c in _COLLECTIONS}
+    target = {c: getattr(state, c) for c in _COLLECTIONS}
+    merged, lists = merge_variables(target, source)
+    report = PretrainedReport(checkpoint=str(checkpoint_path), step=int(step), **lists)
+    if config is not None:
+        ours = (config.model.name, float(config.model.width))
+        theirs = (ckpt_config["model"]["name"], float(ckpt_config["model"]["width"]))
+        if ours != theirs:
+            print(f"warning: checkpoint model {theirs} differs from the config's {ours}")
+    if verbose:
+        print(report.summary())
+    new_state = state.replace(
+        params=jax.tree.map(jax.numpy.asarray, merged["params"]),
+        batch_stats=jax.tree.map(jax.numpy.asarray, merged.get("batch_stats", {})),
+    )
+    return new_state, report

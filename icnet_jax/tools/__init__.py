@@ -1,0 +1,5 @@
+"""Tools for the authors' released weights: conversion (`convert_weights`), L1-norm filter pruning
+(`prune`, paper Sec. 5.2) and export to TF SavedModel / ONNX (`export`, optional extras).
+
+Each is a module with a command line: `python -m icnet_jax.tools.<name> --help`.
+"""

@@ -1,0 +1,521 @@
+"""Converts the authors' released ICNet weights into a training checkpoint of this package.
+
+    python -m icnet_jax.tools.convert_weights --input=FILE --output=DIR \
+        [--config=configs/cityscapes.py]
+
+writes `DIR/checkpoints/0/{state,data,config}`: a full `TrainState` at step 0 (params and BatchNorm
+statistics from the release, a fresh optimizer state), so that `--checkpoint=DIR` works for
+evaluation and prediction and `config.init_checkpoint=DIR` for fine-tuning. The saved config
+records the release's preprocessing: BGR, minus the ImageNet mean, no scaling, evaluation at
+1025x2049, align-corners resizing, width 0.5.
+
+Accepted inputs (tensor names as in `reference/icnet_cityscapes_released_tensors.tsv`):
+- `.npy`: a pickled dict (`np.load(allow_pickle=True).item()`), nested `{layer: {param: array}}`
+  or flat `{'layer/param': array}`, either
+  - BN folded (the release's inference definition): `layer/weights` `[kh, kw, in, out]` and
+    `layer/biases` for every convolution; loaded exactly into the unfolded model as kernel =
+    weights, BN scale 1, offset = biases, mean 0, variance 1 - eps (so that var + eps = 1);
+  - or BN kept: `layer/weights` for the convolutions and `layer_bn/{scale, offset, mean,
+    variance}` (also `gamma, beta, moving_mean, moving_variance`) for their BatchNorms; the
+    classifier `conv6_cls` has weights and biases.
+- a TensorFlow checkpoint (`model.ckpt-N.index` + `.data-*`, or its prefix, or a folder holding
+  one) with the same names, read by the minimal bundle reader below, without TensorFlow.
+
+Every tensor must be used: missing, extra or mis-shaped tensors are all listed in the error.
+Training bookkeeping of TF checkpoints (global_step, optimizer slots) is ignored and reported.
+The training-only heads `conv6_sub4` and `conv6_sub2` are not in the release: they are initialised
+randomly (and the tool says so).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from icnet_jax.models.layers import BN_EPSILON
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow checkpoint bundles, without TensorFlow
+# --------------------------------------------------------------------------------------------
+# `prefix.index` is a LevelDB-format table (tensorflow/core/lib/io/table*) mapping '' to a
+# BundleHeaderProto and each tensor name to a BundleEntryProto (dtype, shape, shard_id, offset,
+# size); the raw little-endian bytes are in `prefix.data-<shard>-of-<num_shards>`.
+
+_INIT_SIZE = (9, 9)  # parameter shapes do not depend on the image size
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_SIZE = 48
+_TF_DTYPES = {
+    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+    9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
+}  # fmt: skip
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _proto_fields(buf: bytes) -> dict[int, list[Any]]:
+    """Protobuf wire format: `{field number: [values]}` (varints as int, fixed as int, bytes)."""
+    fields: dict[int, list[Any]] = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + n], pos + n
+        elif wire == 5:
+            value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _table_block(data: bytes, handle: bytes, pos: int = 0) -> list[tuple[bytes, bytes]]:
+    """The (key, value) entries of the table block a BlockHandle points to."""
+    offset, pos = _varint(handle, pos)
+    size, _ = _varint(handle, pos)
+    block = data[offset : offset + size]
+    compression = data[offset + size] if offset + size < len(data) else 0
+    if compression != 0:
+        raise ValueError(f"compressed table block (type {compression}): not a TF bundle index")
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    end = len(block) - 4 * (num_restarts + 1)
+    entries, key, pos = [], b"", 0
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        length, pos = _varint(block, pos)
+        key = key[:shared] + block[pos : pos + unshared]
+        pos += unshared
+        entries.append((key, block[pos : pos + length]))
+        pos += length
+    return entries
+
+
+def _bundle_prefix(path: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if path.is_dir():
+        state = path / "checkpoint"
+        if state.exists():  # the `checkpoint` state file: model_checkpoint_path: "..."
+            for line in state.read_text().splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    name = line.split(":", 1)[1].strip().strip('"')
+                    return (
+                        (path / name)
+                        if not pathlib.Path(name).is_absolute()
+                        else pathlib.Path(name)
+                    )
+        indexes = sorted(path.glob("*.index"))
+        if len(indexes) != 1:
+            raise FileNotFoundError(
+                f"{path}: expected one *.index checkpoint, found {len(indexes)}"
+            )
+        path = indexes[0]
+    if path.suffix == ".index":
+        return path.with_suffix("")
+    if path.name.split(".")[-1].startswith("data-"):
+        return path.with_name(path.name.rsplit(".", 1)[0])
+    return path
+
+
+def read_tf_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """All tensors of a TensorFlow (V2 format) checkpoint as `{name: array}`, without TF.
+
+    `path`: the `.index` file, the checkpoint prefix (`model.ckpt-60000`), or a folder.
+    """
+    prefix = _bundle_prefix(path)
+    index = pathlib.Path(str(prefix) + ".index").read_bytes()
+    if len(index) < _FOOTER_SIZE:
+        raise ValueError(f"{prefix}.index is too short for a TensorFlow checkpoint index")
+    footer = index[-_FOOTER_SIZE:]
+    if struct.unpack("<Q", footer[-8:])[0] != _TABLE_MAGIC:
+        raise ValueError(f"{prefix}.index is not a TensorFlow checkpoint index (bad magic)")
+    _, pos = _varint(footer, _varint(footer, 0)[1])  # skip the metaindex handle
+    entries = []
+    for _, handle in _table_block(index, footer, pos):
+        entries += _table_block(index, handle)
+    num_shards, big_endian, tensors, shards = 1, False, {}, {}
+    for key, value in entries:
+        fields = _proto_fields(value)
+        if key == b"":  # BundleHeaderProto
+            num_shards = fields.get(1, [1])[0]
+            big_endian = fields.get(2, [0])[0] == 1
+            continue
+        name = key.decode()
+        if 7 in fields:
+            raise ValueError(f"{name}: partitioned (sliced) variables are not supported")
+        dtype = _TF_DTYPES.get(fields.get(1, [0])[0])
+        if dtype is None:
+            continue  # strings and other non-numeric entries: not weights
+        shape = []
+        for dim in _proto_fields(fields[2][0]).get(2, []) if 2 in fields else []:
+            shape.append(_signed64(_proto_fields(dim).get(1, [0])[0]))
+        shard, offset, size = (fields.get(i, [0])[0] for i in (3, 4, 5))
+        if shard not in shards:
+            shards[shard] = pathlib.Path(
+                f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+            ).read_bytes()
+        raw = shards[shard][offset : offset + size]
+        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(">" if big_endian else "<"))
+        tensors[name] = array.astype(dtype).reshape(shape)
+    return tensors
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the released tensors
+# --------------------------------------------------------------------------------------------
+
+_BN_ALIASES = {
+    "scale": "scale", "gamma": "scale",
+    "offset": "offset", "beta": "offset",
+    "mean": "mean", "moving_mean": "mean",
+    "variance": "variance", "moving_variance": "variance",
+}  # fmt: skip
+_SLOT_SUFFIXES = ("Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "ExponentialMovingAverage")
+
+
+def flatten_tensors(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """`{layer: {param: array}}` or `{'layer/param': array}` -> `{'layer/param': array}`."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            for sub, array in flatten_tensors(value).items():
+                out[f"{key}/{sub}"] = array
+        else:
+            out[str(key)] = np.asarray(value)
+    return out
+
+
+def load_release(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a released-weights file (`.npy` dict or TF checkpoint), flat names."""
+    path = pathlib.Path(path)
+    if path.suffix == ".npy":
+        data = np.load(path, allow_pickle=True, encoding="latin1")
+        if data.dtype != object or data.shape != ():
+            raise ValueError(
+                f"{path}: expected a pickled dict of layers, got an array {data.shape}"
+            )
+        return flatten_tensors(data.item())
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    return read_tf_checkpoint(path)
+
+
+def _is_bookkeeping(name: str) -> bool:
+    last = name.rsplit("/", 1)[-1]
+    return (
+        name == "global_step"
+        or last in _SLOT_SUFFIXES
+        or last.startswith(("beta1_power", "beta2_power"))
+    )
+
+
+def _layers(params: Mapping[str, Any], path: tuple[str, ...] = ()):
+    """(release name, module path, kind) of every layer: 'convbn' or 'classifier'."""
+    for name, value in params.items():
+        if not isinstance(value, Mapping):
+            continue
+        if "conv" in value:
+            yield "_".join((*path, name)), (*path, name), "convbn"
+        elif "kernel" in value:
+            yield "_".join((*path, name)), (*path, name), "classifier"
+        else:
+            yield from _layers(value, (*path, name))
+
+
+def release_variables(
+    tensors: Mapping[str, np.ndarray],
+    template: Mapping[str, Any],
+    *,
+    skip: tuple[str, ...] = ("conv6_sub4", "conv6_sub2"),
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The released tensors as `{'params', 'batch_stats'}` of our unfolded model.
+
+    Args:
+      tensors: flat `{'layer/param': array}` (folded, BN kept, or a mix, layer by layer).
+      template: variables (or their shapes, `jax.eval_shape`) of the model to fill.
+      skip: layers absent from the release (left out of the result: keep their initialisation).
+    Returns:
+      `(variables, ignored, absent)`: the variables of every layer but `skip`; the tensors ignored
+      as training bookkeeping; the `skip` layers (to initialise randomly).
+    Raises:
+      ValueError listing every missing, extra and mis-shaped tensor.
+    """
+    tensors = dict(tensors)
+    ignored = sorted(n for n in tensors if _is_bookkeeping(n))
+    for name in ignored:
+        del tensors[name]
+    # BN-kept names -> `layer_bn/<canonical>`
+    canonical = {}
+    for name in tensors:
+        layer, _, param = name.rpartition("/")
+        if layer.endswith("_bn") and param in _BN_ALIASES:
+            canonical[f"{layer}/{_BN_ALIASES[param]}"] = name
+        else:
+            canonical[name] = name
+    used: set[str] = set()
+    missing, misshaped = [], []
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+
+    def take(key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if key not in canonical:
+            missing.append(f"{key} {list(shape)}")
+            return None
+        name = canonical[key]
+        used.add(name)
+        array = np.asarray(tensors[name])
+        if tuple(array.shape) != tuple(shape):
+            misshaped.append(f"{name}: file {list(array.shape)}, model expects {list(shape)}")
+            return None
+        return array.astype(np.float32)
+
+    def put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+        for part in path[:-1]:
+            tree = tree.setdefault(part, {})
+        tree[path[-1]] = value
+
+    def node(tree, path):
+        for part in path:
+            tree = tree[part]
+        return tree
+
+    absent = []
+    for name, path, kind in _layers(template["params"]):
+        if name in skip:
+            absent.append(name)
+            continue
+        p = node(template["params"], path)
+        if kind == "classifier":
+            kernel = take(f"{name}/weights", p["kernel"].shape)
+            bias = take(f"{name}/biases", p["bias"].shape)
+            if kernel is not None and bias is not None:
+                put(params, path, {"kernel": kernel, "bias": bias})
+            continue
+        kshape = tuple(p["conv"]["kernel"].shape)
+        n = kshape[-1]
+        kernel = take(f"{name}/weights", kshape)
+        if f"{name}_bn/scale" in canonical or f"{name}_bn/mean" in canonical:  # BN kept
+            bn = {k: take(f"{name}_bn/{k}", (n,)) for k in ("scale", "offset", "mean", "variance")}
+            conv_bias = None
+            if f"{name}/biases" in canonical:  # a conv bias before BN: shifts the mean
+                conv_bias = take(f"{name}/biases", (n,))
+            if kernel is None or any(v is None for v in bn.values()):
+                continue
+            mean = bn["mean"] - (conv_bias if conv_bias is not None else 0.0)
+            put(
+                params,
+                path,
+                {"conv": {"kernel": kernel}, "bn": {"scale": bn["scale"], "bias": bn["offset"]}},
+            )
+            put(stats, path, {"bn": {"mean": mean.astype(np.float32), "var": bn["variance"]}})
+        else:  # BN folded into the convolution
+            bias = take(f"{name}/biases", (n,))
+            if kernel is None or bias is None:
+                continue
+            put(
+                params,
+                path,
+                {"conv": {"kernel": kernel}, "bn": {"scale": np.ones(n, np.float32), "bias": bias}},
+            )
+            put(
+                stats,
+                path,
+                {
+                    "bn": {
+                        "mean": np.zeros(n, np.float32),
+                        "var": np.full(n, 1.0 - BN_EPSILON, np.float32),
+                    }
+                },
+            )
+    extra = sorted(f"{n} {list(np.shape(tensors[n]))}" for n in tensors if n not in used)
+    if missing or extra or misshaped:
+        parts = []
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", extra),
+            ("wrong shape", misshaped),
+        ):
+            if items:
+                parts.append(f"{len(items)} {title}:\n    " + "\n    ".join(items))
+        raise ValueError("the weights do not match the ICNet release:\n  " + "\n  ".join(parts))
+    return {"params": params, "batch_stats": stats}, ignored, absent
+
+
+def infer_release_geometry(tensors: Mapping[str, np.ndarray]) -> tuple[float, int]:
+    """(width, num_classes) of released tensors (from conv1_1 and the classifier)."""
+    flat = {}
+    for name, array in tensors.items():
+        flat[name] = np.shape(array)
+    try:
+        width = flat["conv1_1_3x3_s2/weights"][-1] / 64
+        num_classes = int(flat["conv6_cls/weights"][-1])
+    except KeyError as error:
+        raise ValueError(f"not ICNet weights: {error.args[0]} is missing") from None
+    return width, num_classes
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def release_config(config, *, width: float = 0.5, num_classes: int = 19):
+    """`config` set to the release's preprocessing and model (in place; returned)."""
+    from configs import default
+
+    config.model.name = "icnet"
+    config.model.width = float(width)
+    config.model.align_corners = True
+    config.model.cff_upsampling = "bilinear"
+    config.input.bgr = True
+    config.input.mean = tuple(default.IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
+    config.input.std = (1.0, 1.0, 1.0)
+    if num_classes == 19:
+        config.dataset.name = "cityscapes"
+        config.input.eval_size = (1025, 2049)
+    return config
+
+
+def merge_into(fresh: Mapping[str, Any], loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """`fresh` with every leaf present in `loaded` replaced (shapes must agree)."""
+    out = {}
+    for key, value in fresh.items():
+        if isinstance(value, Mapping):
+            out[key] = merge_into(value, loaded.get(key, {}))
+        elif key in loaded:
+            if tuple(np.shape(loaded[key])) != tuple(np.shape(value)):
+                raise ValueError(f"{key}: {np.shape(loaded[key])} vs {np.shape(value)}")
+            out[key] = np.asarray(loaded[key], dtype=np.asarray(value).dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def write_training_checkpoint(
+    output: str | pathlib.Path,
+    config,
+    variables: Mapping[str, Any],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+) -> Any:
+    """Writes `output/checkpoints/<step>/{state,data,config}` with a fresh `TrainState` of the model
+    `config` describes, whose params and batch_stats are replaced by `variables` wherever given
+    (layers absent from `variables` keep their random initialisation). Returns the state."""
+    import jax
+    import jax.numpy as jnp
+
+    from icnet_jax import checkpoints, train_lib
+
+    output = pathlib.Path(output)
+    existing = output / "checkpoints"
+    if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
+        raise FileExistsError(f"{existing} already holds checkpoints; choose another --output")
+    model = train_lib.create_model(config, num_classes)
+    tx = train_lib.create_optimizer(config)
+    # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
+    init = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32))
+    fresh = train_lib.TrainState.create(
+        apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
+    )
+    params = merge_into(jax.device_get(fresh.params), variables.get("params", {}))
+    stats = merge_into(jax.device_get(fresh.batch_stats), variables.get("batch_stats", {}))
+    params = jax.tree.map(jnp.asarray, params)
+    state = fresh.replace(
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, stats),
+        opt_state=tx.init(params),
+        step=jnp.asarray(step, jnp.int32),
+    )
+    config_dict = _json_dict(config)
+    manager = checkpoints.create_manager(output, asynchronous=False)
+    checkpoints.save(manager, step, state, {}, config_dict)
+    manager.wait_until_finished()
+    manager.close()
+    return state
+
+
+def _json_dict(config) -> dict:
+    import json
+
+    return json.loads(config.to_json())
+
+
+def convert(input_path, output, config, *, seed: int = 0, verbose: bool = True):
+    """Converts released weights at `input_path` to a checkpoint in `output` (see module doc)."""
+    import jax
+    import jax.numpy as jnp
+
+    from icnet_jax.models import ICNet
+
+    tensors = load_release(input_path)
+    width, num_classes = infer_release_geometry(tensors)
+    config = release_config(config, width=width, num_classes=num_classes)
+    model = ICNet(num_classes=num_classes, width=config.model.width)
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
+    variables, ignored, absent = release_variables(tensors, template)
+    state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
+    if verbose:
+        count = len(tensors) - len(ignored)
+        print(
+            f"converted {count} tensors of {input_path} (ICNet width {width:g}, "
+            f"{num_classes} classes) -> {pathlib.Path(output) / 'checkpoints' / '0'}"
+        )
+        if ignored:
+            print(f"ignored training bookkeeping: {', '.join(ignored)}")
+        if absent:
+            print(
+                f"not in the release, initialised randomly (training-only heads for cascade label "
+                f"guidance): {', '.join(absent)}"
+            )
+        print(
+            "preprocessing recorded in the config: BGR, minus mean (RGB) "
+            f"{tuple(config.input.mean)}, std {tuple(config.input.std)}, eval size "
+            f"{config.input.eval_size}, align_corners {config.model.align_corners}"
+        )
+    return state
+
+
+def main(argv):
+    del argv
+    convert(FLAGS.input, FLAGS.output, FLAGS.config, seed=FLAGS.seed)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    FLAGS = flags.FLAGS
+    flags.DEFINE_string(
+        "input", None, "Released weights: .npy dict or TF checkpoint.", required=True
+    )
+    flags.DEFINE_string("output", None, "Output directory (DIR/checkpoints/0).", required=True)
+    flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of the training-only heads.")
+    config_flags.DEFINE_config_file(
+        "config", "configs/cityscapes.py", "Base config.", lock_config=False
+    )
+    app.run(main)

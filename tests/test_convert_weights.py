@@ -1,0 +1,333 @@
+"""Conversion of the released weights: .npy (BN folded or kept, nested or flat) and TF bundles."""
+
+import pathlib
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cityscapes
+from icnet_jax import finetune
+from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
+from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
+from icnet_jax.models.layers import BN_EPSILON
+from icnet_jax.tools import convert_weights as cw
+from tests.conftest import SHARED_DATA
+
+SIZE = (65, 129)
+
+
+def released_shapes() -> dict[str, tuple[int, ...]]:
+    """The 128 released tensors' names and shapes (checked against the .tsv when present)."""
+    model = ICNet(num_classes=19)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
+    folded = jax.eval_shape(fold_batchnorm, abstract)["params"]
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), folded)
+    shapes = {k: v.shape for k, v in released_tensors(zeros, skip=TRAINING_ONLY_LAYERS).items()}
+    tsv = SHARED_DATA.parent / "reference" / "icnet_cityscapes_released_tensors.tsv"
+    if tsv.exists():
+        expected = {}
+        for line in tsv.read_text().splitlines():
+            name, _, shape = line.split("\t")
+            expected[name] = tuple(int(d) for d in shape.strip("[]").split(","))
+        assert shapes == expected
+    assert len(shapes) == 128
+    return shapes
+
+
+def random_release(seed=0) -> dict[str, np.ndarray]:
+    """Folded release tensors with random values of realistic magnitude."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in released_shapes().items():
+        if name.endswith("/weights"):
+            out[name] = rng.normal(0, np.sqrt(1.0 / np.prod(shape[:-1])), shape)
+        else:
+            out[name] = rng.normal(0, 0.1, shape)
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def nest(flat):
+    out = {}
+    for name, value in flat.items():
+        layer, param = name.split("/")
+        out.setdefault(layer, {})[param] = value
+    return out
+
+
+def folded_params(flat):
+    """The release's folded tensors as params of `ICNet(fold_bn=True)` (independent of cw)."""
+    model = ICNet(num_classes=19, fold_bn=True)
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
+
+    def fill(tree, path):
+        out = {}
+        for name, value in tree.items():
+            if name in TRAINING_ONLY_LAYERS:
+                continue
+            if isinstance(value, dict) and "kernel" in value:
+                layer = "_".join(path + ((name,) if name != "conv" else ()))
+                out[name] = {"kernel": flat[f"{layer}/weights"], "bias": flat[f"{layer}/biases"]}
+            elif isinstance(value, dict):
+                out[name] = fill(value, path if name == "conv" else path + (name,))
+        return out
+
+    params = fill(template["params"], ())
+    for head in TRAINING_ONLY_LAYERS:  # not used at inference
+        params[head] = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template["params"][head])
+    return params
+
+
+def images(seed=1):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(-120, 130, (1, *SIZE, 3)), jnp.float32)
+
+
+def assert_logits_close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = max(1.0, float(np.abs(b).max()))
+    np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=0)
+
+
+# ---- a TF checkpoint bundle writer, in exactly TF's format (LevelDB table of protos) -----------
+
+
+def _varint(n):
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not out[-1] & 0x80:
+            return bytes(out)
+
+
+def _pv(number, value):  # varint field
+    return _varint(number << 3) + _varint(value)
+
+
+def _pb(number, payload):  # length-delimited field
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _block(entries, restart_interval=16):
+    data, restarts, previous = b"", [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval == 0:
+            restarts.append(len(data))
+        else:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        data += _varint(shared) + _varint(len(key) - shared) + _varint(len(value))
+        data += key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return (
+        data + b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
+    )
+
+
+def write_tf_bundle(prefix, tensors, *, shard_split=False):
+    """`prefix.index` + `prefix.data-0000i-of-0000n` as TF's BundleWriter lays them out."""
+    names = sorted(tensors)
+    num_shards = 2 if shard_split else 1
+    shards = [b""] * num_shards
+    entries = [(b"", _pv(1, num_shards) + _pv(2, 0) + _pb(3, _pv(1, 1)))]  # BundleHeaderProto
+    for i, name in enumerate(names):
+        array = np.asarray(tensors[name])
+        dtype = {np.float32: 1, np.int64: 9}[array.dtype.type]
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shard = i % num_shards
+        shape = b"".join(_pb(2, _pv(1, d)) for d in array.shape)
+        entry = _pv(1, dtype) + _pb(2, shape) + _pv(3, shard) + _pv(4, len(shards[shard]))
+        entry += _pv(5, len(raw)) + _varint(6 << 3 | 5) + struct.pack("<I", 0)  # crc32c
+        entries.append((name.encode(), entry))
+        shards[shard] += raw
+    index = bytearray()
+
+    def add(block):
+        offset = len(index)
+        index.extend(block + b"\x00" + struct.pack("<I", 0))  # no compression, crc
+        return _varint(offset) + _varint(len(block))
+
+    data_handles = []
+    for start in range(0, len(entries), 50):  # several data blocks
+        chunk = entries[start : start + 50]
+        data_handles.append((chunk[-1][0], add(_block(chunk))))
+    meta = add(_block([]))
+    index_handle = add(_block(data_handles, restart_interval=1))
+    footer = (meta + index_handle).ljust(40, b"\x00") + struct.pack("<Q", 0xDB4775248B80FB57)
+    pathlib.Path(f"{prefix}.index").write_bytes(bytes(index) + footer)
+    for shard, data in enumerate(shards):
+        pathlib.Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}").write_bytes(data)
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+
+def test_tf_bundle_reader_reads_every_tensor(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {
+        "conv1/weights": rng.normal(size=(3, 3, 3, 8)).astype(np.float32),
+        "conv1/biases": rng.normal(size=(8,)).astype(np.float32),
+        "conv10/weights": rng.normal(size=(1, 1, 300, 2)).astype(np.float32),  # shared prefixes
+        "scalar": np.float32(3.5).reshape(()),
+        "global_step": np.array(60000, np.int64),
+    }
+    tensors.update(
+        {f"layer{i:03d}/w": rng.normal(size=(i + 1,)).astype(np.float32) for i in range(120)}
+    )
+    write_tf_bundle(tmp_path / "model.ckpt-60000", tensors, shard_split=True)
+    for path in (tmp_path / "model.ckpt-60000.index", tmp_path / "model.ckpt-60000", tmp_path):
+        read = cw.read_tf_checkpoint(path)
+        assert set(read) == set(tensors)
+        for name, value in tensors.items():
+            np.testing.assert_array_equal(read[name], value)
+            assert read[name].shape == np.shape(value)
+
+
+def test_real_tensorflow_checkpoint_is_read_without_tf(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    values = {
+        "conv1_sub1/weights": rng.normal(size=(3, 3, 3, 32)).astype(np.float32),
+        "conv1_sub1_bn/moving_mean": rng.normal(size=(32,)).astype(np.float32),
+    }
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.Variable(v, name=k.replace("/", "__")) for k, v in values.items()]
+        saver = tf.compat.v1.train.Saver({k: v for k, v in zip(values, variables)})
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver.save(session, str(tmp_path / "model.ckpt"), global_step=7)
+    read = cw.read_tf_checkpoint(tmp_path)
+    for name, value in values.items():
+        np.testing.assert_array_equal(read[name], value)
+
+
+def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path, capsys):
+    release = random_release()
+    np.save(tmp_path / "icnet.npy", nest(release), allow_pickle=True)
+    cw.convert(tmp_path / "icnet.npy", tmp_path / "out", cityscapes.get_config())
+    printed = capsys.readouterr().out
+    assert "conv6_sub2" in printed and "conv6_sub4" in printed and "randomly" in printed
+
+    state, config, num_classes, step = finetune.restore_checkpoint(tmp_path / "out")
+    assert (num_classes, step, int(state.step)) == (19, 0, 0)
+    assert config["input"]["bgr"] is True
+    np.testing.assert_allclose(config["input"]["mean"], (123.68, 116.779, 103.939))
+    assert tuple(config["input"]["std"]) == (1.0, 1.0, 1.0)
+    assert tuple(config["input"]["eval_size"]) == (1025, 2049)
+    assert config["model"]["align_corners"] is True and config["model"]["width"] == 0.5
+    assert config["model"]["name"] == "icnet" and config["dataset"]["name"] == "cityscapes"
+    assert (tmp_path / "out" / "checkpoints" / "0" / "state").is_dir()
+    np.testing.assert_array_equal(
+        state.batch_stats["conv1_sub1"]["bn"]["var"], np.float32(1 - BN_EPSILON)
+    )
+    assert float(jnp.abs(state.params["conv6_sub4"]["kernel"]).sum()) > 0  # initialised
+    assert jax.tree.structure(state.opt_state) is not None
+
+    x = images()
+    ours = ICNet(num_classes=19).apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, x
+    )
+    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(release)}, x)
+    assert_logits_close(ours, reference)
+
+
+def bn_kept(release, seed=2):
+    """BN-kept tensors whose hand-folded (numpy) form is `release`'s shapes, plus that form."""
+    rng = np.random.default_rng(seed)
+    kept, folded = {}, {}
+    for name in release:
+        layer, param = name.split("/")
+        if param == "biases":
+            continue
+        w = release[name]
+        if layer == "conv6_cls":
+            kept[name], kept[f"{layer}/biases"] = w, release[f"{layer}/biases"]
+            folded[name], folded[f"{layer}/biases"] = w, release[f"{layer}/biases"]
+            continue
+        n = w.shape[-1]
+        scale = rng.uniform(0.5, 1.5, n).astype(np.float32)
+        offset = rng.normal(0, 0.1, n).astype(np.float32)
+        mean = rng.normal(0, 0.1, n).astype(np.float32)
+        var = rng.uniform(0.5, 2.0, n).astype(np.float32)
+        kept[name] = w
+        kept.update(
+            {
+                f"{layer}_bn/scale": scale,
+                f"{layer}_bn/offset": offset,
+                f"{layer}_bn/mean": mean,
+                f"{layer}_bn/variance": var,
+            }
+        )
+        s = scale / np.sqrt(var.astype(np.float64) + BN_EPSILON)
+        folded[name] = (w * s).astype(np.float32)
+        folded[f"{layer}/biases"] = (offset - mean * s).astype(np.float32)
+    return kept, folded
+
+
+def template():
+    model = ICNet(num_classes=19)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
+
+
+def test_bn_kept_flat_npy_and_tf_checkpoint_equal_hand_folding(tmp_path):
+    kept, folded = bn_kept(random_release())
+    np.save(tmp_path / "kept.npy", kept, allow_pickle=True)  # flat {'layer/param': array}
+    tf_names = {
+        k.replace("_bn/scale", "_bn/gamma")
+        .replace("_bn/offset", "_bn/beta")
+        .replace("_bn/mean", "_bn/moving_mean")
+        .replace("_bn/variance", "_bn/moving_variance"): v
+        for k, v in kept.items()
+    }
+    tf_names["global_step"] = np.array(30000, np.int64)
+    tf_names["conv1_sub1/weights/Momentum"] = kept["conv1_sub1/weights"]
+    write_tf_bundle(tmp_path / "model.ckpt-30000", tf_names)
+
+    from_npy, ignored, absent = cw.release_variables(
+        cw.load_release(tmp_path / "kept.npy"), template()
+    )
+    assert ignored == [] and sorted(absent) == sorted(TRAINING_ONLY_LAYERS)
+    from_tf, ignored, _ = cw.release_variables(
+        cw.load_release(tmp_path / "model.ckpt-30000.index"), template()
+    )
+    assert ignored == ["conv1_sub1/weights/Momentum", "global_step"]
+    jax.tree.map(np.testing.assert_array_equal, from_npy, from_tf)
+
+    fresh = ICNet(num_classes=19).init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3)))
+    variables = {c: cw.merge_into(fresh[c], from_npy[c]) for c in ("params", "batch_stats")}
+    x = images()
+    ours = ICNet(num_classes=19).apply(variables, x)
+    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(folded)}, x)
+    assert_logits_close(ours, reference)
+
+
+def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
+    release = random_release()
+    del release["conv3_1_1x1_reduce/weights"]
+    del release["conv5_4_k1/biases"]
+    release["conv_sub4/weights"] = release["conv_sub4/weights"][:, :, :, :64]
+    release["conv6_cls/biases"] = np.zeros(20, np.float32)
+    release["conv9_extra/weights"] = np.zeros((1, 1, 2, 2), np.float32)
+    np.save(tmp_path / "bad.npy", nest(release), allow_pickle=True)
+    with pytest.raises(ValueError) as error:
+        cw.release_variables(cw.load_release(tmp_path / "bad.npy"), template())
+    message = str(error.value)
+    for name in (
+        "conv3_1_1x1_reduce/weights",
+        "conv5_4_k1/biases",
+        "conv_sub4/weights",
+        "conv6_cls/biases",
+        "conv9_extra/weights",
+    ):
+        assert name in message, message
+    assert "missing" in message and "unexpected" in message and "wrong shape" in message
+    # nothing is written on error
+    with pytest.raises(ValueError):
+        cw.convert(tmp_path / "bad.npy", tmp_path / "out", cityscapes.get_config())
+    assert not (tmp_path / "out" / "checkpoints").exists()

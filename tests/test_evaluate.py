@@ -1,0 +1,373 @@
+"""evaluate.py and icnet_jax/inference.py: metrics against hand-computed values, test-time
+augmentation, the checkpoint's settings winning over the command line, the written files."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+from configs import quickstart
+from icnet_jax import checkpoints, inference, train_lib
+from icnet_jax.data import labels as L
+from icnet_jax.data.augment import normalize
+from icnet_jax.image_io import read_image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_CLASSES = 9  # the street dataset's
+
+
+def checkpoint_config(**overrides):
+    """The config saved with the test checkpoints: settings unlike the command line's below."""
+    config = quickstart.get_config()
+    config.model.width = 0.25
+    config.input.mean = (0.0, 0.0, 0.0)
+    config.input.std = (1.0, 1.0, 1.0)
+    config.input.bgr = False
+    config.input.crop_size = (33, 65)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def command_line_config():
+    """A command line that disagrees with the checkpoint on every setting describing weights."""
+    config = quickstart.get_config()
+    config.model.width = 0.5  # restoring 0.25-width weights into it would fail
+    config.input.bgr = True
+    return config
+
+
+def random_state(config, num_classes: int, seed: int = 0):
+    """A TrainState with random weights (fan-in scaled) without compiling `model.init`."""
+    model = train_lib.create_model(config, num_classes)
+    tx = train_lib.create_optimizer(config)
+    abstract = jax.eval_shape(
+        functools.partial(train_lib.create_train_state, model=model, tx=tx, image_size=(33, 65)),
+        jax.random.PRNGKey(0),
+    )
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = getattr(path[-1], "key", getattr(path[-1], "name", ""))
+        if name in ("var", "scale"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+        if name == "bias":
+            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        return np.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def write_checkpoint(workdir, config, num_classes: int = NUM_CLASSES, step: int = 7, seed=0):
+    """Saves a random-weight checkpoint with `config` as training would; returns the state."""
+    state = random_state(config, num_classes, seed)
+    manager = checkpoints.create_manager(workdir, asynchronous=False)
+    checkpoints.save(manager, step, state, None, json.loads(config.to_json()))
+    manager.wait_until_finished()
+    manager.close()
+    return state
+
+
+def example(image, label, name):
+    return {"image": image, "label": label[:, :, None], "file_name": name.encode()}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ckpt")
+    state = write_checkpoint(workdir, checkpoint_config())
+    return workdir, state
+
+
+# --- Settings from the checkpoint ---------------------------------------------------------------
+
+
+def test_checkpoint_settings_win_over_the_command_line():
+    saved = {
+        "model": {"width": 0.25, "branch": "sub4", "align_corners": False},
+        "input": {"mean": [1, 2, 3], "bgr": False, "eval_size": [65, 129], "crop_size": [9, 9]},
+        "dataset": {"name": "camvid"},
+        "ignore_label": 11,
+    }
+    cli = command_line_config()
+    merged, settings = inference.merge_checkpoint_config(cli, saved)
+    assert merged.model.width == 0.25 and merged.model.branch == "sub4"
+    assert merged.model.align_corners is False
+    assert merged.model.cff_upsampling == cli.model.cff_upsampling  # not saved: command line
+    assert merged.input.mean == (1, 2, 3) and merged.input.eval_size == (65, 129)
+    assert merged.input.bgr is False and merged.ignore_label == 11
+    # Dataset and training fields stay the command line's.
+    assert merged.dataset.name == cli.dataset.name and merged.input.crop_size == (257, 513)
+    keys = {s.key for s in settings}
+    assert keys == {"model.width", "model.branch", "model.align_corners", "input.mean",
+                    "input.bgr", "input.eval_size", "ignore_label"}  # fmt: skip
+    text = inference.describe_settings(settings)
+    assert "model.width = 0.25   (command line: 0.5)" in text
+    assert cli.model.width == 0.5  # the command-line config is untouched
+
+    kept, settings = inference.merge_checkpoint_config(cli, saved, ["input.eval_size", "model"])
+    assert kept.input.eval_size is None and kept.model.width == 0.5 and kept.input.mean == (1, 2, 3)
+    assert {s.key for s in settings} == {"input.mean", "input.bgr", "ignore_label"}
+
+
+def test_load_checkpoint_takes_the_saved_settings_and_classes(checkpoint):
+    workdir, state = checkpoint
+    for path in (workdir, workdir / "checkpoints" / "7"):
+        loaded = inference.load_checkpoint(path, command_line_config())
+        assert loaded.step == 7 and loaded.num_classes == NUM_CLASSES
+        assert loaded.workdir == workdir.absolute()
+        assert loaded.config.model.width == 0.25 and loaded.config.input.bgr is False
+        assert loaded.config.input.mean == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(
+        loaded.variables["params"]["conv6_cls"]["kernel"], state.params["conv6_cls"]["kernel"]
+    )
+    with pytest.raises(FileNotFoundError):
+        inference.load_checkpoint(workdir / "nowhere", command_line_config())
+
+
+# --- Metrics by hand, through evaluate() with a model whose output is known ---------------------
+
+
+class OneHotModel:
+    """Stands in for ICNet (branch 'all'): sub124 predicts the image's one-hot channel, sub4
+    class 0 everywhere, sub24 class 1 everywhere; pixelwise, so flips and the exact x2 zoom of
+    align-corners resizing leave its predictions unchanged."""
+
+    branch = "all"
+
+    def apply(self, variables, images):
+        n, h, w, _ = images.shape
+        constant = jnp.zeros((n, h, w, 3), jnp.float32)
+        return {
+            "sub4": constant.at[..., 0].set(10.0),
+            "sub24": constant.at[..., 1].set(10.0),
+            "sub124": 10.0 * images,
+        }
+
+
+# Labels and the sub124 predictions of the hand-computed example (3 classes, 255 = ignore).
+HAND_LABEL = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
+HAND_PREDICTION = np.array([[0, 1, 1], [1, 1, 2]], np.uint8)
+# Rows: ground truth, columns: prediction; the ignored pixel is not counted.
+HAND_CONFUSION = {
+    "sub4": [[2, 0, 0], [2, 0, 0], [1, 0, 0]],
+    "sub24": [[0, 2, 0], [0, 2, 0], [0, 1, 0]],
+    "sub124": [[1, 1, 0], [0, 2, 0], [0, 1, 0]],
+}
+# IoU = TP / (GT + predicted - TP), per class.
+HAND_IOU = {
+    "sub4": [2 / 5, 0.0, 0.0],
+    "sub24": [0.0, 2 / 5, 0.0],
+    "sub124": [1 / 2, 2 / 4, 0.0],
+}
+HAND_PIXEL_ACCURACY = {"sub4": 2 / 5, "sub24": 2 / 5, "sub124": 3 / 5}
+# Regions (8-connectivity): class 0 {(0,0),(0,1)}, class 1 {(0,2)} and {(1,0)} (not touching),
+# class 2 {(1,1)}; mean of the fractions of each region predicted right.
+HAND_REGION_ACCURACY = {
+    "sub4": (1 + 0 + 0 + 0) / 4,
+    "sub24": (0 + 1 + 1 + 0) / 4,
+    "sub124": (1 / 2 + 1 + 1 + 0) / 4,
+}
+
+
+def hand_source():
+    image = np.eye(3, dtype=np.uint8)[HAND_PREDICTION]  # one-hot channels
+    return [example(image, HAND_LABEL, "city/a_leftImg8bit.png")]
+
+
+HAND_INFO = L.custom_info("hand", ["zero", "one", "two"])
+
+
+@pytest.mark.parametrize("flip, scales", [(False, (1.0,)), (True, (1.0, 2.0))])
+def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeypatch, flip, scales):
+    workdir, _ = checkpoint
+    # The checkpoint's classifier has 9 classes; this model and dataset have 3.
+    monkeypatch.setattr(inference, "num_classes_of", lambda state_dir: 3)
+    monkeypatch.setattr(inference, "_restore_step", lambda *a: ({"params": {}}, 3))
+    monkeypatch.setattr(inference, "inference_model", lambda config, n, branch="all": OneHotModel())
+    out = tmp_path / "out"
+    summary = evaluate.evaluate(
+        command_line_config(), workdir, workdir=out, split="val", flip=flip, scales=scales,
+        save_predictions=5, source=hand_source(), info=HAND_INFO, progress=False,
+    )  # fmt: skip
+    metrics = json.loads((out / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["step"] == 7 and metrics["split"] == "val"
+    assert metrics["flip"] is flip and metrics["scales"] == list(scales)
+    assert metrics["checkpoint"].endswith(os.path.join("checkpoints", "7"))
+    assert metrics["num_images"] == 1 and metrics["eval_size"] is None
+    # The checkpoint's normalisation (RGB, mean 0) was used: BGR would have swapped the channels.
+    assert metrics["from_checkpoint"]["input.bgr"] is False
+    assert set(metrics["branches"]) == {"sub4", "sub24", "sub124"}
+    for branch, m in metrics["branches"].items():
+        assert m["confusion"] == HAND_CONFUSION[branch]
+        np.testing.assert_allclose(m["iou"], HAND_IOU[branch], rtol=1e-12)
+        assert m["miou"] == pytest.approx(np.mean(HAND_IOU[branch]), rel=1e-12)
+        assert m["pixel_accuracy"] == pytest.approx(HAND_PIXEL_ACCURACY[branch], rel=1e-12)
+        assert m["per_class"] == dict(zip(HAND_INFO.class_names, HAND_IOU[branch]))
+        assert m["num_pixels"] == 5 and m["absent_classes"] == []
+    assert summary["branches"] == metrics["branches"]
+
+    region = json.loads((out / "eval" / "val" / "region_accuracy.json").read_text())
+    assert region["num_images"] == 1 and region["num_regions"] == 4
+    assert region["region_counts"][0] == 4 and region["step"] == 7
+    for branch, value in HAND_REGION_ACCURACY.items():
+        assert region["overall_accuracy"][branch] == pytest.approx(value)
+    assert set(region["differences"]) == {"sub24-sub4", "sub124-sub24"}
+    for name in ("region_accuracy.png", "per_class_iou.png"):
+        assert (out / "eval" / "val" / name).stat().st_size > 1000
+
+    predictions = out / "eval" / "val" / "predictions" / "city"
+    labels = np.asarray(Image.open(predictions / "a_leftImg8bit_labels.png"))
+    np.testing.assert_array_equal(labels, HAND_PREDICTION)  # sub124, the checkpoint's branch
+    for kind in ("color", "overlay", "gt"):
+        assert read_image(predictions / f"a_leftImg8bit_{kind}.png").shape == (2, 3, 3)
+
+
+def test_several_devices_give_the_same_confusions():
+    rng = np.random.default_rng(0)
+    examples = []
+    for i, (h, w) in enumerate([(4, 6), (4, 6), (5, 3), (4, 6), (5, 3)]):  # sizes mixed
+        pred = rng.integers(0, 3, (h, w))
+        label = rng.integers(0, 3, (h, w)).astype(np.int32)
+        label[0, 0] = 255
+        examples.append({"image": np.eye(3, dtype=np.float32)[pred], "label": label, "i": i})
+    step = inference.make_step(OneHotModel(), 3)
+    seen = []
+    results = [
+        inference.evaluate_examples(
+            step,
+            {},
+            examples,
+            ["a", "b", "c"],
+            ("sub4", "sub24", "sub124"),
+            devices=jax.local_devices()[:n],
+            progress=False,
+            on_prediction=lambda ex, p: seen.append((ex["i"], p["sub124"].shape)),
+        )  # fmt: skip
+        for n in (1, 3)
+    ]
+    expected = np.zeros((3, 3), np.int64)
+    for ex in examples:
+        valid = ex["label"] != 255
+        np.add.at(expected, (ex["label"][valid], ex["image"].argmax(-1)[valid]), 1)
+    for result in results:
+        np.testing.assert_array_equal(result["sub124"]["confusion"], expected)
+    # Predictions come back in order, at each image's size, on either number of devices.
+    assert seen == 2 * [(ex["i"], ex["label"].shape) for ex in examples]
+
+
+def test_scaled_size_keeps_the_release_geometry():
+    assert inference.scaled_size((1025, 2049), 0.75) == (769, 1537)
+    assert inference.scaled_size((1025, 2049), 1.25) == (1281, 2561)
+    assert inference.scaled_size((100, 200), 0.5, align_corners=False) == (50, 100)
+    assert inference.parse_scales("0.75, 1,1.25") == (0.75, 1.0, 1.25)
+    with pytest.raises(ValueError):
+        inference.parse_scales("0,1")
+
+
+def test_denormalize_inverts_normalize():
+    image = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    mean, std = (123.68, 116.779, 103.939), (58.0, 57.0, 57.5)
+    for bgr in (False, True):
+        x = normalize(image, mean, std, bgr)
+        np.testing.assert_array_equal(inference.denormalize(x, mean, std, bgr), image)
+
+
+# --- The real network, against model.apply + numpy ----------------------------------------------
+
+
+@pytest.mark.slow  # two compilations of the network: about 20 s on 2 loaded cores
+def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
+    workdir, state = checkpoint
+    rng = np.random.default_rng(1)
+    source = []
+    for i in range(2):
+        image = rng.integers(0, 256, (33, 65, 3), dtype=np.uint8)
+        label = rng.integers(0, NUM_CLASSES, (33, 65), dtype=np.uint8)
+        label[:5] = 255
+        source.append(example(image, label, f"img{i}.png"))
+    summary = evaluate.evaluate(
+        command_line_config(), workdir / "checkpoints", workdir=tmp_path, split="val",
+        source=source, info=L.STREET, progress=False,
+    )  # fmt: skip
+
+    # Independently: the saved config's model and normalisation, model.apply, numpy argmax.
+    model = train_lib.create_model(checkpoint_config(), NUM_CLASSES, branch="all")
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    apply = jax.jit(model.apply)
+    expected = {b: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for b in summary["branches"]}
+    classes_predicted = set()
+    for ex in source:
+        x = ex["image"].astype(np.float32)[None]  # mean 0, std 1, RGB
+        logits = jax.device_get(apply(variables, x))
+        label = ex["label"][:, :, 0]
+        valid = label != 255
+        for branch, value in logits.items():
+            prediction = np.asarray(value[0]).argmax(-1)
+            np.add.at(expected[branch], (label[valid], prediction[valid]), 1)
+            classes_predicted |= set(prediction.ravel().tolist())
+    metrics = json.loads((tmp_path / "eval" / "val" / "metrics.json").read_text())
+    for branch, m in metrics["branches"].items():
+        confusion = expected[branch]
+        assert m["confusion"] == confusion.tolist()
+        tp = np.diag(confusion)
+        union = confusion.sum(0) + confusion.sum(1) - tp
+        iou = tp[union > 0] / union[union > 0]
+        assert m["miou"] == pytest.approx(iou.mean(), rel=1e-9)
+        assert m["pixel_accuracy"] == pytest.approx(tp.sum() / confusion.sum(), rel=1e-9)
+        assert m["num_pixels"] == 2 * 28 * 65
+    assert metrics["from_checkpoint"]["model.width"] == 0.25
+    assert len(classes_predicted) > 1  # not a degenerate one-class network
+
+
+# --- The command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_the_street_dataset(tmp_path):
+    workdir = tmp_path / "run"
+    write_checkpoint(workdir, checkpoint_config(), step=3)
+    command = [
+        sys.executable, "evaluate.py", f"--workdir={workdir}",
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+        "--config.dataset.builder_kwargs.num_train=1",
+        "--config.dataset.builder_kwargs.num_val=2",
+        "--config.dataset.builder_kwargs.height=33",
+        "--config.dataset.builder_kwargs.width=65",
+        "--config.model.width=0.5", "--save_predictions=1", "--flip",
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "model.width = 0.25   (command line: 0.5)" in done.stdout
+    assert "mIoU" in done.stdout and "sub124" in done.stdout
+    out = workdir / "eval" / "val"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["flip"] is True and metrics["num_images"] == 2
+    for name in ("region_accuracy.json", "region_accuracy.png", "per_class_iou.png"):
+        assert (out / name).is_file()
+    assert len(list((out / "predictions").rglob("*_labels.png"))) == 1
+
+    missing = subprocess.run(
+        [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'none'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no checkpoints at" in missing.stderr

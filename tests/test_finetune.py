@@ -1,0 +1,86 @@
+"""Fine-tuning from a checkpoint with another number of classes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import quickstart
+from icnet_jax import finetune, train_lib
+from icnet_jax.tools.convert_weights import write_training_checkpoint
+
+CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")
+
+
+def fresh_state(config, num_classes, seed):
+    model = train_lib.create_model(config, num_classes)
+    tx = train_lib.create_optimizer(config)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 9, 9, 3)))
+    return train_lib.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables["batch_stats"],
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint_19(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt19")
+    config = quickstart.get_config()  # width 0.25: small
+    state = write_training_checkpoint(path, config, {}, 19, seed=3)
+    return path, state
+
+
+def test_19_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_19, capsys):
+    path, source = checkpoint_19
+    config = quickstart.get_config()
+    state = fresh_state(config, 11, seed=7)
+    loaded, report = finetune.load_pretrained(state, path, config=config)
+    printed = capsys.readouterr().out
+    assert "re-initialised" in printed and "conv6_cls/kernel" in printed
+
+    flat_src = traverse_util.flatten_dict(
+        {"params": source.params, "batch_stats": source.batch_stats}
+    )
+    flat_new = traverse_util.flatten_dict(
+        {"params": loaded.params, "batch_stats": loaded.batch_stats}
+    )
+    flat_fresh = traverse_util.flatten_dict(
+        {"params": state.params, "batch_stats": state.batch_stats}
+    )
+    assert flat_new.keys() == flat_fresh.keys()
+    for key, value in flat_new.items():
+        if any(c in key for c in CLASSIFIERS):
+            np.testing.assert_array_equal(value, flat_fresh[key])  # fresh init kept
+            assert value.shape[-1] == 11
+        else:
+            np.testing.assert_array_equal(value, flat_src[key])
+    assert sorted(r.split(" ")[0] for r in report.reinitialised) == sorted(
+        f"params/{c}/{p}" for c in CLASSIFIERS for p in ("kernel", "bias")
+    )
+    assert report.skipped == report.reinitialised and not report.missing and not report.unused
+    assert len(report.loaded) == len(flat_new) - 6
+    assert int(loaded.step) == 0
+    # the loaded model runs
+    out = loaded.apply_fn(
+        {"params": loaded.params, "batch_stats": loaded.batch_stats}, jnp.zeros((1, 33, 33, 3))
+    )
+    assert out.shape == (1, 33, 33, 11)
+
+
+def test_same_classes_loads_everything(checkpoint_19):
+    path, source = checkpoint_19
+    config = quickstart.get_config()
+    loaded, report = finetune.load_pretrained(fresh_state(config, 19, seed=1), path, verbose=False)
+    assert not report.skipped
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, jax.device_get(source.params))
+
+
+def test_a_backbone_mismatch_is_an_error_naming_the_tensors(checkpoint_19):
+    path, _ = checkpoint_19
+    config = quickstart.get_config()
+    config.model.width = 0.5
+    with pytest.raises(ValueError, match=r"conv1_1_3x3_s2/conv/kernel: checkpoint \(3, 3, 3, 16\)"):
+        finetune.load_pretrained(fresh_state(config, 11, seed=0), path, config=config)

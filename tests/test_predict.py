@@ -1,0 +1,177 @@
+"""predict.py: odd inputs (RGBA, grayscale, 16-bit, EXIF-rotated, corrupt, odd size, video) give
+the expected files at the right sizes with valid class ids; failures are named and skipped."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict
+from icnet_jax import image_io, inference
+from icnet_jax.data import labels as L
+from tests.test_evaluate import NUM_CLASSES, checkpoint_config, write_checkpoint
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+H, W = 32, 64  # one size for images and video frames (even: mp4 keeps it), one compilation
+
+
+def cli_config():
+    """A command line naming another dataset (Cityscapes, 19 classes) and other settings."""
+    from configs import cityscapes
+
+    return cityscapes.get_config()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ckpt")
+    write_checkpoint(workdir, checkpoint_config(), step=5)  # dataset 'street', 9 classes
+    return workdir
+
+
+def make_inputs(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """Writes the odd inputs; returns `{stem: upright (H, W)}` of those that must succeed."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (H, W, 4), dtype=np.uint8), "RGBA").save(
+        folder / "rgba.png"
+    )
+    gray = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(folder / "gray.png")
+    # 16-bit with the same high bytes: read_image gives the same pixels as gray.png.
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")
+    assert Image.open(folder / "gray16.png").mode.startswith("I")
+    # Stored in portrait (W x H swapped) with EXIF orientation 6: upright it is H x W.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (W, H, 3), dtype=np.uint8)).save(
+        folder / "exif.jpg", exif=exif
+    )
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(folder / "odd.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    with image_io.VideoWriter(folder / "clip.mp4", 5.0, (W, H)) as writer:
+        for _ in range(3):
+            writer.write(rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    return {"rgba": (H, W), "gray": (H, W), "gray16": (H, W), "exif": (H, W), "odd": (37, 53)}
+
+
+class RedBandModel:
+    """Stands in for ICNet: class = red value // 32 (0..7 of 9), pixel by pixel."""
+
+    def apply(self, variables, images):
+        classes = jnp.floor(images[..., 0] / 32.0).astype(jnp.int32)
+        return 10.0 * jax.nn.one_hot(classes, NUM_CLASSES)
+
+
+def check_outputs(out, sizes, printed, inputs=None):
+    palette = {tuple(c) for c in L.STREET_PALETTE}  # the checkpoint's dataset, not Cityscapes
+    for stem, size in sizes.items():
+        labels = Image.open(out / f"{stem}_labels.png")
+        assert labels.mode == "L"
+        labels = np.asarray(labels)
+        assert labels.shape == size, stem
+        assert labels.max() < NUM_CLASSES
+        if inputs is not None:  # RedBandModel: exact labels from the upright RGB image
+            (path,) = inputs.glob(f"{stem}.*")
+            np.testing.assert_array_equal(labels, image_io.read_image(path)[..., 0] // 32)
+        colour = image_io.read_image(out / f"{stem}_color.png")
+        assert colour.shape == (*size, 3)
+        assert {tuple(c) for c in colour.reshape(-1, 3)} <= palette
+        assert image_io.read_image(out / f"{stem}_overlay.png").shape == (*size, 3)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "gray_labels.png")),
+        np.asarray(Image.open(out / "gray16_labels.png")),
+    )
+    assert not list(out.glob("corrupt*"))
+    fps, frames = image_io.iter_video_frames(out / "clip_overlay.mp4")
+    frames = list(frames)
+    assert fps == pytest.approx(5.0) and len(frames) == 3
+    assert all(f.shape == (H, W, 3) for f in frames)
+    assert "3 frames" in printed and "fps" in printed
+
+
+def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkeypatch):
+    """Every kind of input, with a stand-in network (fast): files, sizes and exact labels."""
+    monkeypatch.setattr(inference, "inference_model", lambda *a, **k: RedBandModel())
+    inputs = tmp_path / "in"
+    sizes = make_inputs(inputs)
+    out = tmp_path / "out"
+    summary = predict.predict(cli_config(), checkpoint, inputs, out, progress=False)
+
+    assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
+    assert "corrupt.png" in summary.failed[0][1]  # the reason names the file
+    assert len(summary.succeeded) == len(sizes) + 1  # + the video
+    printed = capsys.readouterr().out
+    assert "6 of 7 inputs segmented" in printed and "corrupt.png" in printed
+    # The checkpoint's normalisation (RGB, mean 0, std 1) feeds the model, not Cityscapes' BGR.
+    assert "input.bgr = False   (command line: True)" in printed
+    assert summary.exit_code() == 0 and summary.exit_code(strict=True) == 1
+    check_outputs(out, sizes, printed, inputs)
+
+
+@pytest.mark.slow  # two compilations of the network
+def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
+    inputs = tmp_path / "in"
+    sizes = make_inputs(inputs)
+    out = tmp_path / "out"
+    summary = predict.predict(cli_config(), checkpoint, inputs, out, progress=False)
+    assert len(summary.succeeded) == 6 and len(summary.failed) == 1
+    check_outputs(out, sizes, capsys.readouterr().out)
+    classes = set()
+    for stem in sizes:
+        classes |= set(np.unique(np.asarray(Image.open(out / f"{stem}_labels.png"))).tolist())
+    assert len(classes) > 1
+
+
+def test_collect_inputs_names_and_kinds(tmp_path):
+    for name in ("b.png", "a.png", "a.JPG", "sub/c.png", ".hidden.png", "notes.txt", "v.MP4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    items = predict.collect_inputs(tmp_path)
+    assert [(i.path.name, i.stem, i.kind) for i in items] == [
+        ("a.JPG", "a", "image"),
+        ("a.png", "a_png", "image"),
+        ("b.png", "b", "image"),
+        ("v.MP4", "v", "video"),
+    ]
+    deep = predict.collect_inputs(tmp_path, recursive=True)
+    assert "sub/c" in [i.stem for i in deep]
+    assert [i.stem for i in predict.collect_inputs(tmp_path / "b.png")] == ["b"]
+    with pytest.raises(FileNotFoundError):
+        predict.collect_inputs(tmp_path / "missing.png")
+
+
+def test_palette_falls_back_to_a_generated_one():
+    assert inference.dataset_info_for("street", 9) is L.STREET
+    info = inference.dataset_info_for("street", 4)  # another number of classes
+    assert info.num_classes == 4
+    np.testing.assert_array_equal(info.palette, L.generated_palette(4))
+    assert inference.dataset_info_for("custom", 3).class_names == ("class_0", "class_1", "class_2")
+
+
+@pytest.mark.slow
+def test_predict_cli_exit_codes(tmp_path, checkpoint):
+    make_inputs(tmp_path / "in")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+    def run(*args):
+        command = [sys.executable, "predict.py", f"--checkpoint={checkpoint}", *args]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    done = run(f"--input={tmp_path / 'in' / 'odd.png'}", f"--output={tmp_path / 'o'}",
+               "--branch=sub4")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.asarray(Image.open(tmp_path / "o" / "odd_labels.png")).shape == (37, 53)
+    bad = run(f"--input={tmp_path / 'in' / 'corrupt.png'}", f"--output={tmp_path / 'o'}")
+    assert bad.returncode == 1 and "corrupt.png" in bad.stdout
+    missing = run(f"--input={tmp_path / 'none'}", f"--output={tmp_path / 'o'}")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
