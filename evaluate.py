@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icnet_jax import eval_lib, inference, visualize
+from icnet_jax import eval_lib, inference, train_lib, visualize
 from icnet_jax.data import pipeline
 from icnet_jax.image_io import write_png
 from icnet_jax.region_analysis import RegionAccuracy
@@ -249,14 +249,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax's INFO lines drown the output
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif FLAGS.distributed:
-        jax.distributed.initialize()
+    train_lib.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
+    )
     if not FLAGS.workdir and not FLAGS.checkpoint:
         raise app.UsageError("give --workdir (its latest checkpoint) or --checkpoint")
     devices = jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None

@@ -8,7 +8,6 @@ checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--nu
 
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,14 +26,9 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-host j
 
 def main(argv):
     del argv
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif FLAGS.distributed:
-        jax.distributed.initialize()
+    train_lib.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
+    )
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train_lib.NonFiniteLossError as error:

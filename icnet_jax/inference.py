@@ -27,7 +27,6 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from icnet_jax import checkpoints, eval_lib, train_lib
-from icnet_jax.data import datasets
 from icnet_jax.data import labels as L
 from icnet_jax.metrics import confusion_matrix, segmentation_metrics
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
@@ -313,24 +312,8 @@ def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
     return L.custom_info(name or "unknown", [f"class_{i}" for i in range(num_classes)])
 
 
-def data_source(config: ml_collections.ConfigDict, split: str):
-    """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
-    d = config.dataset
-    return datasets.get_data_source(
-        d.name,
-        split,
-        data_dir=str(pathlib.Path(d.data_dir).expanduser()),
-        manual_dir=d.manual_dir or None,
-        **d.builder_kwargs.to_dict(),
-    )
-
-
-def inference_model(
-    config: ml_collections.ConfigDict, num_classes: int, branch: str = ALL_BRANCHES
-) -> nn.Module:
-    """The config's model giving `branch` ('all': every ICNet branch; ignored for PSPNet)."""
-    overrides = {"branch": branch} if config.model.name == "icnet" else {}
-    return train_lib.create_model(config, num_classes, **overrides)
+data_source = train_lib.data_source
+inference_model = train_lib.inference_model
 
 
 def branch_names(model: nn.Module) -> tuple[str, ...]:

@@ -160,9 +160,10 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
     return {k: np.asarray(v).reshape(n, size // n, *np.shape(v)[1:]) for k, v in batch.items()}
 
 
-def _data_source(config: ml_collections.ConfigDict, split: str):
+def data_source(config: ml_collections.ConfigDict, split: str):
+    """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
     d = config.dataset
-    return datasets.get_data_source(
+    return datasets.getdata_source(
         d.name,
         split,
         data_dir=str(pathlib.Path(d.data_dir).expanduser()),
@@ -171,13 +172,37 @@ def _data_source(config: ml_collections.ConfigDict, split: str):
     )
 
 
+def inference_model(
+    config: ml_collections.ConfigDict, num_classes: int, branch: str = "all"
+) -> nn.Module:
+    """The config's model giving `branch` ('all': every ICNet branch; ignored for PSPNet)."""
+    overrides = {"branch": branch} if config.model.name == "icnet" else {}
+    return create_model(config, num_classes, **overrides)
+
+
+def initialize_distributed(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    detect: bool = False,
+) -> None:
+    """Joins a multi-host job: explicitly (coordinator address) or as JAX detects (SLURM, TPU)."""
+    if coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    elif detect:
+        jax.distributed.initialize()
+
+
 def evaluate_split(
     config: ml_collections.ConfigDict, variables: Any, num_classes: int, class_names, split: str
 ) -> dict[str, dict[str, Any]]:
     """Every branch of the model evaluated on `split` (whole images)."""
-    source, _ = _data_source(config, split)
-    overrides = {"branch": "all"} if config.model.name == "icnet" else {}
-    model = create_model(config, num_classes, **overrides)
+    source, _ = data_source(config, split)
+    model = inference_model(config, num_classes)
     step = eval_lib.make_eval_step(
         model,
         num_classes,
@@ -249,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
 
-    source, info = _data_source(config, config.dataset.train_split)
+    source, info = data_source(config, config.dataset.train_split)
     model = create_model(config, info.num_classes, axis_name=AXIS)
     tx = create_optimizer(config)
     rng = jax.random.PRNGKey(config.seed)
