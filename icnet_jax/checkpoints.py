@@ -7,6 +7,7 @@ import logging
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 _log = logging.getLogger(__name__)
@@ -23,6 +24,12 @@ def create_manager(
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "config"))
 
 
+def _as_global(x: Any) -> Any:
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+        return ocp.utils.fully_replicated_host_local_array_to_global_array(x)
+    return x
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,
@@ -30,7 +37,13 @@ def save(
     data_state: dict | None,
     config: dict,
 ) -> None:
-    """Saves asynchronously (returns once the arrays are copied off the devices)."""
+    """Saves asynchronously (returns once the arrays are copied off the devices).
+
+    With several processes, the pmapped step's state is replicated over each process's own
+    devices; orbax saves only global arrays, so it is viewed as one replicated global array.
+    """
+    if jax.process_count() > 1:
+        state = jax.tree.map(_as_global, state)
     manager.save(
         step,
         args=ocp.args.Composite(

@@ -163,7 +163,7 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
 def data_source(config: ml_collections.ConfigDict, split: str):
     """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
     d = config.dataset
-    return datasets.getdata_source(
+    return datasets.get_data_source(
         d.name,
         split,
         data_dir=str(pathlib.Path(d.data_dir).expanduser()),
@@ -314,6 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if data_state:
         iterator.set_state(data_state)
 
+    # Replicated over the local devices from the start, as the step returns it: otherwise the
+    # second step compiles again for the new placement.
+    mesh = jax.sharding.Mesh(jax.local_devices(), ("devices",))
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     p_train_step = make_train_step(config)
     writer = _Writer(workdir)
     history: list[tuple[int, dict]] = []

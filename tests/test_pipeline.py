@@ -83,19 +83,52 @@ def test_each_epoch_is_a_new_permutation_that_drops_the_remainder() -> None:
     assert set().union(*epochs) == set(range(NUM_EXAMPLES))
 
 
-def test_two_hosts_read_disjoint_shards_covering_the_data() -> None:
-    source = _source()
+def _hosts_concatenated(source: list[dict], num_steps: int, process_count: int, **overrides):
+    """Each step's host batches of a `process_count`-host run, concatenated in host order."""
     per_host = []
+    for process_index in range(process_count):
+        it = _train(source, process_index=process_index, process_count=process_count, **overrides)
+        per_host.append(_take(it, num_steps))
+    return [
+        {k: np.concatenate([h[step][k] for h in per_host]) for k in ("image", "label")}
+        for step in range(num_steps)
+    ]
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_hosts_together_give_the_one_host_batches(process_count: int) -> None:
+    source = _source()
+    # Global batch 4: 3 steps per epoch, so 7 steps cross two epoch boundaries.
+    one_host = _take(_train(source), 7)
+    _assert_same(_hosts_concatenated(source, 7, process_count), one_host)
+
+
+def test_hosts_read_only_their_slice_of_each_global_batch() -> None:
+    source = _source()
+    # 12 examples, global batch 5: two steps and 10 distinct examples per epoch.
+    one_host = [_ids(b) for b in _take(_train(source, global_batch_size=5), 4)]
+    epoch_ids = []
+    for process_index in range(5):
+        it = _train(source, global_batch_size=5, process_index=process_index, process_count=5)
+        ids = [_ids(b) for b in _take(it, 4)]
+        assert all(len(step) == 1 for step in ids)
+        assert [step[0] for step in ids] == [step[process_index] for step in one_host]
+        epoch_ids.append(ids[0] + ids[1])
+    first_epoch = sum(epoch_ids, [])
+    assert len(first_epoch) == len(set(first_epoch)) == 10  # the hosts' union: distinct
+
+
+def test_hosts_resume_exactly() -> None:
+    source = _source()
     for process_index in range(2):
-        # Global batch 4 over 2 hosts: 2 per host, 3 steps per epoch of 6 examples.
-        it = _train(source, global_batch_size=4, process_index=process_index, process_count=2)
-        batches = _take(it, 3)
-        assert all(b["image"].shape[0] == 2 for b in batches)
-        ids = sum((_ids(b) for b in batches), [])
-        assert len(set(ids)) == 6
-        per_host.append(set(ids))
-    assert per_host[0].isdisjoint(per_host[1])
-    assert per_host[0] | per_host[1] == set(range(NUM_EXAMPLES))
+        kw = dict(process_index=process_index, process_count=2)
+        uninterrupted = _take(_train(source, **kw), 8)
+        it = _train(source, **kw)
+        _take(it, 4)  # crosses an epoch boundary (3 steps per epoch)
+        state = it.get_state()
+        restored = _train(source, **kw)
+        restored.set_state(state)
+        _assert_same(_take(restored, 4), uninterrupted[4:])
 
 
 def test_bad_batch_or_host_arguments_raise() -> None:
@@ -103,8 +136,10 @@ def test_bad_batch_or_host_arguments_raise() -> None:
         _train(_source(), global_batch_size=5, process_count=2)
     with pytest.raises(ValueError, match="process_index"):
         _train(_source(), process_index=2, process_count=2)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
         _train(_source(3), global_batch_size=4)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        _train(_source(3), global_batch_size=4, process_index=1, process_count=2)
 
 
 def test_same_seed_same_batches_different_seed_different() -> None:
@@ -128,17 +163,25 @@ def test_resume_continues_with_the_next_batch() -> None:
     _assert_same(_take(restored, 3), uninterrupted[5:])
 
 
+def test_read_threads_give_the_same_batches() -> None:
+    source = _source()
+    kw = dict(process_index=1, process_count=2)
+    _assert_same(_take(_train(source, read_threads=3, **kw), 5), _take(_train(source, **kw), 5))
+
+
 @pytest.mark.slow
 def test_workers_give_the_same_batches_and_resume_exactly() -> None:
     source = _source()
-    uninterrupted = _take(_train(source), 7)
-    it = _train(source, worker_count=2)
+    # Host 1 of 2, so the workers must also keep the host's place in the global stream.
+    kw = dict(process_index=1, process_count=2)
+    uninterrupted = _take(_train(source, **kw), 7)
+    it = _train(source, worker_count=2, **kw)
     try:
         _assert_same(_take(it, 4), uninterrupted[:4])
         state = it.get_state()
     finally:
         it.close()
-    restored = _train(source, worker_count=2)
+    restored = _train(source, worker_count=2, **kw)
     try:
         restored.set_state(state)
         _assert_same(_take(restored, 3), uninterrupted[4:])

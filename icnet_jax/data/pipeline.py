@@ -1,5 +1,6 @@
-"""grain input pipelines: an endless, sharded, shuffled, augmented training stream and a fixed-order
-evaluation stream, over any random-access source of segmentation examples.
+"""grain input pipelines: an endless, shuffled, augmented training stream of global batches, each
+split over the hosts, and a fixed-order evaluation stream, over any random-access source of
+segmentation examples.
 
 A source is anything with `len(src)` and `src[i]` returning
 `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W, 1] (255 = ignore), 'file_name': str | bytes}`,
@@ -30,16 +31,11 @@ _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
 
 
-def _derived_seed(seed: int, stream: int, process_index: int) -> int:
-    """A seed in [0, 2**32) for `stream` on host `process_index`, well mixed from `seed`.
-
-    grain seeds epoch e's shuffle with `seed + e`, so raw seeds s and s + 1 would replay each
-    other's epochs; hashing through SeedSequence keeps nearby user seeds unrelated. Folding in
-    the host keeps hosts from drawing identical crops and flips at the same step.
-    """
+def _derived_seed(seed: int, stream: int) -> int:
+    """A seed in [0, 2**32) for `stream`, well mixed from `seed` (nearby seeds stay unrelated)."""
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    return int(np.random.SeedSequence([seed, stream, process_index]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -59,6 +55,64 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+class _GlobalStreamExample:
+    """Maps a host's local stream position to its augmented example of the global stream.
+
+    The global stream is epoch after epoch of `steps_per_epoch * B` examples: epoch e is
+    `epoch_permutation(e)` truncated to whole global batches. Host `p` of `P` owns positions
+    `p * B_local ... (p + 1) * B_local - 1` of every global batch of `B = P * B_local` positions,
+    so its local position `i` is the global position
+    `g = (i // B_local) * B + p * B_local + i % B_local`. The augmentation generator is seeded
+    by `(seed, g)` alone, so an example looks the same whatever `P`, the host or the worker count.
+    Picklable (grain workers); the permutation cache is per process.
+    """
+
+    def __init__(
+        self,
+        source: RandomAccessDataSource,
+        transform,
+        *,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        seed: int,
+    ):
+        self.source = source
+        self.transform = transform
+        self.global_batch = global_batch_size
+        self.local_batch = global_batch_size // process_count
+        self.offset = process_index * self.local_batch
+        self.epoch_len = (len(source) // global_batch_size) * global_batch_size
+        self.shuffle_seed = _derived_seed(seed, _SHUFFLE_STREAM)
+        self.augment_seed = _derived_seed(seed, _AUGMENT_STREAM)
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_permutations": {}}
+
+    def global_position(self, local_position: int) -> int:
+        step, within = divmod(local_position, self.local_batch)
+        return step * self.global_batch + self.offset + within
+
+    def epoch_permutation(self, epoch: int) -> np.ndarray:
+        """The source indices of epoch `epoch`, in order (`epoch_len` of them, no repeats)."""
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            rng = np.random.default_rng([self.shuffle_seed, epoch])
+            perm = rng.permutation(len(self.source))[: self.epoch_len]
+            # Workers and read threads move forward together: the last two epochs suffice.
+            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+            self._permutations[epoch] = perm
+        return perm
+
+    def __call__(self, local_position: int, _: Any) -> dict[str, np.ndarray]:
+        g = self.global_position(local_position)
+        epoch, position = divmod(g, self.epoch_len)
+        example = self.source[int(self.epoch_permutation(epoch)[position])]
+        rng = np.random.Generator(np.random.Philox(key=[self.augment_seed, g]))
+        return self.transform(example, rng)
+
+
 def train_dataset(
     source: RandomAccessDataSource,
     *,
@@ -76,14 +130,17 @@ def train_dataset(
     worker_count: int = 0,
     read_threads: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless iterator of augmented training batches for this host.
+    """Endless iterator of this host's part of the global training batches.
 
-    Host `p` of `P` reads source indices `p, p + P, ...` up to `(len(source) // P) * P` (equal,
-    disjoint shards; the last `len(source) % P` examples are never read). Each epoch visits the
-    shard in a new order derived from `seed` and the epoch number, and drops its last incomplete
-    batch, so every epoch has `(len(source) // P) // B_local` steps. Each example's augmentation
-    is drawn from a generator seeded by `seed`, the host and the example's position in the
-    host's stream, so the batches depend on none of `worker_count` or `read_threads`.
+    The global stream does not depend on the number of hosts: epoch `e` visits the source in
+    an order derived from `seed` and `e` (the same on every host) and drops the last incomplete
+    global batch, so every epoch has `len(source) // global_batch_size` steps, and global batch
+    `k` of an epoch is examples `perm[k * B : (k + 1) * B]`. Host `p` of `P` reads (decodes,
+    augments) only its slice `[p * B_local : (p + 1) * B_local]` of each global batch, so the
+    hosts' batches of one step, concatenated in host order, are the one-host batch of that step.
+    Each example's augmentation is drawn from a generator seeded by `seed` and the example's
+    position in the global stream alone, so the batches depend on none of the host count,
+    `worker_count` or `read_threads`.
 
     Args:
       source: random-access examples (see the module docstring).
@@ -111,12 +168,10 @@ def train_dataset(
         raise ValueError(
             f"need worker_count, read_threads >= 0, got {worker_count}, {read_threads}"
         )
-    shard_len = len(source) // process_count
-    steps_per_epoch = shard_len // batch
+    steps_per_epoch = len(source) // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(
-            f"{len(source)} examples over {process_count} hosts give {shard_len} per host, "
-            f"fewer than one batch of {batch}"
+            f"{len(source)} examples give fewer than one global batch of {global_batch_size}"
         )
     transform = functools.partial(
         train_transform,
@@ -128,11 +183,17 @@ def train_dataset(
         bgr=bgr,
         ignore_label=ignore_label,
     )
-    ds = grain.MapDataset.source(source)[process_index : shard_len * process_count : process_count]
-    ds = ds.shuffle(seed=_derived_seed(seed, _SHUFFLE_STREAM, process_index))
-    # Truncating each shuffled epoch (not the endless stream) keeps batches within one epoch.
-    ds = ds[: steps_per_epoch * batch].repeat()
-    ds = ds.random_map(transform, seed=_derived_seed(seed, _AUGMENT_STREAM, process_index))
+    example_at = _GlobalStreamExample(
+        source,
+        transform,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        seed=seed,
+    )
+    # This host's local stream positions 0, 1, 2, ... (endless); `repeat` hands the unwrapped
+    # position to `map_with_index`, which maps it to the global stream.
+    ds = grain.MapDataset.range(steps_per_epoch * batch).repeat().map_with_index(example_at)
     ds = ds.batch(batch, drop_remainder=True)
     # grain's default read options (16 threads, 500 elements ahead) would hold hundreds of
     # full-size batches in memory.

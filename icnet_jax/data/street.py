@@ -159,11 +159,11 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
     # Small objects at random depths; far ones first so near ones are drawn over them.
     objects = []
     for _ in range(rng.integers(4, 9)):
-        objects.append(("pole", rng.uniform(0.08, 1.0) ** 1.5))
+        objects.append(("pole", rng.uniform(0.12, 1.0) ** 1.2))
     for _ in range(rng.integers(2, 7)):
-        objects.append(("person", rng.uniform(0.08, 1.0) ** 1.5))
+        objects.append(("person", rng.uniform(0.12, 1.0) ** 1.2))
     for _ in range(rng.integers(1, 4)):
-        objects.append(("bicycle", rng.uniform(0.1, 1.0) ** 1.5))
+        objects.append(("bicycle", rng.uniform(0.15, 1.0) ** 1.2))
     objects.sort(key=lambda o: o[1])
     for kind, s in objects:
         y = horizon + s * (h - horizon)
@@ -171,11 +171,11 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
         if kind == "pole":
             x = edge_x(y, side, rng.uniform(0.05, 0.3))
             height_px = 120 * unit * s
-            thick = max(1, round(3 * unit * s))
+            thick = max(1, round(5 * unit * s))
             grey = _jitter(rng, (110, 110, 115), 20)
             c.rect(x - thick / 2, y - height_px, x + thick / 2, y, POLE, grey)
             if rng.random() < 0.6:
-                sw = max(2.0, 10 * unit * s)
+                sw = max(2.0, 14 * unit * s)
                 sy = y - height_px + rng.uniform(0, 0.2) * height_px
                 sign_colour = rng.choice([(200, 30, 30), (30, 60, 190), (230, 200, 20)])
                 if rng.random() < 0.5:
@@ -203,8 +203,8 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
             c.ellipse(x, y - ph * 0.92, bw * 0.4, ph * 0.08, PERSON, skin)
         else:
             x = edge_x(y, side, rng.uniform(-0.35, -0.05))
-            r = max(1.5, 9 * unit * s)
-            thick = max(1, round(1.5 * unit * s))
+            r = max(1.5, 11 * unit * s)
+            thick = max(1, round(2.5 * unit * s))
             frame = _jitter(rng, rng.choice([(30, 30, 30), (160, 20, 20), (20, 80, 160)]), 15)
             back, front = (x - 1.4 * r, y - r), (x + 1.4 * r, y - r)
             seat = (x - 0.4 * r, y - 2.2 * r)
