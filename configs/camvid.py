@@ -8,4 +8,6 @@ def get_config(variant: str | None = None):
     config.dataset.name = "camvid"
     config.num_steps = 10_000
     config.input.crop_size = (361, 481)  # the whole 360x480 frame, 8k+1
+    config.dataset.builder_kwargs.config = "segnet"  # or "original" (720x960, 32 colours)
+    config.dataset.builder_kwargs.on_bad_file = "error"  # or "skip" (counted, logged)
     return default.apply_variant(config, variant)

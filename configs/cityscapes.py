@@ -10,4 +10,5 @@ def get_config(variant: str | None = None):
         config.num_steps = 90_000
         variant = None
     config.input.eval_size = (1025, 2049)  # the release's evaluation protocol
+    config.dataset.builder_kwargs.on_bad_file = "error"  # or "skip" (counted, logged)
     return default.apply_variant(config, variant)

@@ -9,4 +9,6 @@ def get_config(variant: str | None = None):
     config.dataset.eval_split = "test"
     config.num_steps = 30_000
     config.input.crop_size = (641, 641)
+    config.dataset.builder_kwargs.config = "10k"  # or "164k"
+    config.dataset.builder_kwargs.on_bad_file = "error"  # or "skip" (counted, logged)
     return default.apply_variant(config, variant)
