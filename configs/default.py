@@ -97,16 +97,21 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
-def apply_variant(config: ml_collections.ConfigDict, variant: str | None):
-    """Applies a named variant of `VARIANTS` (dotted keys) to `config`."""
-    if not variant:
-        return config
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
-    for key, value in VARIANTS[variant].items():
+def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:
+    """Sets `{'dotted.key': value}` fields of `config` (dicts become ConfigDicts)."""
+    for key, value in updates.items():
         *parents, leaf = key.split(".")
         node = config
         for parent in parents:
             node = node[parent]
         node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str | None):
+    """Applies a named variant of `VARIANTS` (dotted keys) to `config`."""
+    if not variant:
+        return config
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
+    return override(config, VARIANTS[variant])

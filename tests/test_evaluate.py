@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from configs import quickstart
+from configs import default, quickstart
 from icnet_jax import checkpoints, inference, train_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
@@ -35,13 +35,7 @@ def checkpoint_config(**overrides):
     config.input.std = (1.0, 1.0, 1.0)
     config.input.bgr = False
     config.input.crop_size = (33, 65)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return default.override(config, overrides)
 
 
 def command_line_config():

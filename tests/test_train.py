@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
+from configs import default, quickstart
 from icnet_jax import checkpoints, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -29,13 +29,7 @@ def tiny_config(data_dir, **overrides):
     config.num_steps = 6
     config.log_every = 1
     config.checkpoint_every = 2
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return default.override(config, overrides)
 
 
 def test_one_two_four_devices_give_the_same_step(tmp_path):
