@@ -8,6 +8,9 @@ import ml_collections
 # ImageNet mean in RGB order, on the 0-255 scale (the release subtracts it, BGR, no scaling).
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
+# PSPNet50 at full width with its auxiliary head on conv4 (weight 0.4, as in PSPNet).
+_PSPNET50 = {"model.name": "pspnet", "model.width": 1.0, "loss_weights": {"psp": 1.0, "aux": 0.4}}
+
 # Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`.
 VARIANTS = {
     "sub4": {"model.branch": "sub4"},
@@ -19,26 +22,10 @@ VARIANTS = {
     "deconv5": {"model.cff_upsampling": "deconv5"},
     "deconv7": {"model.cff_upsampling": "deconv7"},
     "no_clg": {"loss_weights": {"sub124": 1.0}},
-    "pspnet50": {
-        "model.name": "pspnet",
-        "model.width": 1.0,
-        "loss_weights": {"psp": 1.0, "aux": 0.4},
-    },
-    "pspnet50_half": {
-        "model.name": "pspnet",
-        "model.width": 0.5,
-        "loss_weights": {"psp": 1.0, "aux": 0.4},
-    },
-    "pspnet50_os16": {
-        "model.name": "pspnet",
-        "model.output_stride": 16,
-        "loss_weights": {"psp": 1.0, "aux": 0.4},
-    },
-    "pspnet50_os32": {
-        "model.name": "pspnet",
-        "model.output_stride": 32,
-        "loss_weights": {"psp": 1.0, "aux": 0.4},
-    },
+    "pspnet50": _PSPNET50,
+    "pspnet50_half": {**_PSPNET50, "model.width": 0.5},
+    "pspnet50_os16": {**_PSPNET50, "model.output_stride": 16},
+    "pspnet50_os32": {**_PSPNET50, "model.output_stride": 32},
     "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
 }
 
