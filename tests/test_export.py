@@ -1,10 +1,12 @@
-"""Export to a TF SavedModel (jax2tf) and ONNX (tf2onnx + onnxruntime): dynamic batch, outputs
-equal to JAX within 1e-4. Skipped unless the extras of requirements-export.txt are installed."""
+"""Export to a TF SavedModel (jax2tf) and ONNX (jax2onnx, run by onnxruntime): dynamic batch,
+outputs equal to JAX within 1e-4. Skipped unless the extras of requirements-export.txt are
+installed."""
 
 import numpy as np
 import pytest
 
 from configs import quickstart
+from icnet_jax.tools import export
 from icnet_jax.tools.convert_weights import write_training_checkpoint
 
 SIZE = (65, 129)
@@ -18,33 +20,37 @@ def checkpoint(tmp_path_factory):
 
 
 def test_saved_model_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
-    pytest.importorskip("tensorflow")
-    from icnet_jax.tools import export
-
+    tf = pytest.importorskip("tensorflow")
     errors = export.export(
         checkpoint, tmp_path, size=SIZE, formats=("saved_model",), check_batches=(1, 3)
     )
     assert errors["saved_model"] <= 1e-4
+    serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, *SIZE, 3]
 
 
 def test_onnx_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tf2onnx")
+    pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
-    from icnet_jax.tools import export
-
+    onnx = pytest.importorskip("onnx")
     errors = export.export(checkpoint, tmp_path, size=SIZE, formats=("onnx",), check_batches=(1, 2))
     assert errors["onnx"] <= 1e-4
-    import onnx
-
     model = onnx.load(str(tmp_path / "icnet.onnx"))
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
-    assert not batch.HasField("dim_value")  # symbolic: dynamic batch
+    (images,) = model.graph.input
+    dims = images.type.tensor_type.shape.dim
+    assert images.name == "images"
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # symbolic: dynamic batch
+    assert [d.dim_value for d in dims[1:]] == [*SIZE, 3]
+    assert model.graph.output[0].name == "logits"
 
 
-def test_relative_error_helper():
-    from icnet_jax.tools import export
+def test_unknown_format_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="tflite"):
+        export.export(tmp_path / "missing", tmp_path, formats=("onnx", "tflite"))
 
+
+def test_relative_error_is_scaled_by_the_largest_reference_value():
     assert export.max_relative_error(
         np.array([1.0, 200.0]), np.array([1.0, 200.02])
     ) == pytest.approx(0.02 / 200.02)
+    assert export.max_relative_error(np.array([0.5]), np.array([0.0])) == 0.5

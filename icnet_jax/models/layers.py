@@ -196,7 +196,10 @@ def max_pool_ceil(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> A
         if (out - 1) * stride >= n + pad:
             out -= 1
         padding.append((pad, (out - 1) * stride + window - n - pad))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+    # Padding apart and keyword arguments only: exporters (jax2onnx) replace Flax's pooling with
+    # functions of that signature, which map onto ONNX's 2-D pools.
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
 
 
 # Strides of the released pyramid-pooling windows along an axis of 33 (the 1/32 map of a
@@ -227,7 +230,7 @@ def pyramid_pool_window(size: int, bins: int) -> tuple[int, int]:
 def pyramid_average_pool(x: Array, bins: int) -> Array:
     """Average pooling of `[N, H, W, C]` into about `bins x bins` windows (release geometry)."""
     (kh, sh), (kw, sw) = (pyramid_pool_window(n, bins) for n in x.shape[1:3])
-    return nn.avg_pool(x, (kh, kw), strides=(sh, sw), padding="VALID")
+    return nn.avg_pool(x, window_shape=(kh, kw), strides=(sh, sw), padding="VALID")
 
 
 class SumPyramidPooling(nn.Module):

@@ -1,7 +1,7 @@
 """Export of a trained or converted ICNet to a TensorFlow SavedModel (jax2tf) and to ONNX
-(tf2onnx), with a dynamic batch dimension; each export is checked against JAX.
+(jax2onnx), with a dynamic batch dimension; each export is checked against JAX.
 
-    pip install -r requirements-export.txt   # optional extras: tensorflow, tf2onnx, onnxruntime
+    pip install -r requirements-export.txt && pip install --no-deps "jax2onnx>=0.17"
     python -m icnet_jax.tools.export --checkpoint=DIR --output=DIR2 [--size=1025,2049]
         [--formats=saved_model,onnx] [--fold_bn=true]
 
@@ -11,19 +11,28 @@ released weights: BGR, minus the mean, no scaling) `float32 [batch, H, W, 3]` an
 align-corners resizing and pyramid-pooling windows are computed from the static sizes, which is
 also what makes the export exact, where generic ONNX resizes trip over align corners); the batch
 is dynamic. `fold_bn` exports the inference form with BatchNorm folded into the convolutions.
+
+ONNX goes straight from JAX (jax2onnx), not through TensorFlow: jax2tf now serialises to StableHLO
+inside one `XlaCallModule` op, which tf2onnx cannot convert. So `--formats=onnx` needs no
+TensorFlow.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
+FORMATS = ("saved_model", "onnx")
+
+Apply = Callable[[Any, Any], Any]
 
 
-def inference_function(checkpoint, *, fold_bn: bool = True):
+def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any, dict]:
     """`(apply(variables, images), variables, config_dict)` of a checkpoint's ICNet / PSPNet."""
     import ml_collections
 
@@ -46,118 +55,112 @@ def _to_numpy(tree: Any) -> Any:
     return np.asarray(tree)
 
 
-def to_tf_module(apply_fn, variables, size: tuple[int, int]):
-    """A `tf.Module` whose `serve(images)` runs `apply_fn(variables, images)`; batch dynamic."""
+def export_saved_model(apply_fn: Apply, variables, size: tuple[int, int], output) -> None:
+    """Writes a SavedModel whose `serving_default(images)` runs `apply_fn(variables, images)`."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     h, w = size
-    tf_variables = tf.nest.map_structure(tf.Variable, variables)
     converted = jax2tf.convert(
         apply_fn, polymorphic_shapes=[None, f"(b, {h}, {w}, 3)"], with_gradient=False
     )
     module = tf.Module()
-    module.variables_ = tf_variables
+    module.weights = tf.nest.map_structure(tf.Variable, variables)
     module.serve = tf.function(
-        lambda images: converted(tf_variables, images),
+        lambda images: converted(module.weights, images),
         input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")],
         autograph=False,
     )
-    return module
-
-
-def export_saved_model(apply_fn, variables, size, output: str | pathlib.Path):
-    import tensorflow as tf
-
-    module = to_tf_module(apply_fn, variables, size)
     tf.saved_model.save(module, str(output), signatures={"serving_default": module.serve})
-    return module
 
 
-def export_onnx(module, size, output: str | pathlib.Path, *, opset: int = 17):
-    import tensorflow as tf
-    import tf2onnx
+def export_onnx(
+    apply_fn: Apply, variables, size: tuple[int, int], output, *, opset: int = 17
+) -> None:
+    """Writes an ONNX model `images [B, H, W, 3] -> logits [B, H, W, classes]` (B symbolic)."""
+    import jax2onnx
 
-    h, w = size
-    spec = (tf.TensorSpec([None, h, w, 3], tf.float32, name="images"),)
-    tf2onnx.convert.from_function(
-        module.serve, input_signature=spec, opset=opset, output_path=str(output)
+    # onnx_ir warns once per shape-only constant it cannot type (harmless, and dozens of lines).
+    logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)
+    jax2onnx.to_onnx(
+        lambda images: apply_fn(variables, images),
+        inputs=[("B", *size, 3)],
+        input_names=["images"],
+        output_names=["logits"],
+        opset=opset,
+        return_mode="file",
+        output_path=str(output),
     )
 
 
+def run_saved_model(path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    outputs = tf.saved_model.load(str(path)).signatures["serving_default"](
+        images=tf.constant(images)
+    )
+    return next(iter(outputs.values())).numpy()
+
+
+def run_onnx(path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
 def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max(1, max |reference|)."""
     scale = max(1.0, float(np.abs(reference).max()))
     return float(np.abs(np.asarray(ours) - np.asarray(reference)).max()) / scale
 
 
-def check_saved_model(path, apply_fn, variables, images: np.ndarray) -> float:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    ours = loaded.signatures["serving_default"](images=tf.constant(images))
-    ours = next(iter(ours.values())).numpy()
-    return max_relative_error(ours, np.asarray(apply_fn(variables, images)))
-
-
-def check_onnx(path, apply_fn, variables, images: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    ours = session.run(None, {name: images})[0]
-    return max_relative_error(ours, np.asarray(apply_fn(variables, images)))
+_EXPORTERS = {
+    "saved_model": (export_saved_model, run_saved_model, "saved_model"),
+    "onnx": (export_onnx, run_onnx, "icnet.onnx"),
+}
 
 
 def export(
     checkpoint,
     output,
     *,
-    size=(1025, 2049),
-    formats=("saved_model", "onnx"),
+    size: tuple[int, int] = (1025, 2049),
+    formats: Sequence[str] = FORMATS,
     fold_bn: bool = True,
-    check_batches=(1, 2),
+    check_batches: Sequence[int] = (1, 2),
     verbose: bool = True,
 ) -> dict[str, float]:
-    """Exports and checks each format on random batches of `check_batches` sizes.
+    """Exports `checkpoint` to `output/saved_model` and/or `output/icnet.onnx`, then runs each
+    export on random batches of every size in `check_batches` against JAX.
 
     Returns `{format: max relative error}`; raises AssertionError beyond `TOLERANCE`.
     """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     apply_fn, variables, _ = inference_function(checkpoint, fold_bn=fold_bn)
     rng = np.random.default_rng(0)
-    module = to_tf_module(apply_fn, variables, size)
+    batches = [rng.normal(0, 50, (b, *size, 3)).astype(np.float32) for b in check_batches]
+    references = [np.asarray(apply_fn(variables, images)) for images in batches]
     errors = {}
-    if "saved_model" in formats:
-        import tensorflow as tf
-
-        tf.saved_model.save(
-            module, str(output / "saved_model"), signatures={"serving_default": module.serve}
+    for fmt in formats:
+        write, run, name = _EXPORTERS[fmt]
+        write(apply_fn, variables, size, output / name)
+        errors[fmt] = max(
+            max_relative_error(run(output / name, images), reference)
+            for images, reference in zip(batches, references)
         )
-        errors["saved_model"] = max(
-            check_saved_model(
-                output / "saved_model",
-                apply_fn,
-                variables,
-                rng.normal(0, 50, (b, *size, 3)).astype(np.float32),
-            )
-            for b in check_batches
-        )
-    if "onnx" in formats:
-        export_onnx(module, size, output / "icnet.onnx")
-        errors["onnx"] = max(
-            check_onnx(
-                output / "icnet.onnx",
-                apply_fn,
-                variables,
-                rng.normal(0, 50, (b, *size, 3)).astype(np.float32),
-            )
-            for b in check_batches
-        )
-    for fmt, error in errors.items():
         if verbose:
-            print(f"{fmt}: max |difference| / max |logit| = {error:.2e} (batches {check_batches})")
-        assert error <= TOLERANCE, f"{fmt} differs from JAX by {error:.2e} > {TOLERANCE}"
+            print(
+                f"{output / name}: max |difference| / max |logit| = {errors[fmt]:.2e} "
+                f"(batches {tuple(check_batches)})"
+            )
+        assert errors[fmt] <= TOLERANCE, (
+            f"{fmt} differs from JAX by {errors[fmt]:.2e} > {TOLERANCE}"
+        )
     return errors
 
 
@@ -180,6 +183,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Checkpoint (workdir or step folder).", required=True)
     flags.DEFINE_string("output", None, "Output folder.", required=True)
     flags.DEFINE_string("size", "1025,2049", "Input height,width (fixed; the batch is dynamic).")
-    flags.DEFINE_string("formats", "saved_model,onnx", "saved_model and/or onnx.")
+    flags.DEFINE_string("formats", ",".join(FORMATS), "saved_model and/or onnx.")
     flags.DEFINE_bool("fold_bn", True, "Fold BatchNorm into the convolutions.")
     app.run(main)
