@@ -151,6 +151,17 @@ def make_train_step(config: ml_collections.ConfigDict, devices=None):
     return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
 
 
+def replicate(state: TrainState, devices=None) -> TrainState:
+    """`state` placed on `devices` (default: all local devices) exactly as the pmapped step
+    returns it, so that the second step does not compile again for a new placement.
+
+    pmap (now jit over a mesh) names its mesh axis after `axis_name`: a replica on a mesh with
+    any other axis name is a different sharding to it.
+    """
+    mesh = jax.sharding.Mesh(np.asarray(devices or jax.local_devices()), (AXIS,))
+    return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> dict[str, np.ndarray]:
     """`[B_local, ...] -> [devices, B_local / devices, ...]` (default: all local devices)."""
     n = num_devices or jax.local_device_count()
@@ -314,10 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if data_state:
         iterator.set_state(data_state)
 
-    # Replicated over the local devices from the start, as the step returns it: otherwise the
-    # second step compiles again for the new placement.
-    mesh = jax.sharding.Mesh(jax.local_devices(), ("devices",))
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = replicate(state)
     p_train_step = make_train_step(config)
     writer = _Writer(workdir)
     history: list[tuple[int, dict]] = []

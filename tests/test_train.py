@@ -64,6 +64,24 @@ def test_one_two_four_devices_give_the_same_step(tmp_path):
         chex.assert_trees_all_close(result, results[0], atol=1e-5, rtol=1e-5)
 
 
+def test_the_step_compiles_once_for_a_replicated_state(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    model = train_lib.create_model(config, num_classes=9, axis_name=train_lib.AXIS)
+    tx = train_lib.create_optimizer(config)
+    state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
+    batch = {
+        "image": np.zeros((2, 33, 65, 3), np.float32),
+        "label": np.zeros((2, 33, 65), np.int32),
+    }
+    chex.clear_trace_counter()
+    monkeypatch.setattr(train_lib, "train_step", chex.assert_max_traces(train_lib.train_step, 1))
+    devices = jax.local_devices()[:2]
+    step = train_lib.make_train_step(config, devices=devices)
+    state = train_lib.replicate(state, devices)
+    for _ in range(3):
+        state, _ = step(state, train_lib.shard(batch, 2))
+
+
 def test_weight_decay_only_on_kernels(tmp_path):
     config = tiny_config(tmp_path)
     tx = train_lib.create_optimizer(config)
