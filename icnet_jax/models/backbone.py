@@ -6,10 +6,13 @@ Layers are created in the caller's scope with the release's names (`conv1_1_3x3_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from icnet_jax.models.layers import ConvBN, channels, max_pool_ceil
 
@@ -20,6 +23,38 @@ ConvBNDef = Callable[..., ConvBN]
 STEM_CHANNELS = (64, 64, 128)
 STAGE_CHANNELS = {2: (64, 256), 3: (128, 512), 4: (256, 1024), 5: (512, 2048)}
 STAGE_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
+
+
+class SegmentationNetwork(nn.Module):
+    """The attributes ICNet and PSPNet share, and the `conv_bn` they build their layers with.
+
+    Attributes:
+      num_classes: number of output classes.
+      width: channel multiplier (1.0: PSPNet50's channels).
+      align_corners: resizing convention; True is the release's.
+      fold_bn: the inference form with BatchNorm folded into the convolutions (see `folding`).
+      bn_momentum: decay of BatchNorm's running averages.
+      axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+      dtype: computation dtype (parameters stay float32).
+    """
+
+    num_classes: int = 19
+    width: float = 1.0
+    align_corners: bool = True
+    fold_bn: bool = False
+    bn_momentum: float = 0.9
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @property
+    def conv_bn(self) -> ConvBNDef:
+        return functools.partial(
+            ConvBN,
+            fold_bn=self.fold_bn,
+            bn_momentum=self.bn_momentum,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+        )
 
 
 class Bottleneck(nn.Module):

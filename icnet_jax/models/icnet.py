@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icnet_jax.models import backbone
 from icnet_jax.models.layers import (
     CascadeFeatureFusion,
-    ConvBN,
     SumPyramidPooling,
     channels,
     classifier,
@@ -31,7 +28,7 @@ CFF_UPSAMPLING = ("bilinear", "deconv3", "deconv5", "deconv7")
 TRAINING_ONLY_LAYERS = ("conv6_sub4", "conv6_sub2")
 
 
-class ICNet(nn.Module):
+class ICNet(backbone.SegmentationNetwork):
     """Image cascade network.
 
     Input: images `[N, H, W, 3]` float32, normalised as the config says (for the released weights:
@@ -46,29 +43,17 @@ class ICNet(nn.Module):
       their own resolution for cascade label guidance: 'sub4' at 1/16, 'sub24' at 1/8 and 'sub124'
       at 1/4 of the input.
 
-    Attributes:
-      num_classes: number of output classes.
-      width: channel multiplier; 0.5 is the released network, 1.0 the full width it was pruned
-        from (paper Table 1 right: 1, 0.5, 0.25).
+    Attributes (besides those of `backbone.SegmentationNetwork`):
+      width: channel multiplier; 0.5 (the default) is the released network, 1.0 the full width
+        it was pruned from (paper Table 1 right: 1, 0.5, 0.25).
       branch: the inference output (paper Table 2).
       cff_upsampling: 'bilinear' (x2 bilinear + 3x3 dilated conv, the paper's CFF) or 'deconvK'
         (a KxK stride-2 deconvolution; paper Table 3).
-      align_corners: resizing convention; True is the release's.
-      fold_bn: the inference form with BatchNorm folded into the convolutions (see `folding`).
-      bn_momentum: decay of BatchNorm's running averages.
-      axis_name: pmap axis over which BatchNorm statistics are averaged in training.
-      dtype: computation dtype (parameters stay float32).
     """
 
-    num_classes: int = 19
     width: float = 0.5
     branch: str = "sub124"
     cff_upsampling: str = "bilinear"
-    align_corners: bool = True
-    fold_bn: bool = False
-    bn_momentum: float = 0.9
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> Array | dict[str, Array]:
@@ -76,13 +61,7 @@ class ICNet(nn.Module):
             raise ValueError(f"branch must be one of {BRANCHES} or 'all', got {self.branch!r}")
         if self.cff_upsampling not in CFF_UPSAMPLING:
             raise ValueError(f"cff_upsampling must be one of {CFF_UPSAMPLING}")
-        conv_bn = functools.partial(
-            ConvBN,
-            fold_bn=self.fold_bn,
-            bn_momentum=self.bn_momentum,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
+        conv_bn = self.conv_bn
         resize = functools.partial(resize_bilinear, align_corners=self.align_corners)
         head = functools.partial(classifier, self.num_classes, dtype=self.dtype)
         cff1 = self._cff(conv_bn, head, 4, "conv_sub4", "conv3_1_sub2_proj", "conv6_sub4")

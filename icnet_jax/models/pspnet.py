@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icnet_jax.models import backbone
 from icnet_jax.models.layers import (
     ConcatPyramidPooling,
-    ConvBN,
     channels,
     classifier,
     resize_bilinear,
@@ -24,7 +19,7 @@ Array = jax.Array
 _STAGE_GEOMETRY = {8: ((1, 2), (1, 4)), 16: ((2, 1), (1, 2)), 32: ((2, 1), (2, 1))}
 
 
-class PSPNet(nn.Module):
+class PSPNet(backbone.SegmentationNetwork):
     """PSPNet50 with its concatenating pyramid pooling module.
 
     Input: images `[N, H, W, 3]` float32 (normalised as the config says), any size.
@@ -32,33 +27,19 @@ class PSPNet(nn.Module):
     - `train=True` (with `mutable=['batch_stats']`): `{'psp': logits of the main head,
       'aux': logits of the auxiliary head on conv4}`, both at 1/`output_stride`.
 
-    Attributes:
-      width: channel multiplier (1.0 = PSPNet50, 0.5 = the half-width baseline of Table 2).
+    Attributes (besides those of `backbone.SegmentationNetwork`; `width` 1.0 is PSPNet50, 0.5
+    the half-width baseline of Table 2):
       output_stride: 8, 16 or 32.
-    The other attributes are as in `ICNet`. Dropout before the classifier is left out, as in the
-    ICNet release.
+    Dropout before the classifier is left out, as in the ICNet release.
     """
 
-    num_classes: int = 19
-    width: float = 1.0
     output_stride: int = 8
-    align_corners: bool = True
-    fold_bn: bool = False
-    bn_momentum: float = 0.9
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> Array | dict[str, Array]:
         if self.output_stride not in _STAGE_GEOMETRY:
             raise ValueError(f"output_stride must be one of {sorted(_STAGE_GEOMETRY)}")
-        conv_bn = functools.partial(
-            ConvBN,
-            fold_bn=self.fold_bn,
-            bn_momentum=self.bn_momentum,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
+        conv_bn = self.conv_bn
         (s4, d4), (s5, d5) = _STAGE_GEOMETRY[self.output_stride]
         h, w = images.shape[1:3]
         x = backbone.stem(images.astype(self.dtype), conv_bn, self.width, train)
