@@ -1,0 +1,57 @@
+"""Speed of an exported model against JAX on the same machine, in one run: the checkpoint's
+inference function (jitted, BatchNorm folded) and its ONNX export run by onnxruntime, called in
+turn on the same `float32 [batch, H, W, 3]` input (H, W: the export's), medians of `--runs`.
+
+    python -m icnet_jax.tools.export --checkpoint=DIR --output=exported/ --formats=onnx
+    PYTHONPATH=. python benchmarks/export_speed.py --checkpoint=DIR --onnx=exported/icnet.onnx
+
+Needs the extras of requirements-export.txt (onnxruntime). onnxruntime runs on the CPU
+(`CPUExecutionProvider`); JAX on its default device, so on a GPU machine this compares a CPU
+deployment with a GPU one.
+"""
+
+import argparse
+import time
+
+import jax
+import numpy as np
+import onnxruntime as ort
+
+from icnet_jax.tools.export import inference_function, max_relative_error
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--onnx", required=True, help="the checkpoint's export")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
+    (spec,) = session.get_inputs()
+    images = np.random.default_rng(0).normal(0, 50, (args.batch, *spec.shape[1:]))
+    images = images.astype(np.float32)
+    apply_fn, variables, _ = inference_function(args.checkpoint, fold_bn=True)
+    forward = jax.jit(apply_fn)
+    calls = {
+        "jax": lambda: jax.block_until_ready(forward(variables, images)),
+        "onnxruntime": lambda: session.run(None, {spec.name: images})[0],
+    }
+    outputs = {name: np.asarray(call()) for name, call in calls.items()}  # warm-up, compile
+    seconds = {name: [] for name in calls}
+    for _ in range(args.runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    print(f"input {images.shape}, jax on {jax.devices()[0].device_kind}, {args.runs} runs each")
+    for name in calls:
+        print(f"{name:12s} median {median[name] * 1e3:8.1f} ms")
+    print(f"onnxruntime / jax time: {median['onnxruntime'] / median['jax']:.2f}")
+    print(f"max |difference| / max |logit|: {max_relative_error(*outputs.values()):.1e}")
+
+
+if __name__ == "__main__":
+    main()
