@@ -2,6 +2,11 @@
 outputs equal to JAX within 1e-4. Skipped unless the extras of requirements-export.txt are
 installed."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,6 +15,7 @@ from icnet_jax.tools import export
 from icnet_jax.tools.convert_weights import write_training_checkpoint
 
 SIZE = (65, 129)
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,24 @@ def test_onnx_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
     assert dims[0].dim_param and not dims[0].HasField("dim_value")  # symbolic: dynamic batch
     assert [d.dim_value for d in dims[1:]] == [*SIZE, 3]
     assert model.graph.output[0].name == "logits"
+
+
+def test_export_speed_benchmark_runs_on_an_export(checkpoint, tmp_path):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    export.export(checkpoint, tmp_path, size=SIZE, formats=("onnx",), check_batches=(1,))
+    command = [
+        sys.executable,
+        "benchmarks/export_speed.py",
+        f"--checkpoint={checkpoint}",
+        f"--onnx={tmp_path / 'icnet.onnx'}",
+        "--runs=1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "onnxruntime / jax time" in result.stdout
+    assert f"input (1, {SIZE[0]}, {SIZE[1]}, 3)" in result.stdout
 
 
 def test_unknown_format_is_refused_before_any_work(tmp_path):
