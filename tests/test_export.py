@@ -33,6 +33,18 @@ def test_saved_model_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
     assert errors["saved_model"] <= 1e-4
     serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
     assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, *SIZE, 3]
+    # Lowered for every serving platform, not only for this machine's CPU.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "saved_model" / "saved_model.pb").read_bytes())
+    platforms = {
+        tuple(node.attr["platforms"].list.s)
+        for function in saved.meta_graphs[0].graph_def.library.function
+        for node in function.node_def
+        if node.op == "XlaCallModule"
+    }
+    assert platforms == {(b"CPU", b"CUDA", b"TPU")}
 
 
 def test_onnx_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):

@@ -3,7 +3,7 @@
 
     pip install -r requirements-export.txt && pip install --no-deps "jax2onnx>=0.17"
     python -m icnet_jax.tools.export --checkpoint=DIR --output=DIR2 [--size=1025,2049]
-        [--formats=saved_model,onnx] [--fold_bn=true]
+        [--formats=saved_model,onnx] [--fold_bn=true] [--platforms=cpu,cuda,tpu]
 
 The exported function takes images already normalised as the checkpoint's config says (for the
 released weights: BGR, minus the mean, no scaling) `float32 [batch, H, W, 3]` and returns logits
@@ -12,6 +12,10 @@ align-corners resizing and pyramid-pooling windows are computed from the static 
 also what makes the export exact, where generic ONNX resizes trip over align corners); the batch
 is dynamic. `fold_bn` exports the inference form with BatchNorm folded into the convolutions.
 
+The SavedModel holds the network as StableHLO in an `XlaCallModule` op, lowered for each of
+`platforms` (default cpu, cuda and tpu): without that, jax2tf lowers for the exporting machine
+only, and a model exported on a CPU would refuse to run on a GPU server.
+
 ONNX goes straight from JAX (jax2onnx), not through TensorFlow: jax2tf now serialises to StableHLO
 inside one `XlaCallModule` op, which tf2onnx cannot convert. So `--formats=onnx` needs no
 TensorFlow.
@@ -19,6 +23,7 @@ TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 from collections.abc import Callable, Sequence
@@ -28,6 +33,7 @@ import numpy as np
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
+PLATFORMS = ("cpu", "cuda", "tpu")
 
 Apply = Callable[[Any, Any], Any]
 
@@ -55,14 +61,25 @@ def _to_numpy(tree: Any) -> Any:
     return np.asarray(tree)
 
 
-def export_saved_model(apply_fn: Apply, variables, size: tuple[int, int], output) -> None:
-    """Writes a SavedModel whose `serving_default(images)` runs `apply_fn(variables, images)`."""
+def export_saved_model(
+    apply_fn: Apply,
+    variables,
+    size: tuple[int, int],
+    output,
+    *,
+    platforms: Sequence[str] = PLATFORMS,
+) -> None:
+    """Writes a SavedModel whose `serving_default(images)` runs `apply_fn(variables, images)` on
+    any of `platforms`."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     h, w = size
     converted = jax2tf.convert(
-        apply_fn, polymorphic_shapes=[None, f"(b, {h}, {w}, 3)"], with_gradient=False
+        apply_fn,
+        polymorphic_shapes=[None, f"(b, {h}, {w}, 3)"],
+        with_gradient=False,
+        native_serialization_platforms=tuple(platforms),
     )
     module = tf.Module()
     module.weights = tf.nest.map_structure(tf.Variable, variables)
@@ -115,12 +132,6 @@ def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(np.asarray(ours) - np.asarray(reference)).max()) / scale
 
 
-_EXPORTERS = {
-    "saved_model": (export_saved_model, run_saved_model, "saved_model"),
-    "onnx": (export_onnx, run_onnx, "icnet.onnx"),
-}
-
-
 def export(
     checkpoint,
     output,
@@ -129,10 +140,11 @@ def export(
     formats: Sequence[str] = FORMATS,
     fold_bn: bool = True,
     check_batches: Sequence[int] = (1, 2),
+    platforms: Sequence[str] = PLATFORMS,
     verbose: bool = True,
 ) -> dict[str, float]:
-    """Exports `checkpoint` to `output/saved_model` and/or `output/icnet.onnx`, then runs each
-    export on random batches of every size in `check_batches` against JAX.
+    """Exports `checkpoint` to `output/saved_model` (for `platforms`) and/or `output/icnet.onnx`,
+    then runs each export here on random batches of every size in `check_batches` against JAX.
 
     Returns `{format: max relative error}`; raises AssertionError beyond `TOLERANCE`.
     """
@@ -145,9 +157,17 @@ def export(
     rng = np.random.default_rng(0)
     batches = [rng.normal(0, 50, (b, *size, 3)).astype(np.float32) for b in check_batches]
     references = [np.asarray(apply_fn(variables, images)) for images in batches]
+    exporters = {  # format: (write, run, file name)
+        "saved_model": (
+            functools.partial(export_saved_model, platforms=platforms),
+            run_saved_model,
+            "saved_model",
+        ),
+        "onnx": (export_onnx, run_onnx, "icnet.onnx"),
+    }
     errors = {}
     for fmt in formats:
-        write, run, name = _EXPORTERS[fmt]
+        write, run, name = exporters[fmt]
         write(apply_fn, variables, size, output / name)
         errors[fmt] = max(
             max_relative_error(run(output / name, images), reference)
@@ -173,6 +193,7 @@ def main(argv):
         size=size,
         formats=tuple(FLAGS.formats.split(",")),
         fold_bn=FLAGS.fold_bn,
+        platforms=tuple(FLAGS.platforms.split(",")),
     )
 
 
@@ -185,4 +206,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("size", "1025,2049", "Input height,width (fixed; the batch is dynamic).")
     flags.DEFINE_string("formats", ",".join(FORMATS), "saved_model and/or onnx.")
     flags.DEFINE_bool("fold_bn", True, "Fold BatchNorm into the convolutions.")
+    flags.DEFINE_string("platforms", ",".join(PLATFORMS), "Where the SavedModel may run.")
     app.run(main)
