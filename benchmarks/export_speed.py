@@ -15,9 +15,8 @@ import time
 
 import jax
 import numpy as np
-import onnxruntime as ort
 
-from icnet_jax.tools.export import inference_function, max_relative_error
+from icnet_jax.tools.export import inference_function, max_relative_error, onnx_session
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
+    session = onnx_session(args.onnx)
     (spec,) = session.get_inputs()
     images = np.random.default_rng(0).normal(0, 50, (args.batch, *spec.shape[1:]))
     images = images.astype(np.float32)

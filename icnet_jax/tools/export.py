@@ -110,20 +110,29 @@ def export_onnx(
     )
 
 
-def run_saved_model(path, images: np.ndarray) -> np.ndarray:
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def load_saved_model(path) -> Runner:
+    """`images -> logits` of an exported SavedModel, loaded once."""
     import tensorflow as tf
 
-    outputs = tf.saved_model.load(str(path)).signatures["serving_default"](
-        images=tf.constant(images)
-    )
-    return next(iter(outputs.values())).numpy()
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return lambda images: next(iter(serve(images=tf.constant(images)).values())).numpy()
 
 
-def run_onnx(path, images: np.ndarray) -> np.ndarray:
+def onnx_session(path):
+    """An onnxruntime session of an exported ONNX model, on the CPU."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images})[0]
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def load_onnx(path) -> Runner:
+    """`images -> logits` of an exported ONNX model, one session for every call."""
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})[0]
 
 
 def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -157,20 +166,21 @@ def export(
     rng = np.random.default_rng(0)
     batches = [rng.normal(0, 50, (b, *size, 3)).astype(np.float32) for b in check_batches]
     references = [np.asarray(apply_fn(variables, images)) for images in batches]
-    exporters = {  # format: (write, run, file name)
+    exporters = {  # format: (write, load, file name)
         "saved_model": (
             functools.partial(export_saved_model, platforms=platforms),
-            run_saved_model,
+            load_saved_model,
             "saved_model",
         ),
-        "onnx": (export_onnx, run_onnx, "icnet.onnx"),
+        "onnx": (export_onnx, load_onnx, "icnet.onnx"),
     }
     errors = {}
     for fmt in formats:
-        write, run, name = exporters[fmt]
+        write, load, name = exporters[fmt]
         write(apply_fn, variables, size, output / name)
+        run = load(output / name)
         errors[fmt] = max(
-            max_relative_error(run(output / name, images), reference)
+            max_relative_error(run(images), reference)
             for images, reference in zip(batches, references)
         )
         if verbose:
