@@ -8,15 +8,12 @@ checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--nu
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from icnet_jax import train_lib
+from icnet_jax import cli, train_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", "configs/quickstart.py", "Training config.", lock_config=True
-)
+cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
 flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, logs and evaluation go here.")
 flags.DEFINE_bool("distributed", False, "Join a multi-host job that JAX can detect (SLURM, TPU).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host job.")
@@ -36,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,0 +1,141 @@
+"""What every command-line tool shares: one-line errors, exit statuses and quiet library logs.
+
+Entry points call `run(main)` instead of `absl.app.run(main)`. A failure the user caused and can fix
+is raised as `UserError("what, where, what to do")` (or a `flags` error while parsing) and reaches
+the terminal as one `error: ...` line with exit status `EXIT_USAGE`, no traceback unless
+`--verbosity=1` or higher. Library loggers (orbax, tfds, absl, jax) stay at WARNING unless
+`--verbosity` is given; our own progress and results are printed, not logged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ran but did not succeed (e.g. every input of predict.py failed)
+EXIT_USAGE = 2  # bad input (flags, config, files, paths): nothing was computed or written
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly (training saves a checkpoint first)
+
+_LIBRARY_LOGGERS = (
+    "absl",
+    "orbax",
+    "jax",
+    "jax._src",
+    "tensorflow",
+    "tensorflow_datasets",
+    "grain",
+)
+
+
+class UserError(Exception):
+    """A failure the user can fix; its message says what, where, and what to do."""
+
+
+def quiet_libraries() -> None:
+    """Library loggers at WARNING (orbax alone logs ~60 INFO lines a training run)."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def verbose() -> bool:
+    """True when the user asked for library logs and tracebacks (`--verbosity=1` or more)."""
+    return (
+        flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity > 0
+    )
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to a misspelt `name`, if one is close enough."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _flag_error_message(error: BaseException) -> str:
+    """One line out of a (possibly chained, multi-line) flag parsing error."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    text = " ".join(texts)
+    hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    if hint:
+        return f"no config field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"
+    first = texts[0].strip().splitlines()[0] if texts[0].strip() else type(error).__name__
+    missing = re.fullmatch(r"\"?'([\w.]+)'\"?", first)
+    if missing:
+        return f"no config field {missing.group(1)!r} (see the config file for the fields)"
+    return first
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 - any parse failure is a usage error
+        print(f"error: {_flag_error_message(error)} (--help lists the flags)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def define_config(
+    default: str, help_text: str = "Config file (`path.py` or `path.py:variant`).", **kwargs
+) -> flags.FlagHolder:
+    """`--config` (with `--config.a.b=value` overrides) whose errors are one line.
+
+    ml_collections applies the overrides while the flag is defined, i.e. at import time of the
+    entry point, before `run`: a typo there must be caught here.
+    """
+    try:
+        return config_flags.DEFINE_config_file("config", default, help_text, **kwargs)
+    except Exception as error:
+        if any(a.startswith("--verbosity") for a in sys.argv):
+            raise
+        fail(f"{_flag_error_message(error)} (--help lists the flags)")
+        raise  # unreachable: fail() exits
+
+
+def fail(message: str, status: int = EXIT_USAGE) -> None:
+    """Prints `error: message` to stderr and exits with `status`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _check_config_loads() -> None:
+    """A `--config` file that does not load fails here, not later inside the job."""
+    if "config" not in flags.FLAGS or verbose():
+        return
+    try:
+        flags.FLAGS.config.to_dict()
+    except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
+        path = flags.FLAGS["config"].config_filename
+        reason = str(error).strip().splitlines()[-1].strip()
+        fail(f"cannot load --config={path}: {reason}")
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+    """`absl.app.run(main)` with one-line errors and quiet libraries (see the module docstring)."""
+
+    def wrapped(argv: list[str]) -> int | None:
+        if not flags.FLAGS["verbosity"].present:
+            quiet_libraries()
+        _check_config_loads()
+        try:
+            return main(argv)
+        except UserError as error:
+            if verbose():
+                raise
+            fail(str(error))
+        except KeyboardInterrupt:
+            if verbose():
+                raise
+            fail("interrupted", EXIT_INTERRUPTED)
+        return None
+
+    app.run(wrapped, flags_parser=_parse_flags)
