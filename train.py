@@ -4,9 +4,12 @@ Any config field can be overridden, e.g. `--config.batch_size=8`; a variant of t
 ablations is chosen with `--config=configs/cityscapes.py:sub24`. Training resumes from the latest
 checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--num_processes` and
 `--process_id`, or `--distributed` where JAX detects them itself (SLURM, TPU pods).
-"""
 
-import sys
+Exit status: 0 trained and evaluated; 1 training failed (a non-finite loss, named with its
+step); 2 bad input (flags, config, paths, a workdir holding another model), nothing written;
+130 stopped by SIGTERM or SIGINT (Ctrl-C) after saving a checkpoint at the step reached
+("stopped at step N, checkpoint saved"): run the same command again to resume.
+"""
 
 from absl import flags
 
@@ -29,7 +32,11 @@ def main(argv):
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train_lib.NonFiniteLossError as error:
-        sys.exit(f"error: {error}")
+        cli.fail(str(error), cli.EXIT_FAILED)
+    except train_lib.Stopped as stopped:
+        print(stopped, flush=True)
+        return cli.EXIT_INTERRUPTED
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

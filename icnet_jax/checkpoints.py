@@ -1,16 +1,50 @@
-"""Orbax checkpoints: the train state, the data iterator's position, and the resolved config."""
+"""Every checkpoint read and write: training resume, evaluation, prediction, fine-tuning, pruning,
+export and conversion all go through this module.
+
+Layout: `workdir/checkpoints/<step>/{state,data,config}` (orbax): the train state, the data
+iterator's position and the resolved config. Rules:
+
+- A step that cannot be read (partial or corrupt) is reported once, with a one-line reason, and the
+  previous one is used. Training moves it aside to `workdir/unreadable_checkpoints/<step>` so that
+  the run can save that step again and train past it.
+- A workdir whose checkpoints hold another model than the config builds (another width, number of
+  classes or architecture) is refused with `CheckpointMismatchError` before anything is written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import pathlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
-_log = logging.getLogger(__name__)
+from icnet_jax import cli
+
+ITEMS = ("state", "data", "config")
+# The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
+OUTPUT_LAYERS = ("conv6_cls", "conv6")
+# Every classifier head (outputs and the training-only guidance and auxiliary heads): fine-tuning
+# re-initialises them when their shape differs (another number of classes).
+CLASSIFIER_LAYERS = (*OUTPUT_LAYERS, "conv6_sub4", "conv6_sub2", "conv6_aux")
+UNREADABLE = "unreadable_checkpoints"
+_REASON_CHARS = 160
+
+
+class CheckpointMismatchError(cli.UserError):
+    """The workdir's checkpoints hold another model than the config describes."""
+
+
+class NoCheckpointError(cli.UserError, FileNotFoundError):
+    """No (readable) checkpoint where one was asked for."""
 
 
 def create_manager(
@@ -21,7 +55,7 @@ def create_manager(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
     )
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "config"))
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 def _as_global(x: Any) -> Any:
@@ -55,57 +89,284 @@ def save(
     )
 
 
-def restore_latest(
-    manager: ocp.CheckpointManager, abstract_state: Any, *, with_data: bool = True
-) -> tuple[int, Any, dict | None] | None:
-    """Restores the newest readable checkpoint: `(step, state, data_state)`, or None if none.
-
-    A latest checkpoint that cannot be read (partial or corrupt) is reported and the previous one
-    is used. `abstract_state` (from `jax.eval_shape`) fixes the structure and the device layout.
-    """
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if with_data:
-                items["data"] = ocp.args.JsonRestore()
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: fall back
-            _log.error(
-                "checkpoint %s is unreadable (%s: %s); trying the previous one",
-                manager.directory / str(step),
-                type(error).__name__,
-                error,
-            )
-            continue
-        data = restored["data"] if with_data else None
-        return step, restored["state"], (data or None)
-    return None
+def write(workdir: str | pathlib.Path, step: int, state: Any, config: dict) -> None:
+    """Writes one checkpoint synchronously (conversion, pruning: no data iterator position)."""
+    manager = create_manager(workdir, asynchronous=False)
+    save(manager, step, state, {}, config)
+    manager.wait_until_finished()
+    manager.close()
 
 
-def checkpoint_manager_for(path: str | pathlib.Path) -> tuple[ocp.CheckpointManager, int | None]:
-    """Opens a workdir, its `checkpoints/` folder, or one step folder for reading.
+# --- Reading ----------------------------------------------------------------------------------
 
-    Returns the manager and the step named by `path` (None: the latest).
-    """
-    path = pathlib.Path(path).absolute()
-    step = None
-    if path.name.isdigit() and (path / "state").exists():
-        step, path = int(path.name), path.parent
-    elif (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoints at {path}")
-    manager = ocp.CheckpointManager(
-        path,
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_names=("state", "data", "config"),
+
+def _reason(error: BaseException) -> str:
+    """One short line for an error (orbax/tensorstore errors can run to a megabyte)."""
+    text = str(error).strip().splitlines()
+    first = text[0].strip() if text else ""
+    if len(first) > _REASON_CHARS:
+        first = first[: _REASON_CHARS - 3] + "..."
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """Silences what a failed restore logs besides raising: asyncio's 'Event loop is closed' and
+    'exception was never retrieved' tracebacks of the other reads, orbax's own error lines."""
+    loggers = [logging.getLogger(n) for n in ("asyncio", "absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _report(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def saved_shapes(state_dir: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """`{'params/conv1/kernel': shape, ...}` of a saved state (`params`, `batch_stats`), read from
+    its metadata (no array is read)."""
+    with _quiet_failed_reads():
+        metadata = ocp.StandardCheckpointer().metadata(pathlib.Path(state_dir).absolute())
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    flat = traverse_util.flatten_dict(
+        {k: dict(tree.get(k) or {}) for k in ("params", "batch_stats")}, sep="/"
     )
-    if not manager.all_steps():
-        raise FileNotFoundError(f"no checkpoints at {path}")
-    return manager, step
+    return {k: tuple(v.shape) for k, v in flat.items() if hasattr(v, "shape")}
+
+
+def model_shapes(state: Any) -> dict[str, tuple[int, ...]]:
+    """The same mapping for a (possibly abstract) TrainState."""
+    get = state.get if isinstance(state, Mapping) else lambda k: getattr(state, k, None)
+    tree = {k: get(k) or {} for k in ("params", "batch_stats")}
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k: tuple(np.shape(v)) for k, v in flat.items()}
+
+
+def num_classes_of(state_dir: str | pathlib.Path) -> int:
+    """Number of classes of a saved state, from its classifier kernel's shape (no array read)."""
+    shapes = saved_shapes(state_dir)
+    for name in OUTPUT_LAYERS:
+        if f"params/{name}/kernel" in shapes:
+            return int(shapes[f"params/{name}/kernel"][-1])
+    raise ValueError(
+        f"{state_dir}: no classifier layer ({', '.join(OUTPUT_LAYERS)}) among the saved params"
+    )
+
+
+def describe_model(config: Mapping[str, Any], num_classes: int | None) -> str:
+    """'icnet width 0.25, 9 classes' from a config (dict) and a number of classes."""
+    model = config.get("model", {}) if isinstance(config, Mapping) else {}
+    parts = [str(model.get("name", "?")), f"width {model.get('width', '?')}"]
+    if model.get("name") == "icnet" and model.get("cff_upsampling", "bilinear") != "bilinear":
+        parts.append(f"cff {model['cff_upsampling']}")
+    text = " ".join(parts)
+    return f"{text}, {num_classes} classes" if num_classes is not None else text
 
 
 def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The resolved config saved with a checkpoint."""
     restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return json.loads(json.dumps(restored["config"]))
+
+
+def _saved_config_or_empty(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        with _quiet_failed_reads():
+            return read_config(manager, step)
+    except Exception:  # noqa: BLE001 - a checkpoint without a readable config item
+        return {}
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """Renames an unreadable step folder to `<workdir>/unreadable_checkpoints/<step>[.n]`."""
+    source = pathlib.Path(manager.directory) / str(step)
+    target = pathlib.Path(manager.directory).parent / UNREADABLE / str(step)
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{step}.{n}")
+        n += 1
+    if jax.process_index() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
+    manager.reload()
+    return target
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException) -> None:
+    target = _move_aside(manager, step)
+    _report(
+        f"checkpoint {step} is unreadable ({_reason(error)}); moved to {target}, "
+        "using the previous one"
+    )
+
+
+def _refuse(
+    manager: ocp.CheckpointManager, step: int, saved: dict, ours: dict, expected: str
+) -> None:
+    """Raises CheckpointMismatchError unless the saved shapes are the model's."""
+    if saved == ours:
+        return
+    state_dir = pathlib.Path(manager.directory) / str(step) / "state"
+    try:
+        classes = num_classes_of(state_dir)
+    except ValueError:
+        classes = None
+    theirs = describe_model(_saved_config_or_empty(manager, step), classes)
+    workdir = pathlib.Path(manager.directory).parent
+    raise CheckpointMismatchError(
+        f"{workdir} holds checkpoints of another model ({theirs}, step {step}) than the config "
+        f"({expected}); train in a new --workdir, or start a new workdir from those weights with "
+        f"--config.init_checkpoint={pathlib.Path(manager.directory) / str(step)}; nothing was "
+        "written"
+    )
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    *,
+    with_data: bool = True,
+    expected: str = "the config's model",
+) -> tuple[int, Any, dict | None] | None:
+    """Restores the newest readable checkpoint for training: `(step, state, data_state)`, or None.
+
+    An unreadable step is reported and moved aside (see the module docstring); a step of another
+    model raises `CheckpointMismatchError` (`expected` describes the config's model in its
+    message). `abstract_state` (from `jax.eval_shape`) fixes the structure and device layout.
+    """
+    ours = model_shapes(abstract_state)
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if with_data:
+        items["data"] = ocp.args.JsonRestore()
+    for step in sorted(manager.all_steps(), reverse=True):
+        state_dir = pathlib.Path(manager.directory) / str(step) / "state"
+        try:
+            saved = saved_shapes(state_dir)
+        except Exception as error:  # noqa: BLE001 - unreadable metadata: move it aside
+            _set_aside(manager, step, error)
+            continue
+        _refuse(manager, step, saved, ours, expected)  # before anything is written
+        try:
+            with _quiet_failed_reads():
+                restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # noqa: BLE001 - unreadable arrays: move it aside
+            _set_aside(manager, step, error)
+            continue
+        data = restored["data"] if with_data else None
+        return step, restored["state"], (data or None)
+    return None
+
+
+def open_for_reading(path: str | pathlib.Path) -> tuple[ocp.CheckpointManager, int | None]:
+    """Opens a workdir, its `checkpoints/` folder, or one step folder for reading.
+
+    Returns the manager and the step named by `path` (None: the latest).
+    Raises NoCheckpointError when `path` holds no checkpoint.
+    """
+    given = path
+    path = pathlib.Path(path).absolute()
+    step = None
+    if path.name.isdigit() and (path / "state").exists():
+        step, path = int(path.name), path.parent
+    elif (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    hint = "give a training workdir, its checkpoints/ folder or one checkpoints/<step> folder"
+    if not path.is_dir():
+        raise NoCheckpointError(f"no checkpoints at {given}: no such folder ({hint})")
+    manager = ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(read_only=True), item_names=ITEMS
+    )
+    if not manager.all_steps():
+        manager.close()
+        raise NoCheckpointError(f"no checkpoints at {given} ({hint})")
+    return manager, step
+
+
+checkpoint_manager_for = open_for_reading  # the name the tests and tools used
+
+
+@dataclasses.dataclass
+class Restored:
+    """A checkpoint read for inference or fine-tuning.
+
+    Attributes:
+      state: the restored TrainState (arrays on one local device).
+      step: its step; path: the step folder; workdir: the folder holding `checkpoints/`.
+      saved_config: the config saved with it ({} if none); num_classes: from the classifier.
+      extra: whatever `make_abstract` returned besides the abstract state.
+    """
+
+    state: Any
+    step: int
+    path: pathlib.Path
+    workdir: pathlib.Path
+    saved_config: dict
+    num_classes: int
+    extra: Any = None
+
+
+def restore(
+    path: str | pathlib.Path,
+    make_abstract: Callable[[dict, int], tuple[Any, Any]],
+    *,
+    step: int | None = None,
+) -> Restored:
+    """Restores the state at `path` (a workdir, its `checkpoints/` or one step folder).
+
+    `make_abstract(saved_config, num_classes) -> (abstract_state, extra)` builds the restore
+    target (from `jax.eval_shape`) of the model that reads it. Without a step the newest readable
+    checkpoint is used; an unreadable one is reported in one line and the previous one tried (the
+    folder is left in place: evaluating must not change a run's files).
+
+    Raises:
+      NoCheckpointError: no checkpoint at `path`, or none readable.
+    """
+    manager, named = open_for_reading(path)
+    step = step if step is not None else named
+    steps: Sequence[int] = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    reasons = []
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+        for candidate in steps:
+            directory = pathlib.Path(manager.directory)
+            try:
+                saved = _saved_config_or_empty(manager, candidate)
+                num_classes = num_classes_of(directory / str(candidate) / "state")
+                abstract, extra = make_abstract(saved, num_classes)
+                abstract = jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+                )
+                with _quiet_failed_reads():
+                    restored = manager.restore(
+                        candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                    )
+            except cli.UserError:
+                raise
+            except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
+                reasons.append(f"{candidate}: {_reason(error)}")
+                _report(f"checkpoint {directory / str(candidate)} is unreadable ({_reason(error)})")
+                continue
+            return Restored(
+                state=restored["state"],
+                step=int(candidate),
+                path=directory / str(candidate),
+                workdir=directory.parent,
+                saved_config=saved,
+                num_classes=num_classes,
+                extra=extra,
+            )
+    finally:
+        manager.close()
+    raise NoCheckpointError(f"no readable checkpoint at {path} ({'; '.join(reasons)})")

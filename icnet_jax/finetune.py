@@ -20,15 +20,16 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from icnet_jax import checkpoints
+from icnet_jax import checkpoints, cli
 
-# Classifier layers: re-initialised when their shapes differ (another number of classes).
-CLASSIFIER_LAYERS = ("conv6_cls", "conv6_sub4", "conv6_sub2", "conv6", "conv6_aux")
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
+
+
+class CheckpointDoesNotFitError(cli.UserError, ValueError):
+    """Tensors other than the classifiers differ in shape (another width or architecture)."""
 
 
 @dataclasses.dataclass
@@ -71,19 +72,6 @@ def _to_config(config: Mapping | ml_collections.ConfigDict) -> ml_collections.Co
     return ml_collections.ConfigDict(dict(config))
 
 
-def _classifier_classes(state_dir: pathlib.Path) -> int | None:
-    """The number of classes of a checkpointed model, from the saved tree's metadata."""
-    metadata = ocp.StandardCheckpointer().metadata(state_dir)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
-    params = tree.get("params", {}) if isinstance(tree, Mapping) else {}
-    for name in ("conv6_cls", "conv6"):
-        kernel = params.get(name, {}).get("kernel") if isinstance(params, Mapping) else None
-        if kernel is not None and getattr(kernel, "shape", None):
-            return int(kernel.shape[-1])
-    return None
-
-
 def _plain(tree: Any) -> Any:
     """Nested mappings (orbax metadata trees, FrozenDicts, TrainStates) as plain dicts."""
     if hasattr(tree, "tree"):  # orbax TreeMetadata
@@ -102,34 +90,27 @@ def restore_checkpoint(
 
     Args:
       path: a workdir, its `checkpoints/` folder or one step folder (`.../checkpoints/<step>`).
-      step: the step to read (default: the one `path` names, else the latest).
+      step: the step to read (default: the one `path` names, else the newest readable one).
     Returns:
-      `(state, config_dict, num_classes, step)`: the restored `TrainState` (numpy/jax arrays on
-      the default device), the checkpoint's resolved config, its number of classes, the step.
+      `(state, config_dict, num_classes, step)`: the restored `TrainState` (arrays on one local
+      device), the checkpoint's resolved config, its number of classes, the step.
     """
     from icnet_jax import train_lib  # train_lib imports the data pipeline: import lazily
 
-    manager, named_step = checkpoints.checkpoint_manager_for(path)
-    step = step if step is not None else named_step
-    step = step if step is not None else manager.latest_step()
-    config_dict = checkpoints.read_config(manager, step)
-    config = _to_config(config_dict)
-    num_classes = _classifier_classes(pathlib.Path(manager.directory) / str(step) / "state")
-    if num_classes is None:
-        raise ValueError(
-            f"{path}: cannot find the classifier (conv6_cls or conv6) in the checkpoint"
+    def make_abstract(saved: dict, num_classes: int):
+        config = _to_config(saved)
+        model = train_lib.create_model(config, num_classes)
+        tx = train_lib.create_optimizer(config)
+        abstract = jax.eval_shape(
+            functools.partial(
+                train_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)
+            ),
+            jax.random.PRNGKey(0),
         )
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
-    abstract = jax.eval_shape(
-        functools.partial(train_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)),
-        jax.random.PRNGKey(0),
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    manager.close()
-    return restored["state"], config_dict, num_classes, step
+        return abstract, None
+
+    restored = checkpoints.restore(path, make_abstract, step=step)
+    return restored.state, restored.saved_config, restored.num_classes, restored.step
 
 
 def merge_variables(
@@ -158,7 +139,7 @@ def merge_variables(
         if tuple(np.shape(loaded)) == tuple(np.shape(value)):
             merged[path] = np.asarray(loaded).astype(np.asarray(value).dtype)
             report["loaded"].append(name)
-        elif any(part in CLASSIFIER_LAYERS for part in path):
+        elif any(part in checkpoints.CLASSIFIER_LAYERS for part in path):
             report["reinitialised"].append(
                 f"{name} (checkpoint {tuple(np.shape(loaded))}, model {tuple(np.shape(value))})"
             )
@@ -169,9 +150,12 @@ def merge_variables(
             )
     report["unused"] = ["/".join(p) for p in flat_source if p not in flat_target]
     if errors:
-        raise ValueError(
-            "the checkpoint does not fit the model outside the classifiers (is model.width or "
-            "model.name different?):\n  " + "\n  ".join(errors)
+        more = f" and {len(errors) - 2} more" if len(errors) > 2 else ""
+        raise CheckpointDoesNotFitError(
+            "the checkpoint does not fit the model outside the classifiers ("
+            + "; ".join(errors[:2])
+            + more
+            + ")"
         )
     return traverse_util.unflatten_dict(merged), report
 
@@ -196,13 +180,16 @@ def load_pretrained(
     restored, ckpt_config, ckpt_classes, step = restore_checkpoint(checkpoint_path)
     source = {c: getattr(restored, c) for c in _COLLECTIONS}
     target = {c: getattr(state, c) for c in _COLLECTIONS}
-    merged, lists = merge_variables(target, source)
+    try:
+        merged, lists = merge_variables(target, source)
+    except CheckpointDoesNotFitError as error:
+        ours = "the model" if config is None else checkpoints.describe_model(config.to_dict(), None)
+        theirs = checkpoints.describe_model(ckpt_config, ckpt_classes)
+        raise CheckpointDoesNotFitError(
+            f"init_checkpoint {checkpoint_path} holds {theirs}, the config builds {ours}: {error}; "
+            "give a checkpoint of the same model.width and model.name"
+        ) from None
     report = PretrainedReport(checkpoint=str(checkpoint_path), step=int(step), **lists)
-    if config is not None:
-        ours = (config.model.name, float(config.model.width))
-        theirs = (ckpt_config["model"]["name"], float(ckpt_config["model"]["width"]))
-        if ours != theirs:
-            print(f"warning: checkpoint model {theirs} differs from the config's {ours}")
     if verbose:
         print(report.summary())
     new_state = state.replace(

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -45,8 +44,6 @@ CHECKPOINT_KEYS: tuple[str, ...] = (
     "input.eval_size",
     "ignore_label",
 )
-# Classifier layers whose kernel's last axis is the number of classes (ICNet, PSPNet).
-CLASSIFIER_LAYERS: tuple[str, ...] = ("conv6_cls", "conv6")
 # Built-in datasets' class names and palettes, by config.dataset.name.
 DATASET_INFOS: dict[str, L.DatasetInfo] = {
     "cityscapes": L.CITYSCAPES,
@@ -154,20 +151,6 @@ def describe_settings(settings: Sequence[Setting]) -> str:
     return "\n".join(lines)
 
 
-def num_classes_of(state_dir: str | pathlib.Path) -> int:
-    """Number of classes of a saved state, from its classifier kernel's shape (no array read)."""
-    metadata = ocp.StandardCheckpointer().metadata(pathlib.Path(state_dir).absolute())
-    tree = getattr(metadata, "item_metadata", metadata)
-    params = tree["params"]
-    for name in CLASSIFIER_LAYERS:
-        if name in params:
-            return int(params[name]["kernel"].shape[-1])
-    raise ValueError(
-        f"{state_dir}: no classifier layer ({', '.join(CLASSIFIER_LAYERS)}) among the saved "
-        f"params {sorted(params)}"
-    )
-
-
 @dataclasses.dataclass
 class LoadedCheckpoint:
     """A checkpoint ready for inference.
@@ -193,26 +176,8 @@ class LoadedCheckpoint:
     saved_config: dict[str, Any]
 
 
-def _read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-    try:
-        return checkpoints.read_config(manager, step)
-    except Exception as error:  # noqa: BLE001 - a checkpoint without a config item
-        _log.warning(
-            "checkpoint %s has no readable config (%s); using the command-line config",
-            manager.directory / str(step),
-            error,
-        )
-        return {}
-
-
-def _restore_step(
-    manager: ocp.CheckpointManager,
-    step: int,
-    config: ml_collections.ConfigDict,
-    saved: Mapping[str, Any],
-) -> tuple[dict[str, Any], int]:
-    state_dir = pathlib.Path(manager.directory) / str(step) / "state"
-    num_classes = num_classes_of(state_dir)
+def _abstract_state(config: ml_collections.ConfigDict, saved: Mapping[str, Any], num_classes):
+    """The restore target of a saved TrainState for the (merged) config's model."""
     model = train_lib.create_model(config, num_classes)
     # The optimiser state is restored too (it is part of the saved TrainState): its structure
     # follows the optimiser settings the checkpoint was trained with.
@@ -222,7 +187,7 @@ def _restore_step(
     if "num_steps" in saved:
         optim_config.num_steps = saved["num_steps"]
     tx = train_lib.create_optimizer(optim_config)
-    abstract = jax.eval_shape(
+    return jax.eval_shape(
         functools.partial(
             train_lib.create_train_state,
             model=model,
@@ -231,15 +196,6 @@ def _restore_step(
         ),
         jax.random.PRNGKey(0),
     )
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    state = restored["state"]
-    return {"params": state.params, "batch_stats": state.batch_stats}, num_classes
 
 
 def load_checkpoint(
@@ -255,42 +211,28 @@ def load_checkpoint(
     config (see `merge_checkpoint_config`), with as many classes as the saved classifier has.
 
     Raises:
-      FileNotFoundError: no checkpoint at `path`.
-      RuntimeError: no checkpoint at `path` could be read (the last error chained).
+      checkpoints.NoCheckpointError: no checkpoint at `path`, or none readable.
     """
-    manager, step = checkpoints.checkpoint_manager_for(path)
-    try:
-        steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
-        error: Exception | None = None
-        for candidate in steps:
-            saved = _read_saved_config(manager, candidate)
-            merged, settings = merge_checkpoint_config(config, saved, command_line_wins)
-            try:
-                variables, num_classes = _restore_step(manager, candidate, merged, saved)
-            except Exception as e:  # noqa: BLE001 - fall back to the previous checkpoint
-                error = e
-                _log.error(
-                    "checkpoint %s is unreadable (%s: %s)",
-                    pathlib.Path(manager.directory) / str(candidate),
-                    type(e).__name__,
-                    e,
-                )
-                continue
-            directory = pathlib.Path(manager.directory)
-            return LoadedCheckpoint(
-                config=merged,
-                variables=variables,
-                step=int(candidate),
-                num_classes=num_classes,
-                path=directory / str(candidate),
-                workdir=directory.parent,
-                settings=settings,
-                saved_config=saved,
-            )
-        last = f" (last error: {type(error).__name__}: {error})" if error is not None else ""
-        raise RuntimeError(f"no readable checkpoint at {path}{last}") from error
-    finally:
-        manager.close()
+
+    def make_abstract(saved, num_classes):
+        if not saved:
+            _log.warning("checkpoint at %s has no readable config; using the command line's", path)
+        merged, settings = merge_checkpoint_config(config, saved, command_line_wins)
+        return _abstract_state(merged, saved, num_classes), (merged, settings)
+
+    restored = checkpoints.restore(path, make_abstract)
+    merged, settings = restored.extra
+    state = restored.state
+    return LoadedCheckpoint(
+        config=merged,
+        variables={"params": state.params, "batch_stats": state.batch_stats},
+        step=restored.step,
+        num_classes=restored.num_classes,
+        path=restored.path,
+        workdir=restored.workdir,
+        settings=settings,
+        saved_config=restored.saved_config,
+    )
 
 
 def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:

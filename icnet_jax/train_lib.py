@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -238,12 +240,23 @@ def evaluate_split(
 class _Writer:
     """metrics.jsonl and TensorBoard events in the workdir, written by process 0 only."""
 
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, start: int):
         self.active = jax.process_index() == 0
         if self.active:
             from tensorboardX import SummaryWriter
 
-            self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            path = workdir / "metrics.jsonl"
+            # A resumed run repeats the steps after its checkpoint: drop their old lines so that
+            # each step appears once.
+            kept = []
+            if start and path.exists():
+                kept = [
+                    line
+                    for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= start
+                ]
+            self.jsonl = open(path, "w")  # noqa: SIM115 - closed in close()
+            self.jsonl.writelines(kept)
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -274,17 +287,65 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
             )
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT stopped training; a checkpoint of the step reached was saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped at step {step}, checkpoint saved")
+        self.step = step
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT set a flag that the loop reads between steps (a second signal stops at once).
+
+    With several processes the hosts must agree on the step: JAX's preemption service (which
+    catches SIGTERM itself) tells every host at the same step, as orbax's preemption support does.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = {}
+        self._multihost = jax.process_count() > 1
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT,) if self._multihost else (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.received:  # a second signal: no more waiting
+            raise KeyboardInterrupt
+        self.received = True
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else self._handle)
+
+    def stop_at(self, step: int, manager) -> bool:
+        if self._multihost:
+            return bool(manager.reached_preemption(step))
+        return self.received
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _model_description(config: ml_collections.ConfigDict, num_classes: int) -> str:
+    return checkpoints.describe_model(config.to_dict(), num_classes)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from the latest checkpoint in `workdir`), then evaluates every branch.
 
     Returns the final evaluation `{branch: metrics}` (empty without an eval split).
+    Raises:
+      checkpoints.CheckpointMismatchError: the workdir holds another model (nothing written).
+      Stopped: SIGTERM/SIGINT; the step reached was checkpointed (resume by running again).
+      NonFiniteLossError: the loss became NaN or infinite.
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     config_dict = json.loads(config.to_json())
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
-
     source, info = data_source(config, config.dataset.train_split)
     model = create_model(config, info.num_classes, axis_name=AXIS)
     tx = create_optimizer(config)
@@ -295,7 +356,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
     manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-    restored = checkpoints.restore_latest(manager, abstract)
+    restored = checkpoints.restore_latest(
+        manager, abstract, expected=_model_description(config, info.num_classes)
+    )
     data_state = None
     if restored:
         start, state, data_state = restored
@@ -306,6 +369,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # Converted release weights, a pruned model or another run; classifiers of another
             # shape (number of classes) keep their fresh initialisation.
             state, _ = finetune.load_pretrained(state, config.init_checkpoint, config=config)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
 
     iterator = pipeline.train_dataset(
         source,
@@ -327,45 +393,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     state = replicate(state)
     p_train_step = make_train_step(config)
-    writer = _Writer(workdir)
+    writer = _Writer(workdir, start)
     history: list[tuple[int, dict]] = []
     last_time, last_step = time.time(), start
     bar = tqdm(
         total=config.num_steps, initial=start, desc="training", disable=jax.process_index() != 0
     )
     try:
-        for step in range(start + 1, config.num_steps + 1):
-            state, metrics = p_train_step(state, shard(next(iterator)))
-            history.append((step, metrics))
-            at_checkpoint = step % config.checkpoint_every == 0 or step == config.num_steps
-            if step % config.log_every == 0 or at_checkpoint:
-                history = [(s, jax.device_get(m)) for s, m in history]
-                _check_finite(history)
-                now = time.time()
-                images_per_s = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
-                last_time, last_step = now, step
-                scalars = {k: float(v) for k, v in history[-1][1].items()}
-                scalars["images_per_s"] = images_per_s
-                writer.write(step, scalars)
-                bar.set_postfix(
-                    {
-                        k.removeprefix("loss_"): f"{v:.3f}"
-                        for k, v in scalars.items()
-                        if k.startswith("loss_")
-                    }
-                    | {"lr": f"{scalars['lr']:.2e}", "img/s": f"{images_per_s:.1f}"}
+        with _StopSignals() as signals:
+            for step in range(start + 1, config.num_steps + 1):
+                state, metrics = p_train_step(state, shard(next(iterator)))
+                history.append((step, metrics))
+                stop = signals.stop_at(step, manager)
+                at_checkpoint = (
+                    step % config.checkpoint_every == 0 or step == config.num_steps or stop
                 )
-                history = []
-            if at_checkpoint:
-                if not _all_finite(state.params):
-                    raise NonFiniteLossError(
-                        f"the parameters became non-finite at step {step}; training stopped, the "
-                        "last good checkpoint is kept (lower config.optim.lr)"
+                if step % config.log_every == 0 or at_checkpoint:
+                    history = [(s, jax.device_get(m)) for s, m in history]
+                    _check_finite(history)
+                    now = time.time()
+                    images_per_s = (
+                        (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
                     )
-                checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
-            if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
-                results = _evaluate_and_log(config, state, info, writer, step, workdir)
-            bar.update(1)
+                    last_time, last_step = now, step
+                    scalars = {k: float(v) for k, v in history[-1][1].items()}
+                    scalars["images_per_s"] = images_per_s
+                    writer.write(step, scalars)
+                    bar.set_postfix(
+                        {
+                            k.removeprefix("loss_"): f"{v:.3f}"
+                            for k, v in scalars.items()
+                            if k.startswith("loss_")
+                        }
+                        | {"lr": f"{scalars['lr']:.2e}", "img/s": f"{images_per_s:.1f}"}
+                    )
+                    history = []
+                if at_checkpoint:
+                    if not _all_finite(state.params):
+                        raise NonFiniteLossError(
+                            f"the parameters became non-finite at step {step}; training "
+                            "stopped, the last good checkpoint is kept (lower config.optim.lr)"
+                        )
+                    checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
+                bar.update(1)
+                if stop:
+                    raise Stopped(step)
+                if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+                    _evaluate_and_log(config, state, info, writer, step, workdir)
+    except BaseException:
+        writer.close()
+        raise
     finally:
         bar.close()
         manager.wait_until_finished()

@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -187,6 +188,23 @@ def hand_source():
     return [example(image, HAND_LABEL, "city/a_leftImg8bit.png")]
 
 
+def restore_as_three_classes(path, make_abstract, step=None):
+    """`checkpoints.restore` for a 3-class stand-in model without weights."""
+    manager, _ = checkpoints.open_for_reading(path)
+    step = manager.latest_step()
+    saved = checkpoints.read_config(manager, step)
+    manager.close()
+    return checkpoints.Restored(
+        state=types.SimpleNamespace(params={}, batch_stats={}),
+        step=step,
+        path=pathlib.Path(manager.directory) / str(step),
+        workdir=pathlib.Path(manager.directory).parent,
+        saved_config=saved,
+        num_classes=3,
+        extra=make_abstract(saved, 3)[1],
+    )
+
+
 HAND_INFO = L.custom_info("hand", ["zero", "one", "two"])
 
 
@@ -194,8 +212,7 @@ HAND_INFO = L.custom_info("hand", ["zero", "one", "two"])
 def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeypatch, flip, scales):
     workdir, _ = checkpoint
     # The checkpoint's classifier has 9 classes; this model and dataset have 3.
-    monkeypatch.setattr(inference, "num_classes_of", lambda state_dir: 3)
-    monkeypatch.setattr(inference, "_restore_step", lambda *a: ({"params": {}}, 3))
+    monkeypatch.setattr(checkpoints, "restore", restore_as_three_classes)
     monkeypatch.setattr(inference, "inference_model", lambda config, n, branch="all": OneHotModel())
     out = tmp_path / "out"
     summary = evaluate.evaluate(

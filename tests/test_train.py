@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import default, quickstart
-from icnet_jax import checkpoints, train_lib
+from icnet_jax import checkpoints, cli, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -127,12 +129,42 @@ def final_params(workdir):
     return step, restored["state"]["params"]
 
 
-@pytest.mark.slow
-def test_sigkill_and_resume_equals_unbroken_run(tmp_path):
-    data_dir = tmp_path / "tfds"
-    code, output = run_train(tmp_path / "unbroken", data_dir)
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """One uninterrupted tiny run (6 steps, checkpoints at 2, 4, 6): `(workdir, data_dir)`."""
+    root = tmp_path_factory.mktemp("unbroken")
+    data_dir = root / "tfds"
+    code, output = run_train(root / "run", data_dir)
     assert code == 0, output
-    metrics = json.loads((tmp_path / "unbroken" / "eval" / "val" / "metrics.json").read_text())
+    return root / "run", data_dir
+
+
+def copy_run(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def snapshot(workdir):
+    """Every file under `workdir` with its bytes."""
+    return {p: p.read_bytes() for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+
+
+def logged_steps(workdir):
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+
+
+def assert_same_final_params(a, b):
+    step_a, params_a = final_params(a)
+    step_b, params_b = final_params(b)
+    assert step_a == step_b == 6
+    chex.assert_trees_all_equal(params_a, params_b)  # bit-exact
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_unbroken_run(tmp_path, unbroken):
+    workdir, data_dir = unbroken
+    metrics = json.loads((workdir / "eval" / "val" / "metrics.json").read_text())
     assert set(metrics["branches"]) == {"sub4", "sub24", "sub124"}
 
     process = run_train(tmp_path / "broken", data_dir, wait=False)
@@ -145,11 +177,64 @@ def test_sigkill_and_resume_equals_unbroken_run(tmp_path):
     code, output = run_train(tmp_path / "broken", data_dir)
     assert code == 0, output
     assert "resuming from step" in output
+    assert_same_final_params(workdir, tmp_path / "broken")
+    assert logged_steps(tmp_path / "broken") == [1, 2, 3, 4, 5, 6]  # each step once
 
-    step_a, params_a = final_params(tmp_path / "unbroken")
-    step_b, params_b = final_params(tmp_path / "broken")
-    assert step_a == step_b == 6
-    chex.assert_trees_all_close(params_a, params_b, atol=1e-6, rtol=0)
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_reached_and_resume_equals_unbroken_run(tmp_path, unbroken):
+    workdir, data_dir = unbroken
+    run = tmp_path / "run"
+    process = run_train(run, data_dir, "--config.checkpoint_every=100", wait=False)
+    deadline = time.time() + 600
+    while not (run / "metrics.jsonl").exists() or not logged_steps(run):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == cli.EXIT_INTERRUPTED, output
+    stopped = re.search(r"stopped at step (\d+), checkpoint saved", output)
+    assert stopped, output
+    step = int(stopped.group(1))
+    assert 1 <= step < 6 and "Traceback" not in output
+    manager, _ = checkpoints.open_for_reading(run)
+    assert manager.all_steps() == [step]
+    assert logged_steps(run) == list(range(1, step + 1))
+
+    code, output = run_train(run, data_dir)
+    assert code == 0, output
+    assert f"resuming from step {step}" in output
+    assert_same_final_params(workdir, run)
+    assert logged_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_is_moved_aside_and_training_ends(tmp_path, unbroken):
+    workdir, data_dir = unbroken
+    run = copy_run(workdir, tmp_path / "run")
+    for f in (run / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file() and "ocdbt" not in f.name:
+            f.write_bytes(b"garbage")
+    for _attempt in range(2):  # the rerun after a recovery must work as well
+        code, output = run_train(run, data_dir)
+        assert code == 0, output
+        assert_same_final_params(workdir, run)
+    assert (run / "unreadable_checkpoints" / "6").is_dir()
+    assert output.count("unreadable") == 0  # reported once, on the first rerun only
+
+
+@pytest.mark.slow
+def test_a_workdir_of_another_width_is_refused_and_nothing_written(tmp_path, unbroken):
+    workdir, data_dir = unbroken
+    run = copy_run(workdir, tmp_path / "run")
+    before = snapshot(run)
+    code, output = run_train(run, data_dir, "--config.model.width=0.5")
+    assert code == cli.EXIT_USAGE, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert "width 0.25" in errors[0] and "width 0.5" in errors[0], errors
+    assert "--workdir" in errors[0] and "init_checkpoint" in errors[0]
+    assert snapshot(run) == before
 
 
 @pytest.mark.slow
@@ -171,7 +256,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["state"]["params"]))
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+def test_corrupt_latest_checkpoint_is_moved_aside_and_can_be_saved_again(tmp_path, capsys):
     state = {"w": np.arange(4.0)}
     manager = checkpoints.create_manager(tmp_path, asynchronous=False)
     for step in (1, 2):
@@ -184,4 +269,23 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
     step, restored, data = checkpoints.restore_latest(manager, abstract)
     assert step == 1 and data == {"next_index": 1}
     np.testing.assert_array_equal(restored["w"], state["w"])
-    assert "unreadable" in caplog.text
+    report = capsys.readouterr().err
+    assert report.count("\n") == 1 and len(report) < 400, report  # one short line
+    assert "checkpoint 2 is unreadable" in report and "unreadable_checkpoints" in report
+    assert (tmp_path / "unreadable_checkpoints" / "2" / "state").is_dir()
+    checkpoints.save(manager, 2, {"w": state["w"] * 5}, {"next_index": 2}, {})  # no clash
+    manager.wait_until_finished()
+    assert manager.all_steps() == [1, 2]
+
+
+def test_checkpoints_of_another_model_are_refused(tmp_path):
+    manager = checkpoints.create_manager(tmp_path, asynchronous=False)
+    params = {"conv": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}}
+    config = {"model": {"name": "icnet", "width": 0.25}}
+    checkpoints.save(manager, 2, {"params": params, "batch_stats": {}}, {}, config)
+    manager.wait_until_finished()
+    wider = {"params": {"conv": {"kernel": jax.ShapeDtypeStruct((3, 3, 3, 16), np.float32)}}}
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="width 0.25") as error:
+        checkpoints.restore_latest(manager, wider, expected="icnet width 0.5, 9 classes")
+    assert "width 0.5" in str(error.value) and "\n" not in str(error.value)
+    assert manager.all_steps() == [2]
