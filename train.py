@@ -18,17 +18,12 @@ from icnet_jax import cli, train_lib
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
 flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, logs and evaluation go here.")
-flags.DEFINE_bool("distributed", False, "Join a multi-host job that JAX can detect (SLURM, TPU).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host job.")
-flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host job.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
+cli.define_multihost_flags()
 
 
 def main(argv):
     del argv
-    train_lib.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
-    )
+    cli.join_multihost()
     try:
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train_lib.NonFiniteLossError as error:

@@ -110,9 +110,9 @@ def _reason(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_failed_reads():
-    """Silences what a failed restore logs besides raising: asyncio's 'Event loop is closed' and
-    'exception was never retrieved' tracebacks of the other reads, orbax's own error lines."""
+def _quiet():
+    """Silences what reading logs besides raising: asyncio's 'Event loop is closed' tracebacks of
+    the other reads of a failed restore, orbax's warnings on read-only folders without metadata."""
     loggers = [logging.getLogger(n) for n in ("asyncio", "absl", "orbax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -132,7 +132,7 @@ def _report(message: str) -> None:
 def saved_shapes(state_dir: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
     """`{'params/conv1/kernel': shape, ...}` of a saved state (`params`, `batch_stats`), read from
     its metadata (no array is read)."""
-    with _quiet_failed_reads():
+    with _quiet():
         metadata = ocp.StandardCheckpointer().metadata(pathlib.Path(state_dir).absolute())
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
@@ -179,7 +179,7 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 def _saved_config_or_empty(manager: ocp.CheckpointManager, step: int) -> dict:
     try:
-        with _quiet_failed_reads():
+        with _quiet():
             return read_config(manager, step)
     except Exception:  # noqa: BLE001 - a checkpoint without a readable config item
         return {}
@@ -259,7 +259,7 @@ def restore_latest(
             continue
         _refuse(manager, step, saved, ours, expected)  # before anything is written
         try:
-            with _quiet_failed_reads():
+            with _quiet():
                 restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # noqa: BLE001 - unreadable arrays: move it aside
             _set_aside(manager, step, error)
@@ -285,9 +285,10 @@ def open_for_reading(path: str | pathlib.Path) -> tuple[ocp.CheckpointManager, i
     hint = "give a training workdir, its checkpoints/ folder or one checkpoints/<step> folder"
     if not path.is_dir():
         raise NoCheckpointError(f"no checkpoints at {given}: no such folder ({hint})")
-    manager = ocp.CheckpointManager(
-        path, options=ocp.CheckpointManagerOptions(read_only=True), item_names=ITEMS
-    )
+    with _quiet():
+        manager = ocp.CheckpointManager(
+            path, options=ocp.CheckpointManagerOptions(read_only=True), item_names=ITEMS
+        )
     if not manager.all_steps():
         manager.close()
         raise NoCheckpointError(f"no checkpoints at {given} ({hint})")
@@ -348,7 +349,7 @@ def restore(
                 abstract = jax.tree.map(
                     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
                 )
-                with _quiet_failed_reads():
+                with _quiet():
                     restored = manager.restore(
                         candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                     )

@@ -101,6 +101,46 @@ def define_config(
         raise  # unreachable: fail() exits
 
 
+def check_writable(path, what: str) -> None:
+    """Raises UserError unless `path` (a folder, existing or not) can be created and written."""
+    import os
+    import pathlib
+
+    path = pathlib.Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {existing} is not writable; choose another path")
+
+
+def define_multihost_flags() -> None:
+    """The flags that join a multi-host job (train.py, evaluate.py)."""
+    flags.DEFINE_bool("distributed", False, "Join a multi-host job that JAX detects (SLURM, TPU).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host job.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host job.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
+
+
+def join_multihost() -> None:
+    """Joins the job the multi-host flags describe (explicitly, or as JAX detects it)."""
+    import jax
+
+    f = flags.FLAGS
+    if f.coordinator_address:
+        if f.num_processes is None or f.process_id is None:
+            raise UserError("--coordinator_address needs --num_processes and --process_id as well")
+        jax.distributed.initialize(
+            coordinator_address=f.coordinator_address,
+            num_processes=f.num_processes,
+            process_id=f.process_id,
+        )
+    elif f.distributed:
+        jax.distributed.initialize()
+
+
 def fail(message: str, status: int = EXIT_USAGE) -> None:
     """Prints `error: message` to stderr and exits with `status`."""
     print(f"error: {message}", file=sys.stderr)

@@ -1,8 +1,13 @@
-"""Whole-image evaluation: confusion matrices per branch over a split, then the official metrics."""
+"""The one evaluation path (training's periodic evaluation and `evaluate.py`): the jitted step
+giving confusion matrices and class-id maps per branch, the loop over a split (several local
+devices, several hosts), the official metrics, the printed table and `metrics.json`."""
 
 from __future__ import annotations
 
+import collections
 import functools
+import json
+import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,84 +19,14 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from icnet_jax.metrics import confusion_matrix, segmentation_metrics
-from icnet_jax.models.layers import resize_bilinear
+from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
+from icnet_jax.region_analysis import RegionAccuracy
+from icnet_jax.test_time import average_probabilities, prediction_dtype
+
+# The order of branch columns everywhere (tables, metrics.json): the network's output first.
+BRANCH_ORDER = ("sub124", "sub24", "sub4")
 
 Array = jax.Array
-
-
-def predict_probabilities(
-    model: nn.Module,
-    variables: Any,
-    images: Array,
-    *,
-    eval_size: Sequence[int] | None = None,
-    align_corners: bool = True,
-) -> dict[str, Array]:
-    """Class probabilities `[N, H, W, C]` per branch at the images' own resolution.
-
-    With `eval_size` the release's protocol: images resized to `eval_size` (align corners),
-    softmax, probabilities resized back. `model` returns logits or a dict of branch logits.
-    """
-    h, w = images.shape[1:3]
-    inputs = images if eval_size is None else resize_bilinear(images, eval_size, align_corners)
-    logits = model.apply(variables, inputs)
-    if not isinstance(logits, Mapping):
-        logits = {"output": logits}
-    probabilities = {}
-    for name, value in logits.items():
-        p = jax.nn.softmax(value.astype(jnp.float32), axis=-1)
-        probabilities[name] = resize_bilinear(p, (h, w), align_corners)
-    return probabilities
-
-
-def make_eval_step(
-    model: nn.Module, num_classes: int, *, eval_size=None, align_corners=True, ignore_label=255
-) -> Callable[[Any, Array, Array], dict[str, Array]]:
-    """A jitted `(variables, images [N,H,W,3], labels [N,H,W]) -> {branch: confusion [C, C]}`."""
-
-    @jax.jit
-    def step(variables, images, labels):
-        probabilities = predict_probabilities(
-            model, variables, images, eval_size=eval_size, align_corners=align_corners
-        )
-        return {
-            name: confusion_matrix(labels, jnp.argmax(p, axis=-1), num_classes, ignore_label)
-            for name, p in probabilities.items()
-        }
-
-    return step
-
-
-def evaluate(
-    eval_step: Callable[[Any, Array, Array], dict[str, Array]],
-    variables: Any,
-    examples: Iterable[Mapping[str, np.ndarray]],
-    class_names: Sequence[str],
-    *,
-    num_examples: int | None = None,
-    progress: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Runs `eval_step` over this host's examples and sums the confusions over all hosts.
-
-    Args:
-      examples: `{'image': float32 [H, W, 3], 'label': int [H, W]}` (one image at a time; images
-        of one size share one compilation).
-    Returns:
-      branch -> `segmentation_metrics` plus the summed int64 `confusion`.
-    """
-    totals: dict[str, np.ndarray] = {}
-    for example in tqdm(examples, total=num_examples, desc="evaluating", disable=not progress):
-        confusions = eval_step(variables, example["image"][None], example["label"][None])
-        for name, confusion in jax.device_get(confusions).items():
-            totals[name] = totals.get(name, 0) + np.asarray(confusion, np.int64)
-    if jax.process_count() > 1:
-        # Hosts may hold different numbers of images; every host has every branch key.
-        gathered = multihost_utils.process_allgather(totals)
-        totals = jax.tree.map(functools.partial(np.sum, axis=0), gathered)
-    return {
-        name: {**segmentation_metrics(total, class_names), "confusion": total}
-        for name, total in totals.items()
-    }
 
 
 def metrics_summary(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -112,9 +47,29 @@ def metrics_summary(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def ordered(branches) -> list[str]:
+    """Branch names in `BRANCH_ORDER` (others, e.g. PSPNet's 'output', after, as given)."""
+    names = list(branches)
+    return [b for b in BRANCH_ORDER if b in names] + [b for b in names if b not in BRANCH_ORDER]
+
+
+def make_summary(step: int, split: str, results: Mapping[str, Mapping[str, Any]], **extra):
+    """`metrics.json`'s content: `{"step", "split", "branches": {branch: metrics}, **extra}`."""
+    branches = metrics_summary({b: results[b] for b in ordered(results)})
+    return {"step": int(step), "split": split, "branches": branches, **extra}
+
+
+def write_metrics(out: str | pathlib.Path, summary: Mapping[str, Any]) -> pathlib.Path:
+    """Writes `out/metrics.json` (the only writer of that file); returns its path."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    return out / "metrics.json"
+
+
 def format_table(results: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]) -> str:
     """Per-class IoU (%) with one column per branch, then mIoU and pixel accuracy."""
-    branches = list(results)
+    branches = ordered(results)
     width = max(12, *(len(n) for n in class_names))
     lines = [f"{'class':<{width}} " + " ".join(f"{b:>8}" for b in branches)]
     for i, name in enumerate(class_names):
@@ -128,3 +83,138 @@ def format_table(results: Mapping[str, Mapping[str, Any]], class_names: Sequence
             f"{label:<{width}} " + " ".join(f"{100 * results[b][key]:8.2f}" for b in branches)
         )
     return "\n".join(lines)
+
+
+def branch_names(model: nn.Module) -> tuple[str, ...]:
+    """Keys of the probability dicts of `average_probabilities` for `model`."""
+    if getattr(model, "branch", None) == ALL_BRANCHES:
+        return BRANCHES
+    return ("output",)
+
+
+def make_step(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    eval_size: Sequence[int] | None = None,
+    align_corners: bool = True,
+    ignore_label: int = 255,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Callable[[Any, Array, Array], tuple[dict[str, Array], dict[str, Array]]]:
+    """A jitted `(variables, images [N,H,W,3], labels [N,H,W]) -> (confusions, predictions)`.
+
+    `confusions`: `{branch: int32 [C, C]}` (`metrics.confusion_matrix`); `predictions`:
+    `{branch: [N, H, W]}` argmax class ids (uint8 up to 256 classes, else int32).
+    """
+    tta = dict(eval_size=eval_size, align_corners=align_corners, scales=tuple(scales), flip=flip)
+
+    @jax.jit
+    def step(variables, images, labels):
+        probabilities = average_probabilities(model, variables, images, **tta)
+        predictions = {
+            k: jnp.argmax(p, axis=-1).astype(prediction_dtype(num_classes))
+            for k, p in probabilities.items()
+        }
+        confusions = {
+            k: confusion_matrix(labels, p, num_classes, ignore_label)
+            for k, p in predictions.items()
+        }
+        return confusions, predictions
+
+    return step
+
+
+def default_devices() -> list[jax.Device]:
+    """This host's devices to spread evaluation over; one on CPU (simulated CPU devices share
+    the same cores, and each would compile its own copy of the step)."""
+    devices = jax.local_devices()
+    return devices[:1] if devices[0].platform == "cpu" else devices
+
+
+def sum_over_hosts(tree: Any) -> Any:
+    """Sums numpy trees of identical structure over all processes (identity on one process)."""
+    if jax.process_count() == 1:
+        return tree
+    gathered = multihost_utils.process_allgather(tree)
+    return jax.tree.map(functools.partial(np.sum, axis=0), gathered)
+
+
+def evaluate_examples(
+    step: Callable[[Any, Array, Array], tuple[dict[str, Array], dict[str, Array]]],
+    variables: Any,
+    examples: Iterable[Mapping[str, Any]],
+    class_names: Sequence[str],
+    branches: Sequence[str],
+    *,
+    on_prediction: Callable[[Mapping[str, Any], dict[str, np.ndarray]], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    num_examples: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Runs `step` (from `make_step`) over this host's examples; confusions summed over hosts.
+
+    Examples go round-robin to `devices` (default `default_devices()`), each with its own copy of
+    the variables, one image at a time, so images of any size mix freely (one compilation per
+    size and device); while a device computes, the host handles earlier results.
+
+    Args:
+      examples: `{'image': float32 [H, W, 3], 'label': int [H, W], ...}` (`pipeline.eval_dataset`).
+      branches: the step's branch names; every host reports each (zeros where it had no example).
+      on_prediction: called on this host, in order, with each example and its
+        `{branch: [H, W] class ids}` (region analysis, saving predictions).
+    Returns:
+      `{branch: segmentation_metrics + 'confusion' (int64, summed over all hosts)}`.
+    """
+    devices = list(devices or default_devices())
+    replicas = [jax.device_put(variables, d) for d in devices]
+    num_classes = len(class_names)
+    totals = {b: np.zeros((num_classes, num_classes), np.int64) for b in branches}
+    in_flight: collections.deque = collections.deque()
+
+    def finish():
+        example, (confusions, predictions) = in_flight.popleft()
+        confusions, predictions = jax.device_get((confusions, predictions))
+        for name, confusion in confusions.items():
+            if name not in totals:
+                raise ValueError(f"the step gave branch {name!r}, not among {list(branches)}")
+            totals[name] += np.asarray(confusion, np.int64)
+        if on_prediction is not None:
+            on_prediction(example, {k: np.asarray(v)[0] for k, v in predictions.items()})
+
+    bar = tqdm(examples, total=num_examples, desc="evaluating", disable=not progress)
+    for i, example in enumerate(bar):
+        d = i % len(devices)
+        image = jax.device_put(np.asarray(example["image"])[None], devices[d])
+        label = jax.device_put(np.asarray(example["label"])[None], devices[d])
+        in_flight.append((example, step(replicas[d], image, label)))
+        if len(in_flight) > len(devices):
+            finish()
+    while in_flight:
+        finish()
+    bar.close()
+    totals = sum_over_hosts(totals)
+    return {
+        name: {**segmentation_metrics(total, class_names), "confusion": total}
+        for name, total in totals.items()
+    }
+
+
+def region_accuracy_over_hosts(accumulator: RegionAccuracy) -> RegionAccuracy:
+    """A `RegionAccuracy` with the totals of every host's accumulator (created with the same
+    settings and explicit `branches`, so that hosts without examples agree on the structure)."""
+    if jax.process_count() == 1:
+        return accumulator
+    totals = sum_over_hosts(
+        {
+            "sums": accumulator.sums,
+            "counts": accumulator.counts,
+            "num_images": np.int64(accumulator.num_images),
+            "too_large": np.int64(accumulator.num_regions_too_large),
+        }
+    )
+    accumulator.sums = {b: np.asarray(v) for b, v in totals["sums"].items()}
+    accumulator.counts = np.asarray(totals["counts"])
+    accumulator.num_images = int(totals["num_images"])
+    accumulator.num_regions_too_large = int(totals["too_large"])
+    return accumulator

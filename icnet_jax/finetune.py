@@ -113,6 +113,37 @@ def restore_checkpoint(
     return restored.state, restored.saved_config, restored.num_classes, restored.step
 
 
+def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=None) -> None:
+    """Raises CheckpointDoesNotFitError when the newest checkpoint at `checkpoint_path` differs
+    from `abstract_state`'s model outside the classifiers (reads metadata only, no arrays)."""
+    manager, step = checkpoints.open_for_reading(checkpoint_path)
+    step = step if step is not None else manager.latest_step()
+    state_dir = pathlib.Path(manager.directory) / str(step) / "state"
+    manager.close()
+    try:
+        saved = checkpoints.saved_shapes(state_dir)
+    except Exception:  # noqa: BLE001 - unreadable: restoring reports it (and falls back)
+        return
+    ours = checkpoints.model_shapes(abstract_state)
+    errors = [
+        f"{k}: checkpoint {saved[k]}, model {shape}"
+        for k, shape in ours.items()
+        if k in saved
+        and saved[k] != shape
+        and not any(part in checkpoints.CLASSIFIER_LAYERS for part in k.split("/"))
+    ]
+    if errors:
+        more = f" and {len(errors) - 2} more" if len(errors) > 2 else ""
+        ours_text = (
+            "the model" if config is None else checkpoints.describe_model(config.to_dict(), None)
+        )
+        raise CheckpointDoesNotFitError(
+            f"init_checkpoint {checkpoint_path} does not fit the config's model ({ours_text}) "
+            f"outside the classifiers ({'; '.join(errors[:2])}{more}); give a checkpoint of the "
+            "same model.name and model.width"
+        )
+
+
 def merge_variables(
     target: Mapping[str, Any], source: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:

@@ -1,6 +1,6 @@
-"""Shared by `evaluate.py` and `predict.py`: loading a checkpoint with the settings saved with it,
-test-time augmentation (flip, multi-scale), jitted steps that return argmax maps, and the
-evaluation loop over a split (several local devices, several hosts).
+"""Shared by `evaluate.py` and `predict.py`: loading a checkpoint for inference with the settings
+saved with it, the model and class names it needs (test-time augmentation: `test_time.py`; the
+evaluation loop: `eval_lib.py`).
 
 Settings that describe the weights (`CHECKPOINT_KEYS`: `model.*`, the input normalisation,
 `input.eval_size`, `ignore_label`) are taken from the config saved with the checkpoint; a
@@ -9,27 +9,19 @@ converted release checkpoint, for instance, records BGR, the ImageNet mean and 1
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
 import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
-from tqdm import tqdm
 
-from icnet_jax import checkpoints, eval_lib, train_lib
+from icnet_jax import checkpoints, train_lib
 from icnet_jax.data import labels as L
-from icnet_jax.metrics import confusion_matrix, segmentation_metrics
-from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
-from icnet_jax.region_analysis import RegionAccuracy
 
 Array = jax.Array
 _log = logging.getLogger(__name__)
@@ -258,141 +250,6 @@ data_source = train_lib.data_source
 inference_model = train_lib.inference_model
 
 
-def branch_names(model: nn.Module) -> tuple[str, ...]:
-    """Keys of the probability dicts of `average_probabilities` for `model`."""
-    if getattr(model, "branch", None) == ALL_BRANCHES:
-        return BRANCHES
-    return ("output",)
-
-
-def parse_scales(text: str) -> tuple[float, ...]:
-    """'0.75,1,1.25' -> (0.75, 1.0, 1.25); each must be positive."""
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"scales must be comma-separated numbers, got {text!r}") from None
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"scales must be positive numbers, got {text!r}")
-    return scales
-
-
-# --- Test-time augmentation --------------------------------------------------------------------
-
-
-def scaled_size(size: Sequence[int], scale: float, align_corners: bool = True) -> tuple[int, int]:
-    """`size` times `scale`; with align corners `(n - 1) * s + 1`, which keeps 8k+1 sizes 8k+1
-    for scales like 0.75 and 1.25 (1025 -> 769, 1281)."""
-    if align_corners:
-        return tuple(max(1, round((n - 1) * scale) + 1) for n in size)  # type: ignore[return-value]
-    return tuple(max(1, round(n * scale)) for n in size)  # type: ignore[return-value]
-
-
-def average_probabilities(
-    model: nn.Module,
-    variables: Any,
-    images: Array,
-    *,
-    eval_size: Sequence[int] | None = None,
-    align_corners: bool = True,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> dict[str, Array]:
-    """Class probabilities per branch at the images' resolution, averaged over scales and flips.
-
-    Each scale `s` runs `eval_lib.predict_probabilities` with the network input resized to
-    `scaled_size(eval_size or image size, s)` (scale 1 without `eval_size`: the image as is),
-    and with `flip` also on the mirrored images, in the same batch (probabilities mirrored back);
-    the probabilities, all at the images' own resolution, are averaged with equal weights.
-    """
-    if not scales:
-        raise ValueError("scales is empty")
-    h, w = images.shape[1:3]
-    base = tuple(eval_size) if eval_size is not None else (h, w)
-    total: dict[str, Array] | None = None
-    count = 0
-    for scale in scales:
-        if scale <= 0:
-            raise ValueError(f"scales must be positive, got {scale}")
-        size = (
-            None
-            if (eval_size is None and scale == 1.0)
-            else scaled_size(base, scale, align_corners)
-        )
-        # The mirrored images join the batch: one network pass (and one copy of it to compile)
-        # per scale.
-        n = images.shape[0]
-        inputs = jnp.concatenate([images, images[:, :, ::-1]]) if flip else images
-        p = eval_lib.predict_probabilities(
-            model, variables, inputs, eval_size=size, align_corners=align_corners
-        )
-        if flip:
-            p = {k: v[:n] + v[n:, :, ::-1] for k, v in p.items()}
-        total = p if total is None else {k: total[k] + p[k] for k in total}
-        count += 2 if flip else 1
-    assert total is not None
-    return {k: v / count for k, v in total.items()} if count > 1 else total
-
-
-def _prediction_dtype(num_classes: int):
-    return jnp.uint8 if num_classes <= 256 else jnp.int32
-
-
-def make_step(
-    model: nn.Module,
-    num_classes: int,
-    *,
-    eval_size: Sequence[int] | None = None,
-    align_corners: bool = True,
-    ignore_label: int = 255,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> Callable[[Any, Array, Array], tuple[dict[str, Array], dict[str, Array]]]:
-    """A jitted `(variables, images [N,H,W,3], labels [N,H,W]) -> (confusions, predictions)`.
-
-    `confusions`: `{branch: int32 [C, C]}` (`metrics.confusion_matrix`); `predictions`:
-    `{branch: [N, H, W]}` argmax class ids (uint8 up to 256 classes, else int32).
-    """
-    tta = dict(eval_size=eval_size, align_corners=align_corners, scales=tuple(scales), flip=flip)
-
-    @jax.jit
-    def step(variables, images, labels):
-        probabilities = average_probabilities(model, variables, images, **tta)
-        predictions = {
-            k: jnp.argmax(p, axis=-1).astype(_prediction_dtype(num_classes))
-            for k, p in probabilities.items()
-        }
-        confusions = {
-            k: confusion_matrix(labels, p, num_classes, ignore_label)
-            for k, p in predictions.items()
-        }
-        return confusions, predictions
-
-    return step
-
-
-def make_predict_fn(
-    model: nn.Module,
-    num_classes: int,
-    *,
-    eval_size: Sequence[int] | None = None,
-    align_corners: bool = True,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> Callable[[Any, Array], dict[str, Array]]:
-    """A jitted `(variables, images [N,H,W,3]) -> {branch: [N, H, W] class ids}` (no labels)."""
-    tta = dict(eval_size=eval_size, align_corners=align_corners, scales=tuple(scales), flip=flip)
-
-    @jax.jit
-    def predict(variables, images):
-        probabilities = average_probabilities(model, variables, images, **tta)
-        return {
-            k: jnp.argmax(p, axis=-1).astype(_prediction_dtype(num_classes))
-            for k, p in probabilities.items()
-        }
-
-    return predict
-
-
 def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool):
     """Inverse of `augment.normalize`: the uint8 RGB image back (for overlays)."""
     image = np.asarray(image, np.float32)
@@ -403,98 +260,3 @@ def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], 
 
 
 # --- Evaluation loop ---------------------------------------------------------------------------
-
-
-def default_devices() -> list[jax.Device]:
-    """This host's devices to spread evaluation over; one on CPU (simulated CPU devices share
-    the same cores, and each would compile its own copy of the step)."""
-    devices = jax.local_devices()
-    return devices[:1] if devices[0].platform == "cpu" else devices
-
-
-def sum_over_hosts(tree: Any) -> Any:
-    """Sums numpy trees of identical structure over all processes (identity on one process)."""
-    if jax.process_count() == 1:
-        return tree
-    gathered = multihost_utils.process_allgather(tree)
-    return jax.tree.map(functools.partial(np.sum, axis=0), gathered)
-
-
-def evaluate_examples(
-    step: Callable[[Any, Array, Array], tuple[dict[str, Array], dict[str, Array]]],
-    variables: Any,
-    examples: Iterable[Mapping[str, Any]],
-    class_names: Sequence[str],
-    branches: Sequence[str],
-    *,
-    on_prediction: Callable[[Mapping[str, Any], dict[str, np.ndarray]], None] | None = None,
-    devices: Sequence[jax.Device] | None = None,
-    num_examples: int | None = None,
-    progress: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Runs `step` (from `make_step`) over this host's examples; confusions summed over hosts.
-
-    Examples go round-robin to `devices` (default `default_devices()`), each with its own copy of
-    the variables, one image at a time, so images of any size mix freely (one compilation per
-    size and device); while a device computes, the host handles earlier results.
-
-    Args:
-      examples: `{'image': float32 [H, W, 3], 'label': int [H, W], ...}` (`pipeline.eval_dataset`).
-      branches: the step's branch names; every host reports each (zeros where it had no example).
-      on_prediction: called on this host, in order, with each example and its
-        `{branch: [H, W] class ids}` (region analysis, saving predictions).
-    Returns:
-      `{branch: segmentation_metrics + 'confusion' (int64, summed over all hosts)}`.
-    """
-    devices = list(devices or default_devices())
-    replicas = [jax.device_put(variables, d) for d in devices]
-    num_classes = len(class_names)
-    totals = {b: np.zeros((num_classes, num_classes), np.int64) for b in branches}
-    in_flight: collections.deque = collections.deque()
-
-    def finish():
-        example, (confusions, predictions) = in_flight.popleft()
-        confusions, predictions = jax.device_get((confusions, predictions))
-        for name, confusion in confusions.items():
-            if name not in totals:
-                raise ValueError(f"the step gave branch {name!r}, not among {list(branches)}")
-            totals[name] += np.asarray(confusion, np.int64)
-        if on_prediction is not None:
-            on_prediction(example, {k: np.asarray(v)[0] for k, v in predictions.items()})
-
-    bar = tqdm(examples, total=num_examples, desc="evaluating", disable=not progress)
-    for i, example in enumerate(bar):
-        d = i % len(devices)
-        image = jax.device_put(np.asarray(example["image"])[None], devices[d])
-        label = jax.device_put(np.asarray(example["label"])[None], devices[d])
-        in_flight.append((example, step(replicas[d], image, label)))
-        if len(in_flight) > len(devices):
-            finish()
-    while in_flight:
-        finish()
-    bar.close()
-    totals = sum_over_hosts(totals)
-    return {
-        name: {**segmentation_metrics(total, class_names), "confusion": total}
-        for name, total in totals.items()
-    }
-
-
-def region_accuracy_over_hosts(accumulator: RegionAccuracy) -> RegionAccuracy:
-    """A `RegionAccuracy` with the totals of every host's accumulator (created with the same
-    settings and explicit `branches`, so that hosts without examples agree on the structure)."""
-    if jax.process_count() == 1:
-        return accumulator
-    totals = sum_over_hosts(
-        {
-            "sums": accumulator.sums,
-            "counts": accumulator.counts,
-            "num_images": np.int64(accumulator.num_images),
-            "too_large": np.int64(accumulator.num_regions_too_large),
-        }
-    )
-    accumulator.sums = {b: np.asarray(v) for b, v in totals["sums"].items()}
-    accumulator.counts = np.asarray(totals["counts"])
-    accumulator.num_images = int(totals["num_images"])
-    accumulator.num_regions_too_large = int(totals["too_large"])
-    return accumulator

@@ -20,8 +20,8 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from icnet_jax import checkpoints, eval_lib, finetune
-from icnet_jax.data import datasets, pipeline
+from icnet_jax import checkpoints, cli, eval_lib, finetune
+from icnet_jax.data import pipeline
 from icnet_jax.losses import cascade_loss
 from icnet_jax.models import ICNet, PSPNet
 
@@ -175,6 +175,9 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
 
 def data_source(config: ml_collections.ConfigDict, split: str):
     """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
+    # tensorflow-datasets is imported here, not with the module: predicting needs none of it.
+    from icnet_jax.data import datasets
+
     d = config.dataset
     return datasets.get_data_source(
         d.name,
@@ -193,33 +196,17 @@ def inference_model(
     return create_model(config, num_classes, **overrides)
 
 
-def initialize_distributed(
-    coordinator_address: str | None,
-    num_processes: int | None,
-    process_id: int | None,
-    detect: bool = False,
-) -> None:
-    """Joins a multi-host job: explicitly (coordinator address) or as JAX detects (SLURM, TPU)."""
-    if coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-        )
-    elif detect:
-        jax.distributed.initialize()
-
-
 def evaluate_split(
     config: ml_collections.ConfigDict, variables: Any, num_classes: int, class_names, split: str
 ) -> dict[str, dict[str, Any]]:
-    """Every branch of the model evaluated on `split` (whole images)."""
+    """Every branch of the model evaluated on `split` (whole images), by `evaluate.py`'s path."""
     source, _ = data_source(config, split)
     model = inference_model(config, num_classes)
-    step = eval_lib.make_eval_step(
+    eval_size = tuple(config.input.eval_size) if config.input.eval_size else None
+    step = eval_lib.make_step(
         model,
         num_classes,
-        eval_size=config.input.eval_size,
+        eval_size=eval_size,
         align_corners=config.model.align_corners,
         ignore_label=config.ignore_label,
     )
@@ -227,11 +214,12 @@ def evaluate_split(
     examples = pipeline.eval_dataset(
         source, mean=config.input.mean, std=config.input.std, bgr=config.input.bgr, **kw
     )
-    return eval_lib.evaluate(
+    return eval_lib.evaluate_examples(
         step,
         variables,
         examples,
         class_names,
+        eval_lib.branch_names(model),
         num_examples=pipeline.num_eval_examples(source, **kw),
         progress=jax.process_index() == 0,
     )
@@ -331,6 +319,19 @@ class _StopSignals:
         return False
 
 
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    """What needs no computation, checked before anything is compiled or written."""
+    devices = jax.device_count()
+    if config.batch_size % devices:
+        raise cli.UserError(
+            f"config.batch_size={config.batch_size} does not split over the {devices} devices; "
+            f"give a multiple of {devices} (--config.batch_size)"
+        )
+    if config.init_checkpoint:
+        manager, _ = checkpoints.open_for_reading(config.init_checkpoint)
+        manager.close()
+
+
 def _model_description(config: ml_collections.ConfigDict, num_classes: int) -> str:
     return checkpoints.describe_model(config.to_dict(), num_classes)
 
@@ -345,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       NonFiniteLossError: the loss became NaN or infinite.
     """
     workdir = pathlib.Path(workdir)
+    cli.check_writable(workdir, "--workdir")
+    _check_config(config)
     config_dict = json.loads(config.to_json())
     source, info = data_source(config, config.dataset.train_split)
     model = create_model(config, info.num_classes, axis_name=AXIS)
@@ -364,6 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start, state, data_state = restored
         print(f"resuming from step {start} in {manager.directory}")
     else:
+        if config.init_checkpoint:  # before compiling anything
+            finetune.check_fits(abstract, config.init_checkpoint, config)
         start, state = 0, create_train_state(rng, model, tx, crop)
         if config.init_checkpoint:
             # Converted release weights, a pruned model or another run; classifiers of another
@@ -461,9 +466,8 @@ def _evaluate_and_log(config, state, info, writer, step, workdir) -> dict[str, A
     results = evaluate_split(config, variables, info.num_classes, info.class_names, split)
     writer.write(step, {f"eval/{b}/miou": r["miou"] for b, r in results.items()})
     if jax.process_index() == 0:
-        out = workdir / "eval" / split
-        out.mkdir(parents=True, exist_ok=True)
-        summary = {"step": step, "split": split, "branches": eval_lib.metrics_summary(results)}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+        eval_lib.write_metrics(
+            workdir / "eval" / split, eval_lib.make_summary(step, split, results)
+        )
         print(f"\nstep {step}, {split}:\n" + eval_lib.format_table(results, info.class_names))
     return results

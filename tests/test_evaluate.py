@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluate
 from configs import default, quickstart
-from icnet_jax import checkpoints, inference, train_lib
+from icnet_jax import checkpoints, eval_lib, evaluation, inference, test_time, train_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
 from icnet_jax.image_io import read_image
@@ -215,7 +214,7 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
     monkeypatch.setattr(checkpoints, "restore", restore_as_three_classes)
     monkeypatch.setattr(inference, "inference_model", lambda config, n, branch="all": OneHotModel())
     out = tmp_path / "out"
-    summary = evaluate.evaluate(
+    summary = evaluation.evaluate(
         command_line_config(), workdir, workdir=out, split="val", flip=flip, scales=scales,
         save_predictions=5, source=hand_source(), info=HAND_INFO, progress=False,
     )  # fmt: skip
@@ -260,10 +259,10 @@ def test_several_devices_give_the_same_confusions():
         label = rng.integers(0, 3, (h, w)).astype(np.int32)
         label[0, 0] = 255
         examples.append({"image": np.eye(3, dtype=np.float32)[pred], "label": label, "i": i})
-    step = inference.make_step(OneHotModel(), 3)
+    step = eval_lib.make_step(OneHotModel(), 3)
     seen = []
     results = [
-        inference.evaluate_examples(
+        eval_lib.evaluate_examples(
             step,
             {},
             examples,
@@ -286,12 +285,12 @@ def test_several_devices_give_the_same_confusions():
 
 
 def test_scaled_size_keeps_the_release_geometry():
-    assert inference.scaled_size((1025, 2049), 0.75) == (769, 1537)
-    assert inference.scaled_size((1025, 2049), 1.25) == (1281, 2561)
-    assert inference.scaled_size((100, 200), 0.5, align_corners=False) == (50, 100)
-    assert inference.parse_scales("0.75, 1,1.25") == (0.75, 1.0, 1.25)
+    assert test_time.scaled_size((1025, 2049), 0.75) == (769, 1537)
+    assert test_time.scaled_size((1025, 2049), 1.25) == (1281, 2561)
+    assert test_time.scaled_size((100, 200), 0.5, align_corners=False) == (50, 100)
+    assert test_time.parse_scales("0.75, 1,1.25") == (0.75, 1.0, 1.25)
     with pytest.raises(ValueError):
-        inference.parse_scales("0,1")
+        test_time.parse_scales("0,1")
 
 
 def test_denormalize_inverts_normalize():
@@ -315,7 +314,7 @@ def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
         label = rng.integers(0, NUM_CLASSES, (33, 65), dtype=np.uint8)
         label[:5] = 255
         source.append(example(image, label, f"img{i}.png"))
-    summary = evaluate.evaluate(
+    summary = evaluation.evaluate(
         command_line_config(), workdir / "checkpoints", workdir=tmp_path, split="val",
         source=source, info=L.STREET, progress=False,
     )  # fmt: skip

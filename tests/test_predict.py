@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import predict
-from icnet_jax import image_io, inference
+from icnet_jax import image_io, inference, prediction
 from icnet_jax.data import labels as L
 from tests.test_evaluate import NUM_CLASSES, checkpoint_config, write_checkpoint
 
@@ -104,7 +103,7 @@ def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkey
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = predict.predict(cli_config(), checkpoint, inputs, out, progress=False)
+    summary = prediction.predict(cli_config(), checkpoint, inputs, out, progress=False)
 
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
     assert "corrupt.png" in summary.failed[0][1]  # the reason names the file
@@ -122,7 +121,7 @@ def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = predict.predict(cli_config(), checkpoint, inputs, out, progress=False)
+    summary = prediction.predict(cli_config(), checkpoint, inputs, out, progress=False)
     assert len(summary.succeeded) == 6 and len(summary.failed) == 1
     check_outputs(out, sizes, capsys.readouterr().out)
     classes = set()
@@ -135,18 +134,18 @@ def test_collect_inputs_names_and_kinds(tmp_path):
     for name in ("b.png", "a.png", "a.JPG", "sub/c.png", ".hidden.png", "notes.txt", "v.MP4"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    items = predict.collect_inputs(tmp_path)
+    items = prediction.collect_inputs(tmp_path)
     assert [(i.path.name, i.stem, i.kind) for i in items] == [
         ("a.JPG", "a", "image"),
         ("a.png", "a_png", "image"),
         ("b.png", "b", "image"),
         ("v.MP4", "v", "video"),
     ]
-    deep = predict.collect_inputs(tmp_path, recursive=True)
+    deep = prediction.collect_inputs(tmp_path, recursive=True)
     assert "sub/c" in [i.stem for i in deep]
-    assert [i.stem for i in predict.collect_inputs(tmp_path / "b.png")] == ["b"]
+    assert [i.stem for i in prediction.collect_inputs(tmp_path / "b.png")] == ["b"]
     with pytest.raises(FileNotFoundError):
-        predict.collect_inputs(tmp_path / "missing.png")
+        prediction.collect_inputs(tmp_path / "missing.png")
 
 
 def test_palette_falls_back_to_a_generated_one():
