@@ -74,6 +74,8 @@ def evaluate(
         raise cli.UserError(
             "no split to evaluate: config.dataset.eval_split is empty; pass --split"
         )
+    out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
+    cli.check_writable(out, "evaluation output")
     if source is None:
         source, info = inference.data_source(cfg, split)
     if info.num_classes != loaded.num_classes:
@@ -98,8 +100,6 @@ def evaluate(
     examples = pipeline.eval_dataset(
         source, mean=cfg.input.mean, std=cfg.input.std, bgr=cfg.input.bgr, **kw
     )
-    out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
-    cli.check_writable(out, "evaluation output")
     if main:
         tta = f", flip, scales {list(scales)}" if flip or scales != (1.0,) else ""
         print(f"evaluating {info.name} {split}: {len(source)} images{tta}; writing to {out}")

@@ -358,10 +358,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         functools.partial(create_train_state, model=model, tx=tx, image_size=crop), rng
     )
 
-    manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-    restored = checkpoints.restore_latest(
-        manager, abstract, expected=_model_description(config, info.num_classes)
-    )
+    # Nothing is created in the workdir before its checkpoints and init_checkpoint are checked.
+    restored, manager = None, None
+    if (workdir / "checkpoints").is_dir():
+        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+        restored = checkpoints.restore_latest(
+            manager, abstract, expected=_model_description(config, info.num_classes)
+        )
     data_state = None
     if restored:
         start, state, data_state = restored
@@ -374,6 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # Converted release weights, a pruned model or another run; classifiers of another
             # shape (number of classes) keep their fresh initialisation.
             state, _ = finetune.load_pretrained(state, config.init_checkpoint, config=config)
+    if manager is None:
+        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))

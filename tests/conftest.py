@@ -18,3 +18,19 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data test: {SHARED_DATA} is absent (CI has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """One random-weight checkpoint for the whole session: `(workdir, state, config)`.
+
+    The quickstart's ICNet (width 0.25, the street dataset's 9 classes) at step 7, with input
+    settings unlike the command-line defaults (RGB, mean 0, crop 33x65) so that tests can tell
+    which won; written without compiling the model.
+    """
+    from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
+
+    workdir = tmp_path_factory.mktemp("tiny_checkpoint")
+    config = checkpoint_config()
+    state = write_checkpoint(workdir, config)
+    return workdir, state, config

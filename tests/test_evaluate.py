@@ -3,7 +3,6 @@ augmentation, the checkpoint's settings winning over the command line, the writt
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -17,25 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default, quickstart
+from configs import quickstart
 from icnet_jax import checkpoints, eval_lib, evaluation, inference, test_time, train_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
 from icnet_jax.image_io import read_image
+from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_CLASSES = 9  # the street dataset's
-
-
-def checkpoint_config(**overrides):
-    """The config saved with the test checkpoints: settings unlike the command line's below."""
-    config = quickstart.get_config()
-    config.model.width = 0.25
-    config.input.mean = (0.0, 0.0, 0.0)
-    config.input.std = (1.0, 1.0, 1.0)
-    config.input.bgr = False
-    config.input.crop_size = (33, 65)
-    return default.override(config, overrides)
 
 
 def command_line_config():
@@ -46,49 +34,13 @@ def command_line_config():
     return config
 
 
-def random_state(config, num_classes: int, seed: int = 0):
-    """A TrainState with random weights (fan-in scaled) without compiling `model.init`."""
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
-    abstract = jax.eval_shape(
-        functools.partial(train_lib.create_train_state, model=model, tx=tx, image_size=(33, 65)),
-        jax.random.PRNGKey(0),
-    )
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", getattr(path[-1], "name", ""))
-        if name in ("var", "scale"):
-            return np.ones(leaf.shape, leaf.dtype)
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
-        if name == "bias":
-            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-        return np.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-def write_checkpoint(workdir, config, num_classes: int = NUM_CLASSES, step: int = 7, seed=0):
-    """Saves a random-weight checkpoint with `config` as training would; returns the state."""
-    state = random_state(config, num_classes, seed)
-    manager = checkpoints.create_manager(workdir, asynchronous=False)
-    checkpoints.save(manager, step, state, None, json.loads(config.to_json()))
-    manager.wait_until_finished()
-    manager.close()
-    return state
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint[:2]
 
 
 def example(image, label, name):
     return {"image": image, "label": label[:, :, None], "file_name": name.encode()}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("ckpt")
-    state = write_checkpoint(workdir, checkpoint_config())
-    return workdir, state
 
 
 # --- Settings from the checkpoint ---------------------------------------------------------------

@@ -8,7 +8,6 @@ from flax import traverse_util
 
 from configs import quickstart
 from icnet_jax import finetune, train_lib
-from icnet_jax.tools.convert_weights import write_training_checkpoint
 
 CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")
 
@@ -25,16 +24,14 @@ def fresh_state(config, num_classes, seed):
     )
 
 
-@pytest.fixture(scope="module")
-def checkpoint_19(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt19")
-    config = quickstart.get_config()  # width 0.25: small
-    state = write_training_checkpoint(path, config, {}, 19, seed=3)
+@pytest.fixture
+def checkpoint_9(tiny_checkpoint):
+    path, state, _ = tiny_checkpoint  # the quickstart's width 0.25, 9 classes
     return path, state
 
 
-def test_19_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_19, capsys):
-    path, source = checkpoint_19
+def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_9, capsys):
+    path, source = checkpoint_9
     config = quickstart.get_config()
     state = fresh_state(config, 11, seed=7)
     loaded, report = finetune.load_pretrained(state, path, config=config)
@@ -70,17 +67,21 @@ def test_19_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(check
     assert out.shape == (1, 33, 33, 11)
 
 
-def test_same_classes_loads_everything(checkpoint_19):
-    path, source = checkpoint_19
+def test_same_classes_loads_everything(checkpoint_9):
+    path, source = checkpoint_9
     config = quickstart.get_config()
-    loaded, report = finetune.load_pretrained(fresh_state(config, 19, seed=1), path, verbose=False)
+    loaded, report = finetune.load_pretrained(fresh_state(config, 9, seed=1), path, verbose=False)
     assert not report.skipped
     jax.tree.map(np.testing.assert_array_equal, loaded.params, jax.device_get(source.params))
 
 
-def test_a_backbone_mismatch_is_an_error_naming_the_tensors(checkpoint_19):
-    path, _ = checkpoint_19
+def test_a_backbone_mismatch_is_an_error_naming_the_tensors(checkpoint_9):
+    path, _ = checkpoint_9
     config = quickstart.get_config()
     config.model.width = 0.5
     with pytest.raises(ValueError, match=r"conv1_1_3x3_s2/conv/kernel: checkpoint \(3, 3, 3, 16\)"):
         finetune.load_pretrained(fresh_state(config, 11, seed=0), path, config=config)
+    with pytest.raises(finetune.CheckpointDoesNotFitError) as error:  # before compiling
+        finetune.check_fits(fresh_state(config, 11, seed=0), path, config)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 600 and "width 0.5" in message

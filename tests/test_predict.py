@@ -16,7 +16,7 @@ from PIL import Image
 
 from icnet_jax import image_io, inference, prediction
 from icnet_jax.data import labels as L
-from tests.test_evaluate import NUM_CLASSES, checkpoint_config, write_checkpoint
+from tests.checkpoint_fakes import NUM_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 H, W = 32, 64  # one size for images and video frames (even: mp4 keeps it), one compilation
@@ -29,11 +29,9 @@ def cli_config():
     return cityscapes.get_config()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("ckpt")
-    write_checkpoint(workdir, checkpoint_config(), step=5)  # dataset 'street', 9 classes
-    return workdir
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint[0]  # dataset 'street', 9 classes
 
 
 def make_inputs(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
