@@ -13,7 +13,7 @@ step); 2 bad input (flags, config, paths, a workdir holding another model), noth
 
 from absl import flags
 
-from icnet_jax import cli, train_lib
+from icnet_jax import cli, run_control, train_lib
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
@@ -28,7 +28,7 @@ def main(argv):
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train_lib.NonFiniteLossError as error:
         cli.fail(str(error), cli.EXIT_FAILED)
-    except train_lib.Stopped as stopped:
+    except run_control.Stopped as stopped:
         print(stopped, flush=True)
         return cli.EXIT_INTERRUPTED
     return cli.EXIT_OK

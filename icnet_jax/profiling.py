@@ -39,7 +39,6 @@ __all__ = [
     "summarize_times",
     "time_function",
     "xla_flops",
-    "xla_memory_estimate",
 ]
 
 
@@ -116,12 +115,6 @@ def compiled_memory_estimate(compiled: Any) -> int | None:
         - stats.alias_size_in_bytes
     )
     return int(total)
-
-
-def xla_memory_estimate(fn: Callable[..., Any], *args: Any) -> int | None:
-    """`compiled_memory_estimate` of `jax.jit(fn)` compiled for `args` (bytes)."""
-    compiled, _ = compile_function(fn, *args)
-    return compiled_memory_estimate(compiled)
 
 
 def peak_memory_bytes(device: Any = None) -> int | None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +18,7 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from icnet_jax import checkpoints, cli, eval_lib, finetune
+from icnet_jax import checkpoints, cli, eval_lib, finetune, run_control
 from icnet_jax.data import pipeline
 from icnet_jax.losses import cascade_loss
 from icnet_jax.models import ICNet, PSPNet
@@ -225,42 +223,6 @@ def evaluate_split(
     )
 
 
-class _Writer:
-    """metrics.jsonl and TensorBoard events in the workdir, written by process 0 only."""
-
-    def __init__(self, workdir: pathlib.Path, start: int):
-        self.active = jax.process_index() == 0
-        if self.active:
-            from tensorboardX import SummaryWriter
-
-            path = workdir / "metrics.jsonl"
-            # A resumed run repeats the steps after its checkpoint: drop their old lines so that
-            # each step appears once.
-            kept = []
-            if start and path.exists():
-                kept = [
-                    line
-                    for line in path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line).get("step", 0) <= start
-                ]
-            self.jsonl = open(path, "w")  # noqa: SIM115 - closed in close()
-            self.jsonl.writelines(kept)
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
-
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        if not self.active:
-            return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.jsonl.flush()
-        for key, value in scalars.items():
-            self.tensorboard.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.active:
-            self.jsonl.close()
-            self.tensorboard.close()
-
-
 @jax.jit
 def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -273,50 +235,6 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
                 f"the loss became non-finite ({metrics['loss']}) at step {step}; training "
                 "stopped, the last good checkpoint is kept (lower config.optim.lr or check labels)"
             )
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGINT stopped training; a checkpoint of the step reached was saved."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stopped at step {step}, checkpoint saved")
-        self.step = step
-
-
-class _StopSignals:
-    """SIGTERM/SIGINT set a flag that the loop reads between steps (a second signal stops at once).
-
-    With several processes the hosts must agree on the step: JAX's preemption service (which
-    catches SIGTERM itself) tells every host at the same step, as orbax's preemption support does.
-    """
-
-    def __init__(self):
-        self.received = False
-        self._previous = {}
-        self._multihost = jax.process_count() > 1
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT,) if self._multihost else (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.received:  # a second signal: no more waiting
-            raise KeyboardInterrupt
-        self.received = True
-        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else self._handle)
-
-    def stop_at(self, step: int, manager) -> bool:
-        if self._multihost:
-            return bool(manager.reached_preemption(step))
-        return self.received
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -342,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the final evaluation `{branch: metrics}` (empty without an eval split).
     Raises:
       checkpoints.CheckpointMismatchError: the workdir holds another model (nothing written).
-      Stopped: SIGTERM/SIGINT; the step reached was checkpointed (resume by running again).
+      run_control.Stopped: SIGTERM/SIGINT; the step reached was checkpointed (run again).
       NonFiniteLossError: the loss became NaN or infinite.
     """
     workdir = pathlib.Path(workdir)
@@ -403,14 +321,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     state = replicate(state)
     p_train_step = make_train_step(config)
-    writer = _Writer(workdir, start)
+    writer = run_control.MetricsWriter(workdir, start)
     history: list[tuple[int, dict]] = []
     last_time, last_step = time.time(), start
     bar = tqdm(
         total=config.num_steps, initial=start, desc="training", disable=jax.process_index() != 0
     )
     try:
-        with _StopSignals() as signals:
+        with run_control.StopSignals() as signals:
             for step in range(start + 1, config.num_steps + 1):
                 state, metrics = p_train_step(state, shard(next(iterator)))
                 history.append((step, metrics))
@@ -447,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
                 bar.update(1)
                 if stop:
-                    raise Stopped(step)
+                    raise run_control.Stopped(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
                     _evaluate_and_log(config, state, info, writer, step, workdir)
     except BaseException:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -320,6 +321,9 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "model.width = 0.25   (command line: 0.5)" in done.stdout
+    # No library noise: no INFO lines, no orbax warnings about read-only folders or metadata.
+    assert not re.search(r"^I\d{4} ", done.stderr, re.M), done.stderr
+    assert "Metadata file does not exist" not in done.stderr and "read only" not in done.stderr
     assert "mIoU" in done.stdout and "sub124" in done.stdout
     out = workdir / "eval" / "val"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -332,4 +336,4 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
         [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'none'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert missing.returncode == 1 and "no checkpoints at" in missing.stderr
+    assert missing.returncode == 2 and "no checkpoints at" in missing.stderr

@@ -452,10 +452,7 @@ def write_training_checkpoint(
         step=jnp.asarray(step, jnp.int32),
     )
     config_dict = _json_dict(config)
-    manager = checkpoints.create_manager(output, asynchronous=False)
-    checkpoints.save(manager, step, state, {}, config_dict)
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.write(output, step, state, config_dict)
     return state
 
 
