@@ -4,7 +4,7 @@
                                    manual_dir="data/manual/cityscapes")
     example = source[0]  # {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1], 'file_name': bytes}
 
-Datasets and their builder keyword arguments (see ``builders`` for each manual dir layout):
+Datasets and their builder keyword arguments (see ``builders.<name>`` for each manual dir layout):
 
 - ``cityscapes``: ``on_bad_file``. Splits train, val, test, trainval.
 - ``camvid``: ``config='segnet'`` (default) or ``'original'``, ``on_bad_file``. Splits train, val,
