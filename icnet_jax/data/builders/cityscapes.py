@@ -31,6 +31,10 @@ class IcnetCityscapes(SegmentationBuilder):
     """Cityscapes fine annotations, 19 classes (labelIds mapped to trainIds)."""
 
     SITE = "the Cityscapes web site (https://www.cityscapes-dataset.com, login required)"
+    MANUAL_FILES = (
+        "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, or their extracted folders "
+        "leftImg8bit/ and gtFine/"
+    )
     _IMAGE = re.compile(r"(?:^|/)leftImg8bit/(train|val|test)/([^/]+)/([^/]+)_leftImg8bit\.png$")
     _LABEL = re.compile(r"(?:^|/)gtFine/(train|val|test)/([^/]+)/([^/]+)_gtFine_labelIds\.png$")
 

@@ -34,6 +34,10 @@ class IcnetCocoStuff(SegmentationBuilder):
     """COCO-Stuff, 182 classes (91 thing + 91 stuff), 10K or 164K release."""
 
     SITE = "the COCO-Stuff GitHub pages (github.com/nightrome/cocostuff10k, nightrome/cocostuff)"
+    MANUAL_FILES = (
+        "images/ annotations/ imageLists/ of cocostuff-10k-v1.1.zip (builder_kwargs.config='164k': "
+        "train2017/ val2017/ and stuffthingmaps_trainval2017/)"
+    )
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="10k", description="cocostuff-10k-v1.1: 9K train, 1K test"),
         tfds.core.BuilderConfig(name="164k", description="COCO 2017 train/val stuff+thing maps"),

@@ -37,7 +37,11 @@ class CustomConfig(tfds.core.BuilderConfig):
 class IcnetCustom(SegmentationBuilder):
     """A user dataset: images/<split>/, labels/<split>/, classes.txt, optional palette.txt."""
 
-    SITE = "your own annotation tool (see icnet_jax/data/builders/custom.py for the layout)"
+    SITE = "your own annotation tool"
+    MANUAL_FILES = (
+        "classes.txt, images/<split>/*.jpg|png and labels/<split>/*.png of class ids "
+        "(README: Your own data)"
+    )
 
     def __init__(
         self, *, dataset_name: str = "default", ignore_label: int = L.IGNORE_LABEL, **kwargs
@@ -45,14 +49,18 @@ class IcnetCustom(SegmentationBuilder):
         kwargs.setdefault("config", CustomConfig(name=dataset_name, ignore_label=ignore_label))
         super().__init__(**kwargs)
 
+    def _options(self) -> dict:
+        return {**super()._options(), "ignore_label": self.builder_config.ignore_label}
+
     def dataset_info(self) -> L.DatasetInfo:
         classes_file = self.manual_root / "classes.txt"
         if not classes_file.is_file():
             raise self.missing(f"class list {classes_file}")
         names = [n.strip() for n in classes_file.read_text().splitlines() if n.strip()]
         if 0 <= self.builder_config.ignore_label < len(names):
-            raise ValueError(
-                f"ignore_label {self.builder_config.ignore_label} is a class id of {classes_file}"
+            raise BadFileError(
+                f"ignore_label {self.builder_config.ignore_label} is a class id of {classes_file}: "
+                "set --config.dataset.builder_kwargs.ignore_label to the value of unlabelled pixels"
             )
         palette = None
         if (self.manual_root / "palette.txt").is_file():

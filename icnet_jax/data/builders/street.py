@@ -10,7 +10,7 @@ import cv2
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import encoded_label, tfds_info
+from icnet_jax.data.builders.base import PreparedBuilder, encoded_label, tfds_info
 from icnet_jax.data.street import render_street
 
 
@@ -23,7 +23,7 @@ class StreetConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class IcnetStreet(tfds.core.GeneratorBasedBuilder):
+class IcnetStreet(PreparedBuilder):
     """Synthetic street scenes (``street.render_street``): 9 classes, deterministic."""
 
     VERSION = tfds.core.Version("1.0.0")
