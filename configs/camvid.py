@@ -1,6 +1,6 @@
 """ICNet on CamVid (SegNet layout, 360x480, 11 classes): 10K steps as in the paper."""
 
-from configs import default
+from icnet_jax import config as default
 
 
 def get_config(variant: str | None = None):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import default
+from icnet_jax import config as default
 from icnet_jax import train_lib
 
 CONFIGS = ["cityscapes", "camvid", "coco_stuff", "custom", "quickstart"]

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 import evaluate
-from configs import default, quickstart
+from configs import quickstart
 from icnet_jax import checkpoints, inference, train_lib
+from icnet_jax import config as default
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
 from icnet_jax.image_io import read_image

@@ -384,14 +384,14 @@ def infer_release_geometry(tensors: Mapping[str, np.ndarray]) -> tuple[float, in
 
 def release_config(config, *, width: float = 0.5, num_classes: int = 19):
     """`config` set to the release's preprocessing and model (in place; returned)."""
-    from configs import default
+    from icnet_jax.config import IMAGENET_MEAN_RGB
 
     config.model.name = "icnet"
     config.model.width = float(width)
     config.model.align_corners = True
     config.model.cff_upsampling = "bilinear"
     config.input.bgr = True
-    config.input.mean = tuple(default.IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
+    config.input.mean = tuple(IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
     config.input.std = (1.0, 1.0, 1.0)
     if num_classes == 19:
         config.dataset.name = "cityscapes"

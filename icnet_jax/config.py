@@ -1,6 +1,9 @@
 """Defaults shared by every config: the paper's recipe (Sec. 5.1) for ICNet on Cityscapes.
 
-Every field can be overridden on the command line, e.g. `--config.batch_size=8`.
+The files in the repository's `configs/` start from `get_config()` and apply a named variant of
+`VARIANTS` with `apply_variant`; the package itself never imports `configs/`, so it works
+installed (`pip install -e .`) from any directory. Every field can be overridden on the command
+line, e.g. `--config.batch_size=8`.
 """
 
 import ml_collections
