@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import time
 
 import cv2
 import numpy as np
@@ -287,7 +286,7 @@ def test_custom_missing_classes_txt(tmp_path):
 # --- street ----------------------------------------------------------------------------------
 
 
-def test_street_render_is_deterministic_fast_and_has_small_objects():
+def test_street_render_is_deterministic_and_has_small_objects():
     a = render_street(5, 256, 512, seed=0)
     b = render_street(5, 256, 512, seed=0)
     c = render_street(5, 256, 512, seed=1)
@@ -296,7 +295,6 @@ def test_street_render_is_deterministic_fast_and_has_small_objects():
     image, label = a
     assert image.shape == (256, 512, 3) and label.shape == (256, 512)
     assert image.dtype == label.dtype == np.uint8 and label.max() < 9
-    start = time.perf_counter()
     counts = np.zeros(9)
     widths = []
     for i in range(20):
@@ -304,7 +302,6 @@ def test_street_render_is_deterministic_fast_and_has_small_objects():
         counts += np.bincount(lab.ravel(), minlength=9)
         n, _, stats, _ = cv2.connectedComponentsWithStats((lab == 5).astype(np.uint8))
         widths += stats[1:n, cv2.CC_STAT_WIDTH].tolist()
-    assert (time.perf_counter() - start) / 20 < 0.05
     assert (counts > 0).all()
     # Thin classes are genuinely small: poles are a few pixels wide, all classes 5..8 < 2%.
     assert max(widths) <= 12 and np.median(widths) <= 4

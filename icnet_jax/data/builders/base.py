@@ -45,6 +45,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _log = logging.getLogger(__name__)
 
 
+def _not_custom_config_notice(record: logging.LogRecord) -> bool:
+    # tfds warns "Using custom data configuration: StreetConfig(...)" on every run for configs
+    # built from arguments (street, custom): by design here, so not worth a line.
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_not_custom_config_notice)
+
+
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
 FINGERPRINT_KEY = "source_fingerprint"
 
