@@ -1,6 +1,6 @@
 """ICNet on Cityscapes, paper recipe: 30K steps, batch 16 (`:trainval90k` for the test server)."""
 
-from configs import default
+from icnet_jax import config as default
 
 
 def get_config(variant: str | None = None):

@@ -7,8 +7,9 @@ import json
 import jax
 import numpy as np
 
-from configs import default, quickstart
+from configs import quickstart
 from icnet_jax import checkpoints, train_lib
+from icnet_jax import config as default
 
 NUM_CLASSES = 9  # the street dataset's
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import default
+from icnet_jax import config as default
 from icnet_jax import train_lib
 
 CONFIGS = ["cityscapes", "camvid", "coco_stuff", "custom", "quickstart"]
@@ -31,6 +31,34 @@ def test_variants(variant):
         lambda v: model.apply(v, images, train=True, mutable=["batch_stats"]), variables
     )
     assert set(config.loss_weights) <= set(logits)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_training_crop_keeps_the_release_geometry(name):
+    """Each branch's map is an exact x2 zoom of the one below it, and the crop an exact x4 zoom of
+    sub124 (so labels shrink exactly): what 32k+1 sizes give (ICNet's three stride-2 stages on
+    the full image, four on the half image and a x2 shrink; align-corners zoom: 2n - 1)."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    model = train_lib.create_model(config, num_classes=5)
+    images = jnp.zeros((1, *config.input.crop_size, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
+    logits, _ = jax.eval_shape(
+        lambda v: model.apply(v, images, train=True, mutable=["batch_stats"]), variables
+    )
+    sub4, sub24, sub124 = (logits[k].shape[1:3] for k in ("sub4", "sub24", "sub124"))
+    for crop, low, medium, high in zip(config.input.crop_size, sub4, sub24, sub124, strict=True):
+        assert (medium, high, crop) == (2 * low - 1, 2 * medium - 1, 4 * high - 3), name
+
+
+def test_a_size_off_the_geometry_is_caught():
+    # CamVid's former 361 rows: the high branch's 1/8 map has 46 rows, sub24's zoom 45.
+    model = train_lib.create_model(importlib.import_module("configs.camvid").get_config(), 11)
+    images = jnp.zeros((1, 361, 481, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
+    logits, _ = jax.eval_shape(
+        lambda v: model.apply(v, images, train=True, mutable=["batch_stats"]), variables
+    )
+    assert logits["sub24"].shape[1] == 45 and logits["sub124"].shape[1] == 91 != 2 * 45 - 1
 
 
 def test_unknown_variant_is_named():

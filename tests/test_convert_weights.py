@@ -1,7 +1,10 @@
 """Conversion of the released weights: .npy (BN folded or kept, nested or flat) and TF bundles."""
 
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import cityscapes
-from icnet_jax import finetune
+from icnet_jax import cli, finetune
 from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
@@ -327,7 +330,76 @@ def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
     ):
         assert name in message, message
     assert "missing" in message and "unexpected" in message and "wrong shape" in message
+    assert "\n" not in message and isinstance(error.value, cli.UserError)
     # nothing is written on error
     with pytest.raises(ValueError):
         cw.convert(tmp_path / "bad.npy", tmp_path / "out", cityscapes.get_config())
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_wrong_files_are_named_in_one_line(tmp_path):
+    def error_of(path) -> str:
+        with pytest.raises(cw.WeightsError) as error:
+            cw.load_release(path)
+        assert isinstance(error.value, cli.UserError) and "\n" not in str(error.value)
+        return str(error.value)
+
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(1000))
+    assert "neither a NumPy .npy/.npz file" in error_of(tmp_path / "random.npy")
+    (tmp_path / "weights.txt").write_text("conv1_1_3x3_s2/weights 1 2 3\n")
+    assert "nor a TensorFlow checkpoint" in error_of(tmp_path / "weights.txt")
+    assert "no such file" in error_of(tmp_path / "absent.npy")
+    np.save(tmp_path / "array.npy", np.zeros((3, 4)))
+    assert "not the pickled dict" in error_of(tmp_path / "array.npy")
+    pickled_list = np.empty((), object)
+    pickled_list[()] = [1, 2]
+    np.save(tmp_path / "list.npy", pickled_list, allow_pickle=True)
+    assert "not a readable NumPy weights file" in error_of(tmp_path / "list.npy")
+    (tmp_path / "model.ckpt.index").write_bytes(b"\0" * 100)
+    assert "not a readable TensorFlow checkpoint" in error_of(tmp_path / "model.ckpt")
+    (tmp_path / "empty").mkdir()
+    assert "found 0" in error_of(tmp_path / "empty")
+
+
+def test_classifier_with_other_classes_names_the_count_and_the_flag():
+    release = random_release()
+    with pytest.raises(cw.WeightsError, match="no 4-d tensor conv6_cls/weights"):
+        cw.infer_release_geometry({k: v for k, v in release.items() if "conv6_cls" not in k}, 19)
+    cut = {**release, "conv6_cls/weights": release["conv6_cls/weights"][..., :11]}
+    with pytest.raises(cw.WeightsError, match=r"weights has 11 classes but conv6_cls/biases"):
+        cw.infer_release_geometry(cut, 19)
+    cut["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
+    config = cityscapes.get_config()
+    with pytest.raises(cw.WeightsError) as error:
+        cw.infer_release_geometry(cut, cw.expected_classes(config))
+    assert "has 11 classes where the config says 19" in str(error.value)
+    assert "--num_classes=11" in str(error.value)
+    assert cw.infer_release_geometry(cut, cw.expected_classes(config, 11)) == (0.5, 11)
+    config.dataset.name = "custom"  # no fixed number of classes: the file's
+    assert cw.infer_release_geometry(cut, cw.expected_classes(config)) == (0.5, 11)
+
+
+def run_tool(tmp_path, *args) -> subprocess.CompletedProcess:
+    """The converter's command line, run from outside the repository."""
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "icnet_jax.tools.convert_weights", *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_command_line_errors_are_one_line_with_status_2(tmp_path):
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    result = run_tool(tmp_path, "--input=notes.txt", "--output=out")
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: notes.txt: neither a NumPy .npy/.npz file (it does not start with their magic "
+        "bytes) nor a TensorFlow checkpoint (no .index file)"
+    ]
+    release = random_release()
+    release["conv6_cls/weights"] = release["conv6_cls/weights"][..., :11]
+    release["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
+    np.save(tmp_path / "cut.npy", nest(release), allow_pickle=True)
+    result = run_tool(tmp_path, "--input=cut.npy", "--output=out")
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "11 classes where the config says 19" in lines[0], lines
+    assert not (tmp_path / "out").exists()

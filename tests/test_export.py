@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from icnet_jax import cli
 from icnet_jax.tools import export
 from icnet_jax.tools.convert_weights import write_training_checkpoint
 
@@ -80,9 +81,16 @@ def test_export_speed_benchmark_runs_on_an_export(checkpoint, tmp_path):
     assert f"input (1, {SIZE[0]}, {SIZE[1]}, 3)" in result.stdout
 
 
-def test_unknown_format_is_refused_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="tflite"):
+def test_bad_input_is_refused_before_any_work(tmp_path):
+    with pytest.raises(cli.UserError, match="tflite"):
         export.export(tmp_path / "missing", tmp_path, formats=("onnx", "tflite"))
+    # Without the extras: the command that installs them; with them: the missing checkpoint.
+    with pytest.raises(cli.UserError, match="requirements-export.txt|--checkpoint=.*missing"):
+        export.export(tmp_path / "missing", tmp_path, formats=("onnx",))
+    assert export.parse_size("1025,2049") == (1025, 2049)
+    for text in ("1025", "a,b", "0,5", "1,2,3"):
+        with pytest.raises(cli.UserError, match="--size"):
+            export.parse_size(text)
 
 
 def test_relative_error_is_scaled_by_the_largest_reference_value():

@@ -1,13 +1,18 @@
 """L1-norm filter pruning (paper Sec. 5.2): the pruned model equals the full model whose dropped
 channels are forced to zero."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import finetune
+from icnet_jax import cli, finetune
 from icnet_jax.models import ICNet
 from icnet_jax.tools import prune
 from icnet_jax.tools.convert_weights import write_training_checkpoint
@@ -98,3 +103,18 @@ def test_prune_checkpoint_writes_a_narrower_checkpoint(tmp_path):
     jax.tree.map(
         np.testing.assert_array_equal, to_numpy(state.batch_stats), expected["batch_stats"]
     )
+
+
+def test_bad_input_is_a_user_error_before_any_work(tmp_path):
+    with pytest.raises(prune.PruneError, match="--keep=1.5"):
+        prune.prune_checkpoint(tmp_path / "absent", 1.5, tmp_path / "out")
+    with pytest.raises(cli.UserError, match="--checkpoint=.*absent: no such checkpoint"):
+        prune.prune_checkpoint(tmp_path / "absent", 0.5, tmp_path / "out")
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "icnet_jax.tools.prune", "--checkpoint=absent", "--output=o"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.strip().splitlines() == [
+        "error: --checkpoint=absent: no such checkpoint (a workdir, its checkpoints/ folder or a "
+        "step)"
+    ]

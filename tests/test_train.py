@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default, quickstart
+from configs import quickstart
 from icnet_jax import checkpoints, cli, train_lib
+from icnet_jax import config as default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
                                    manual_dir="data/manual/cityscapes")
     example = source[0]  # {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1], 'file_name': bytes}
 
-Datasets and their builder keyword arguments (see ``builders`` for each manual dir layout):
+Datasets and their builder keyword arguments (see ``builders.<name>`` for each manual dir layout):
 
 - ``cityscapes``: ``on_bad_file``. Splits train, val, test, trainval.
 - ``camvid``: ``config='segnet'`` (default) or ``'original'``, ``on_bad_file``. Splits train, val,
@@ -15,14 +15,16 @@ Datasets and their builder keyword arguments (see ``builders`` for each manual d
   of ignored pixels, default 255), ``on_bad_file``. Splits: the subfolders of ``images/``.
 - ``street``: ``num_train``, ``num_val``, ``height``, ``width``, ``seed``; no manual dir.
 
-A dataset is prepared (written as array_record under ``data_dir``) on first use only; preparing
-again with another ``on_bad_file`` needs the prepared folder deleted. Reading needs no TensorFlow.
+A dataset is prepared (written as array_record under ``data_dir``) on first use, and again
+whenever its manual dir's files (paths, sizes, mtimes) or ``on_bad_file`` changed since then (the
+prepared copy records their fingerprint). Reading needs no TensorFlow.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,10 @@ def get_builder(
     if name != "street":
         builder_kwargs["manual_dir"] = manual_dir
     builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
+    if builder.is_prepared() and (reason := builder.changed_since_prepared()):
+        print(f"{name}: {reason}: preparing it again")
+        shutil.rmtree(builder.data_dir)
+        builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
     if not builder.is_prepared():
         builder.download_and_prepare(file_format="array_record")
         skipped = getattr(builder, "skipped_files", [])

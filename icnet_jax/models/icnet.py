@@ -32,7 +32,7 @@ class ICNet(backbone.SegmentationNetwork):
     """Image cascade network.
 
     Input: images `[N, H, W, 3]` float32, normalised as the config says (for the released weights:
-    BGR minus the ImageNet mean, no scaling), any H and W (the release used 1025x2049; sizes 8k+1
+    BGR minus the ImageNet mean, no scaling), any H and W (the release used 1025x2049; sizes 32k+1
     reproduce its geometry exactly).
 
     - `train=False`: logits `[N, H, W, num_classes]` of the branch setting `branch`: 'sub4' (low

@@ -2,7 +2,7 @@
 
 Conventions: feature maps are NHWC (`[N, H, W, C]`); spatial sizes follow the authors' Caffe
 release (explicit symmetric padding, ceil-mode max pooling, align-corners bilinear interpolation),
-so that on inputs of the form 8k+1 every intermediate map has exactly the released size.
+so that on inputs of the form 32k+1 every intermediate map has exactly the released size.
 """
 
 from __future__ import annotations

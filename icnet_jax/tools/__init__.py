@@ -1,5 +1,22 @@
 """Tools for the authors' released weights: conversion (`convert_weights`), L1-norm filter pruning
 (`prune`, paper Sec. 5.2) and export to TF SavedModel / ONNX (`export`, optional extras).
 
-Each is a module with a command line: `python -m icnet_jax.tools.<name> --help`.
+Each is a module with a command line: `python -m icnet_jax.tools.<name> --help`; a wrong input
+(a missing checkpoint, a file that is not weights, a bad flag value) ends in one `error:` line and
+exit status 2 (`cli.run`).
 """
+
+from __future__ import annotations
+
+import pathlib
+
+from icnet_jax import cli
+
+
+def existing_checkpoint(path: str | pathlib.Path, flag: str = "--checkpoint") -> pathlib.Path:
+    """`path` if it exists, else a `cli.UserError` naming `flag` (before any slow work)."""
+    if not path or not pathlib.Path(path).exists():
+        raise cli.UserError(
+            f"{flag}={path}: no such checkpoint (a workdir, its checkpoints/ folder or a step)"
+        )
+    return pathlib.Path(path)

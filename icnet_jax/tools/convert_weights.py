@@ -1,6 +1,6 @@
 """Converts the authors' released ICNet weights into a training checkpoint of this package.
 
-    python -m icnet_jax.tools.convert_weights --input=FILE --output=DIR \
+    python -m icnet_jax.tools.convert_weights --input=FILE --output=DIR [--num_classes=N] \
         [--config=configs/cityscapes.py]
 
 writes `DIR/checkpoints/0/{state,data,config}`: a full `TrainState` at step 0 (params and BatchNorm
@@ -21,7 +21,10 @@ Accepted inputs (tensor names as in `reference/icnet_cityscapes_released_tensors
 - a TensorFlow checkpoint (`model.ckpt-N.index` + `.data-*`, or its prefix, or a folder holding
   one) with the same names, read by the minimal bundle reader below, without TensorFlow.
 
-Every tensor must be used: missing, extra or mis-shaped tensors are all listed in the error.
+Every tensor must be used: missing, extra or mis-shaped tensors are all listed in the error. The
+classifier must have the number of classes of `--num_classes` (default: that of
+`config.dataset.name`, 19 for Cityscapes). Each of these failures is a `WeightsError`, a
+`cli.UserError`: the command prints it as one `error:` line.
 Training bookkeeping of TF checkpoints (global_step, optimizer slots) is ignored and reported.
 The training-only heads `conv6_sub4` and `conv6_sub2` are not in the release: they are initialised
 randomly (and the tool says so).
@@ -36,7 +39,26 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax import cli
+from icnet_jax.data import labels as L
 from icnet_jax.models.layers import BN_EPSILON
+
+
+class WeightsError(ValueError, cli.UserError):
+    """The weights file is unreadable or does not match the model the config describes."""
+
+
+class OutputExistsError(FileExistsError, cli.UserError):
+    """The output folder already holds checkpoints (never overwritten)."""
+
+
+# Classes of the datasets whose number is fixed (`config.dataset.name`).
+DATASET_CLASSES = {
+    "cityscapes": L.CITYSCAPES.num_classes,
+    "camvid": L.CAMVID.num_classes,
+    "coco_stuff": L.COCO_STUFF.num_classes,
+    "street": L.STREET.num_classes,
+}
 
 # --------------------------------------------------------------------------------------------
 # TensorFlow checkpoint bundles, without TensorFlow
@@ -207,20 +229,43 @@ def flatten_tensors(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
 def load_release(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """The tensors of a released-weights file (`.npy` dict or TF checkpoint), flat names."""
+    """The tensors of a released-weights file (`.npy` dict, `.npz` or TF checkpoint), flat names.
+
+    The format is told by the file's first bytes (a TF checkpoint by its `.index` file); anything
+    else raises `WeightsError` saying what the file is not.
+    """
     path = pathlib.Path(path)
-    if path.suffix == ".npy":
-        data = np.load(path, allow_pickle=True, encoding="latin1")
-        if data.dtype != object or data.shape != ():
-            raise ValueError(
-                f"{path}: expected a pickled dict of layers, got an array {data.shape}"
-            )
-        return flatten_tensors(data.item())
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    return read_tf_checkpoint(path)
+    tf_index = path.suffix == ".index" or pathlib.Path(f"{path}.index").is_file()
+    if not path.exists() and not tf_index:
+        raise WeightsError(f"{path}: no such file or folder (--input)")
+    head = path.open("rb").read(len(_NPY_MAGIC)) if path.is_file() and not tf_index else b""
+    try:
+        if head == _NPY_MAGIC:
+            data = np.load(path, allow_pickle=True, encoding="latin1")
+            if data.dtype != object or data.shape != ():
+                raise WeightsError(
+                    f"{path}: a NumPy array {data.shape} of {data.dtype}, not the pickled dict "
+                    "of layers the ports save (np.save(path, {layer: {param: array}}))"
+                )
+            return flatten_tensors(data.item())
+        if head.startswith(_ZIP_MAGIC):
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        if path.is_dir() or tf_index or path.name.split(".")[-1].startswith("data-"):
+            return read_tf_checkpoint(path)
+    except WeightsError:
+        raise
+    except Exception as error:  # noqa: BLE001 - numpy, pickle and our reader raise many types
+        kind = "NumPy" if head else "TensorFlow checkpoint"
+        raise WeightsError(f"{path}: not a readable {kind} weights file ({error})") from error
+    raise WeightsError(
+        f"{path}: neither a NumPy .npy/.npz file (it does not start with their magic bytes) "
+        "nor a TensorFlow checkpoint (no .index file)"
+    )
 
 
 def _is_bookkeeping(name: str) -> bool:
@@ -352,29 +397,54 @@ def release_variables(
             )
     extra = sorted(f"{n} {list(np.shape(tensors[n]))}" for n in tensors if n not in used)
     if missing or extra or misshaped:
-        parts = []
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", extra),
-            ("wrong shape", misshaped),
-        ):
-            if items:
-                parts.append(f"{len(items)} {title}:\n    " + "\n    ".join(items))
-        raise ValueError("the weights do not match the ICNet release:\n  " + "\n  ".join(parts))
+        parts = [
+            f"{len(items)} {title}: " + ", ".join(items)
+            for title, items in (
+                ("missing", missing),
+                ("unexpected", extra),
+                ("wrong shape", misshaped),
+            )
+            if items
+        ]
+        raise WeightsError("the weights do not match the ICNet release: " + "; ".join(parts))
     return {"params": params, "batch_stats": stats}, ignored, absent
 
 
-def infer_release_geometry(tensors: Mapping[str, np.ndarray]) -> tuple[float, int]:
-    """(width, num_classes) of released tensors (from conv1_1 and the classifier)."""
-    flat = {}
-    for name, array in tensors.items():
-        flat[name] = np.shape(array)
-    try:
-        width = flat["conv1_1_3x3_s2/weights"][-1] / 64
-        num_classes = int(flat["conv6_cls/weights"][-1])
-    except KeyError as error:
-        raise ValueError(f"not ICNet weights: {error.args[0]} is missing") from None
+def infer_release_geometry(
+    tensors: Mapping[str, np.ndarray], expected_classes: int | None = None
+) -> tuple[float, int]:
+    """(width, num_classes) of released tensors (from conv1_1 and the classifier).
+
+    Raises `WeightsError` when they are not ICNet's, when the classifier's weights and biases
+    disagree, or when it has another number of classes than `expected_classes` (if given).
+    """
+    shapes = {name: np.shape(array) for name, array in tensors.items()}
+    for name in ("conv1_1_3x3_s2/weights", "conv6_cls/weights"):
+        if name not in shapes or len(shapes[name]) != 4:
+            found = ", ".join(sorted(shapes)[:3]) or "nothing"
+            raise WeightsError(
+                f"not ICNet weights: no 4-d tensor {name} ({len(shapes)} tensors: {found}, ...)"
+            )
+    width = shapes["conv1_1_3x3_s2/weights"][-1] / 64
+    num_classes = int(shapes["conv6_cls/weights"][-1])
+    biases = shapes.get("conv6_cls/biases")
+    if biases is not None and tuple(biases) != (num_classes,):
+        raise WeightsError(
+            f"the classifier is inconsistent: conv6_cls/weights has {num_classes} classes but "
+            f"conv6_cls/biases has shape {list(biases)} (a cut or edited file?)"
+        )
+    if expected_classes is not None and num_classes != expected_classes:
+        raise WeightsError(
+            f"the classifier conv6_cls has {num_classes} classes where the config says "
+            f"{expected_classes}: to convert a model trained on {num_classes} classes, set "
+            f"--num_classes={num_classes} (and --config.dataset.name to its dataset)"
+        )
     return width, num_classes
+
+
+def expected_classes(config, num_classes: int | None = None) -> int | None:
+    """`num_classes` if given, else that of `config.dataset.name` (None if it has no fixed one)."""
+    return num_classes or DATASET_CLASSES.get(config.dataset.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,14 +454,14 @@ def infer_release_geometry(tensors: Mapping[str, np.ndarray]) -> tuple[float, in
 
 def release_config(config, *, width: float = 0.5, num_classes: int = 19):
     """`config` set to the release's preprocessing and model (in place; returned)."""
-    from configs import default
+    from icnet_jax.config import IMAGENET_MEAN_RGB
 
     config.model.name = "icnet"
     config.model.width = float(width)
     config.model.align_corners = True
     config.model.cff_upsampling = "bilinear"
     config.input.bgr = True
-    config.input.mean = tuple(default.IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
+    config.input.mean = tuple(IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
     config.input.std = (1.0, 1.0, 1.0)
     if num_classes == 19:
         config.dataset.name = "cityscapes"
@@ -434,7 +504,7 @@ def write_training_checkpoint(
     output = pathlib.Path(output)
     existing = output / "checkpoints"
     if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
-        raise FileExistsError(f"{existing} already holds checkpoints; choose another --output")
+        raise OutputExistsError(f"{existing} already holds checkpoints; choose another --output")
     model = train_lib.create_model(config, num_classes)
     tx = train_lib.create_optimizer(config)
     # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
@@ -462,15 +532,26 @@ def _json_dict(config) -> dict:
     return json.loads(config.to_json())
 
 
-def convert(input_path, output, config, *, seed: int = 0, verbose: bool = True):
-    """Converts released weights at `input_path` to a checkpoint in `output` (see module doc)."""
+def convert(
+    input_path,
+    output,
+    config,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+):
+    """Converts released weights at `input_path` to a checkpoint in `output` (see module doc).
+
+    `num_classes`: the classifier's expected number of classes (default: the config's dataset's).
+    """
     import jax
     import jax.numpy as jnp
 
     from icnet_jax.models import ICNet
 
     tensors = load_release(input_path)
-    width, num_classes = infer_release_geometry(tensors)
+    width, num_classes = infer_release_geometry(tensors, expected_classes(config, num_classes))
     config = release_config(config, width=width, num_classes=num_classes)
     model = ICNet(num_classes=num_classes, width=config.model.width)
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
@@ -499,20 +580,32 @@ def convert(input_path, output, config, *, seed: int = 0, verbose: bool = True):
 
 def main(argv):
     del argv
-    convert(FLAGS.input, FLAGS.output, FLAGS.config, seed=FLAGS.seed)
+    convert(
+        FLAGS.input,
+        FLAGS.output,
+        FLAGS.config,
+        num_classes=FLAGS.num_classes or None,
+        seed=FLAGS.seed,
+    )
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import flags
+
+    from icnet_jax import config as default_config
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string(
         "input", None, "Released weights: .npy dict or TF checkpoint.", required=True
     )
     flags.DEFINE_string("output", None, "Output directory (DIR/checkpoints/0).", required=True)
-    flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of the training-only heads.")
-    config_flags.DEFINE_config_file(
-        "config", "configs/cityscapes.py", "Base config.", lock_config=False
+    flags.DEFINE_integer(
+        "num_classes", 0, "Classes of the classifier (0: those of --config.dataset.name)."
     )
-    app.run(main)
+    flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of the training-only heads.")
+    cli.define_config(
+        default_config.__file__,
+        "Base config (default: the package's, Cityscapes).",
+        lock_config=False,
+    )
+    cli.run(main)

@@ -24,6 +24,7 @@ TensorFlow.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import pathlib
 from collections.abc import Callable, Sequence
@@ -31,9 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax import cli
+from icnet_jax.tools import existing_checkpoint
+
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
 PLATFORMS = ("cpu", "cuda", "tpu")
+# The modules each format needs (the extras of requirements-export.txt).
+NEEDS = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnxruntime")}
+EXTRAS = 'pip install -r requirements-export.txt && pip install --no-deps "jax2onnx>=0.17"'
 
 Apply = Callable[[Any, Any], Any]
 
@@ -159,7 +166,14 @@ def export(
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
+        raise cli.UserError(f"--formats: unknown {unknown}; choose from {', '.join(FORMATS)}")
+    absent = [m for f in formats for m in NEEDS[f] if importlib.util.find_spec(m) is None]
+    if absent:
+        raise cli.UserError(f"the export needs {', '.join(absent)}: {EXTRAS}")
+    unknown = sorted(set(platforms) - set(PLATFORMS))
+    if unknown:
+        raise cli.UserError(f"--platforms: unknown {unknown}; choose from {', '.join(PLATFORMS)}")
+    existing_checkpoint(checkpoint)
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     apply_fn, variables, _ = inference_function(checkpoint, fold_bn=fold_bn)
@@ -194,9 +208,20 @@ def export(
     return errors
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """`'H,W'` -> `(H, W)`; anything else is a `cli.UserError` naming `--size`."""
+    try:
+        height, width = (int(s) for s in text.split(","))
+    except ValueError:
+        raise cli.UserError(f"--size={text}: expected HEIGHT,WIDTH, e.g. 1025,2049") from None
+    if height < 1 or width < 1:
+        raise cli.UserError(f"--size={text}: sizes must be positive")
+    return height, width
+
+
 def main(argv):
     del argv
-    size = tuple(int(s) for s in FLAGS.size.split(","))
+    size = parse_size(FLAGS.size)
     export(
         FLAGS.checkpoint,
         FLAGS.output,
@@ -208,7 +233,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string("checkpoint", None, "Checkpoint (workdir or step folder).", required=True)
@@ -217,4 +242,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("formats", ",".join(FORMATS), "saved_model and/or onnx.")
     flags.DEFINE_bool("fold_bn", True, "Fold BatchNorm into the convolutions.")
     flags.DEFINE_string("platforms", ",".join(PLATFORMS), "Where the SavedModel may run.")
-    app.run(main)
+    cli.run(main)

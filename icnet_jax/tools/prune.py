@@ -27,8 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax import cli
 from icnet_jax.models.backbone import STAGE_BLOCKS
 from icnet_jax.models.layers import channels
+from icnet_jax.tools import existing_checkpoint
+
+
+class PruneError(ValueError, cli.UserError):
+    """A keeping rate or checkpoint that cannot be pruned; the message says why."""
+
 
 IMAGE, CLASSES = "image", "classes"  # channel groups never pruned
 Path = tuple[str, ...]
@@ -111,13 +118,13 @@ def select_channels(
       width: the width of `params`' model; the result is that of width * keep.
     """
     if not 0 < keep <= 1:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
+        raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")
     graph = icnet_channel_graph()
     present = set(_layer_paths(params))
     unknown = sorted("/".join(p) for p in present - set(graph))
     absent = sorted("/".join(p) for p in set(graph) - present)
     if unknown or absent:
-        raise ValueError(
+        raise PruneError(
             "not the parameters of ICNet with bilinear CFF as this tool knows it: "
             f"unknown layers {unknown}, missing layers {absent}"
         )
@@ -212,10 +219,15 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     from icnet_jax.finetune import restore_checkpoint
     from icnet_jax.tools.convert_weights import write_training_checkpoint
 
-    state, config_dict, num_classes, step = restore_checkpoint(checkpoint)
+    if not 0 < keep <= 1:
+        raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")
+    state, config_dict, num_classes, step = restore_checkpoint(existing_checkpoint(checkpoint))
     config = ml_collections.ConfigDict(json.loads(json.dumps(config_dict)))
     if config.model.name != "icnet" or config.model.cff_upsampling != "bilinear":
-        raise ValueError("prune supports ICNet with the bilinear CFF (the released architecture)")
+        raise PruneError(
+            f"{checkpoint}: a {config.model.name} model with {config.model.cff_upsampling} CFF; "
+            "prune supports ICNet with the bilinear CFF (the released architecture)"
+        )
     width = float(config.model.width)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables = {k: _to_numpy(v) for k, v in variables.items()}
@@ -244,7 +256,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string(
@@ -253,4 +265,4 @@ if __name__ == "__main__":
     flags.DEFINE_float("keep", 0.5, "Kernel keeping rate (paper Table 1: 0.5, 0.25).")
     flags.DEFINE_string("output", None, "Output directory (DIR/checkpoints/0).", required=True)
     flags.DEFINE_integer("seed", 0, "Seed of the (unused) fresh initialisation.")
-    app.run(main)
+    cli.run(main)

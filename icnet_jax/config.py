@@ -1,6 +1,9 @@
 """Defaults shared by every config: the paper's recipe (Sec. 5.1) for ICNet on Cityscapes.
 
-Every field can be overridden on the command line, e.g. `--config.batch_size=8`.
+The files in the repository's `configs/` start from `get_config()` and apply a named variant of
+`VARIANTS` with `apply_variant`; the package itself never imports `configs/`, so it works
+installed (`pip install -e .`) from any directory. Every field can be overridden on the command
+line, e.g. `--config.batch_size=8`.
 """
 
 import ml_collections
@@ -41,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
     config.model.output_stride = 8  # PSPNet only (Table 1 left)
     config.model.align_corners = True
-    config.model.bn_momentum = 0.9
+    # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
+    config.model.bn_momentum = 0.95
     config.model.dtype = "float32"  # computation; parameters stay float32
 
     config.dataset = ml_collections.ConfigDict()
@@ -53,7 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.builder_kwargs = ml_collections.ConfigDict()
 
     config.input = ml_collections.ConfigDict()
-    # 8k+1 crops keep the release geometry: labels shrink exactly to 1/4, 1/8, 1/16.
+    # 32k+1 crops keep the release geometry: every x2 zoom and shrink is exact (the 1/8 map of the
+    # medium branch meets the high one's), labels shrink exactly to 1/4, 1/8, 1/16.
     config.input.crop_size = (1025, 1025)
     config.input.scale_range = (0.5, 2.0)
     config.input.mirror = True

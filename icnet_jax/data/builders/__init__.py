@@ -1,0 +1,28 @@
+"""tfds builders that prepare each dataset as array_record, labels already in train ids.
+
+One module per dataset, whose docstring gives the manual dir's layout: ``cityscapes.py``,
+``camvid.py``, ``coco_stuff.py``, ``custom.py``, ``street.py`` (generated, the quickstart's);
+``base.py`` holds what they share (errors, folder and zip reading, decoding and checking, the
+bad-file policy). ``BUILDERS`` is the registry ``datasets.get_data_source`` reads.
+"""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+
+from icnet_jax.data.builders.base import BadFileError, MissingDataError, check_label_values
+from icnet_jax.data.builders.camvid import IcnetCamvid
+from icnet_jax.data.builders.cityscapes import IcnetCityscapes
+from icnet_jax.data.builders.coco_stuff import IcnetCocoStuff
+from icnet_jax.data.builders.custom import IcnetCustom
+from icnet_jax.data.builders.street import IcnetStreet
+
+BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    "cityscapes": IcnetCityscapes,
+    "camvid": IcnetCamvid,
+    "coco_stuff": IcnetCocoStuff,
+    "custom": IcnetCustom,
+    "street": IcnetStreet,
+}
+
+__all__ = ["BUILDERS", "BadFileError", "MissingDataError", "check_label_values"]

@@ -1,0 +1,438 @@
+"""What every dataset builder shares: errors, reading folders and zip archives, decoding and
+checking image/label pairs, and the tfds builder that writes them.
+
+Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids (255 = ignore),
+'file_name': str}``. Images are stored as their original PNG/JPEG bytes when these decode to 8-bit
+RGB, labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``,
+default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
+
+Bad files (undecodable image or label, image/label size mismatch, a label value the release never
+uses, an image without its label) are all found in one pass: with ``on_bad_file='error'`` one
+``BadFileError`` then names every one of them; with ``'skip'`` they are left out, logged and listed
+in ``builder.skipped_files``. Missing archives or folders raise ``MissingDataError`` saying what
+the manual dir must hold, where to get it and which flag points at it. Both are
+``cli.UserError``s: a command-line tool prints them as one ``error:`` line.
+
+A prepared dataset records a fingerprint of its manual dir (every file's path, size and mtime,
+and the builder options); ``changed_since_prepared`` compares it with the folder as it is now, so
+that a folder fixed or extended after preparing is prepared again instead of silently reused.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import pathlib
+import zipfile
+from collections.abc import Callable
+from typing import Literal
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from icnet_jax.cli import UserError
+from icnet_jax.data import labels as L
+
+OnBadFile = Literal["error", "skip"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_log = logging.getLogger(__name__)
+
+
+def _not_custom_config_notice(record: logging.LogRecord) -> bool:
+    # tfds warns "Using custom data configuration: StreetConfig(...)" on every run for configs
+    # built from arguments (street, custom): by design here, so not worth a line.
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_not_custom_config_notice)
+
+
+MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+FINGERPRINT_KEY = "source_fingerprint"
+
+
+class MissingDataError(FileNotFoundError, UserError):
+    """The manual dir lacks the archives or folders a builder needs."""
+
+
+class BadFileError(ValueError, UserError):
+    """An image or label file is unreadable or inconsistent; the message names it (or all)."""
+
+
+# --- Reading files from folders and zip archives ---------------------------------------------
+
+
+class Tree(abc.ABC):
+    """Read-only files addressed by '/'-separated paths, in a folder or a zip archive."""
+
+    @abc.abstractmethod
+    def paths(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def read(self, path: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def describe(self, path: str) -> str: ...
+
+
+class DirTree(Tree):
+    def __init__(self, root: pathlib.Path, subdir: str = "") -> None:
+        self.root, self.subdir = root, subdir
+
+    def paths(self) -> list[str]:
+        base = self.root / self.subdir
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def describe(self, path: str) -> str:
+        return str(self.root / path)
+
+
+class ZipTree(Tree):
+    def __init__(self, archive: pathlib.Path) -> None:
+        self.archive = archive
+        self._zip = zipfile.ZipFile(archive)
+
+    def paths(self) -> list[str]:
+        return sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+
+    def read(self, path: str) -> bytes:
+        return self._zip.read(path)
+
+    def describe(self, path: str) -> str:
+        return f"{self.archive}:{path}"
+
+
+def tree_paths(root: pathlib.Path, subdir: str) -> list[str]:
+    """Files below ``root/subdir`` as paths relative to ``root`` (empty if it does not exist)."""
+    return DirTree(root, subdir).paths() if (root / subdir).is_dir() else []
+
+
+@dataclasses.dataclass(frozen=True)
+class File:
+    """One file of a tree (or one that should exist, for a better message when it does not)."""
+
+    tree: Tree
+    path: str
+
+    def read(self) -> bytes:
+        try:
+            return self.tree.read(self.path)
+        except (OSError, KeyError) as e:
+            raise BadFileError(f"{self}: cannot read ({e})") from e
+
+    def __str__(self) -> str:
+        return self.tree.describe(self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """An image and the label file that goes with it; ``key`` is the stored file name."""
+
+    key: str
+    image: File
+    label: File | None
+
+
+# --- Decoding and checking -------------------------------------------------------------------
+
+
+def encoded_rgb(file: File) -> tuple[bytes, tuple[int, int]]:
+    """Returns PNG/JPEG bytes of an 8-bit RGB image and its (H, W); re-encodes other kinds."""
+    data = file.read()
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise BadFileError(f"{file}: cannot decode image")
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return data, image.shape[:2]
+    # Grey, alpha or 16-bit: store what tfds' decoder turns into 3 uint8 channels.
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return cv2.imencode(".png", bgr)[1].tobytes(), bgr.shape[:2]
+
+
+def label_png(file: File) -> np.ndarray:
+    """Raw label values of a PNG: ``[H, W]`` ints (palette PNGs give their indices), or
+    ``[H, W, 3]`` RGB for colour-coded labels."""
+    try:
+        with Image.open(io.BytesIO(file.read())) as img:
+            if img.mode in ("RGBA", "RGB"):
+                return np.asarray(img.convert("RGB"))
+            return np.asarray(img)
+    except BadFileError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise BadFileError(f"{file}: cannot decode label ({e})") from e
+
+
+def label_mat(file: File) -> np.ndarray:
+    """Field ``S`` of a COCO-Stuff 10K annotation .mat file, ``[H, W]`` ints."""
+    from scipy import io as sio  # only the 10K release needs scipy
+
+    try:
+        return np.asarray(sio.loadmat(io.BytesIO(file.read()))["S"])
+    except BadFileError:
+        raise
+    except Exception as e:
+        raise BadFileError(f"{file}: cannot read field 'S' ({e})") from e
+
+
+def encoded_label(label: np.ndarray) -> bytes:
+    return cv2.imencode(".png", label)[1].tobytes()
+
+
+def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Raises BadFileError unless every value is a class id in [0, num_classes) or 255."""
+    bad = (label >= num_classes) & (label != L.IGNORE_LABEL)
+    if bad.any():
+        values = np.unique(label[bad])[:10].tolist()
+        raise BadFileError(f"{where}: label values {values} outside [0, {num_classes}) and not 255")
+
+
+def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.DatasetInfo:
+    """The features every builder writes; class names and palette go into ``metadata``."""
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        description=(builder.__doc__ or "").strip().splitlines()[0],
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                "file_name": tfds.features.Text(),
+            }
+        ),
+        metadata=tfds.core.MetadataDict(),
+        homepage=site or None,
+    )
+
+
+# --- The shared builder --------------------------------------------------------------------------
+
+
+class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder whose data is generated here, never downloaded: one line of our own instead of
+    tfds' "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"."""
+
+    def is_prepared(self) -> bool:
+        # tfds logs "Variant folder ... has no dataset_info.json" for a folder not written yet.
+        return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
+
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name} into {self.data_dir} (once: later runs reuse it)")
+
+    def _log_download_done(self) -> None:
+        counts = ", ".join(f"{s} {v.num_examples}" for s, v in sorted(self.info.splits.items()))
+        print(f"prepared {self.name}: {counts} examples")
+
+    def changed_since_prepared(self) -> str | None:
+        """Why the prepared copy no longer matches its sources (None: it still does)."""
+        return None
+
+
+class SegmentationBuilder(PreparedBuilder):
+    """Common features, bad-file policy and metadata; subclasses list the (image, label) pairs.
+
+    The class names and palette are stored in ``info.metadata`` so that a prepared dataset
+    describes itself without its manual dir.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: labels stored as train ids."}
+    SITE = ""  # where to get the data
+    MANUAL_FILES = ""  # what the manual dir must hold, one phrase
+
+    def __init__(
+        self,
+        *,
+        manual_dir: str | pathlib.Path | None = None,
+        on_bad_file: OnBadFile = "error",
+        **kwargs,
+    ) -> None:
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+        self._manual_dir_arg = manual_dir
+        self.skipped_files: list[str] = []
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds_info(self, self.SITE)
+
+    # Subclass interface.
+    @abc.abstractmethod
+    def dataset_info(self) -> L.DatasetInfo:
+        """Class names and palette; may read the manual dir (custom datasets)."""
+
+    @abc.abstractmethod
+    def list_pairs(self, root: pathlib.Path) -> dict[str, list[Pair]]:
+        """Split name -> pairs found below the manual dir ``root``."""
+
+    @abc.abstractmethod
+    def read_label(self, file: File) -> np.ndarray:
+        """uint8 ``[H, W]`` train ids of one label file (raises ValueError/BadFileError)."""
+
+    @property
+    def manual_root(self) -> pathlib.Path:
+        if self._manual_dir_arg is not None:
+            return pathlib.Path(self._manual_dir_arg)
+        return pathlib.Path(self._data_dir_root) / "downloads" / "manual"
+
+    @property
+    def short_name(self) -> str:
+        return self.name.removeprefix("icnet_")
+
+    def needs(self) -> str:
+        """What the manual dir must hold and where to get it, for error messages."""
+        return f"it must hold {self.MANUAL_FILES}, from {self.SITE}"
+
+    def missing(self, what: str) -> MissingDataError:
+        return MissingDataError(
+            f"{self.short_name}: {what} not found in the manual dir {self.manual_root}: "
+            f"{self.needs()} ({MANUAL_DIR_FLAG}=FOLDER)"
+        )
+
+    def _options(self) -> dict:
+        """Builder arguments that change the prepared data without changing its folder name."""
+        return {"on_bad_file": self.on_bad_file}
+
+    def source_fingerprint(self) -> str:
+        """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
+        (no file is read) and changed by any file added, removed, replaced or edited."""
+        digest = hashlib.sha256(json.dumps(self._options(), sort_keys=True).encode())
+        root = self.manual_root
+        prepared = pathlib.Path(self._data_dir_root).resolve()
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            # A data_dir inside the manual dir is ours: it changes when we prepare.
+            subfolders[:] = sorted(
+                d for d in subfolders if pathlib.Path(folder, d).resolve() != prepared
+            )
+            for name in sorted(files):
+                path = pathlib.Path(folder, name)
+                stat = path.stat()
+                relative = path.relative_to(root).as_posix()
+                digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def changed_since_prepared(self) -> str | None:
+        stored = self.info.metadata.get(FINGERPRINT_KEY)
+        if not self.manual_root.is_dir() or stored == self.source_fingerprint():
+            return None  # nothing to compare with: the prepared copy is all there is
+        return f"the files in {self.manual_root} (or on_bad_file) changed since it was prepared"
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        self._check_manual_dir()  # before tfds creates any folder
+        super().download_and_prepare(*args, **kwargs)
+
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name} from {self.manual_root} into {self.data_dir} (once)")
+
+    def _check_manual_dir(self) -> None:
+        root = self.manual_root
+        if not root.is_dir():
+            if self._manual_dir_arg is None:
+                raise MissingDataError(
+                    f"{self.short_name}: no manual dir given and the default {root} does not "
+                    f"exist: set {MANUAL_DIR_FLAG}=FOLDER; {self.needs()}"
+                )
+            raise MissingDataError(
+                f"{self.short_name}: manual dir {root} not found ({MANUAL_DIR_FLAG}); "
+                f"{self.needs()}"
+            )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing is downloaded
+        root = self.manual_root
+        self._check_manual_dir()
+        self.info.metadata[FINGERPRINT_KEY] = self.source_fingerprint()
+        info = self.dataset_info()
+        self.info.metadata["class_names"] = list(info.class_names)
+        self.info.metadata["palette"] = info.palette.tolist()
+        # An empty list file gives no split rather than tfds' empty-split error.
+        splits = {split: pairs for split, pairs in self.list_pairs(root).items() if pairs}
+        self._bad_files: list[str] = []
+        self._splits_left = len(splits)
+        return {
+            split: self._generate_examples(split, pairs, info.num_classes)
+            for split, pairs in splits.items()
+        }
+
+    def _generate_examples(self, split: str, pairs: list[Pair], num_classes: int):
+        """Yields the good pairs of a split. tfds consumes the splits one after another: bad files
+        are collected over all of them and, with on_bad_file='error', reported together once the
+        last split is read (or as soon as a split has no good file, which tfds cannot write)."""
+        written = 0
+        for pair in pairs:
+            try:
+                example = self._example(pair, num_classes)
+            except BadFileError as e:
+                self._bad_files.append(str(e))
+                if self.on_bad_file == "skip":
+                    _log.warning("skipping bad file: %s", e)
+                    self.skipped_files.append(str(e))
+                continue
+            written += 1
+            yield pair.key, example
+        self._splits_left -= 1
+        if (
+            self.on_bad_file == "error"
+            and self._bad_files
+            and (not written or not self._splits_left)
+        ):
+            count = len(self._bad_files)
+            raise BadFileError(
+                f"{self.short_name}: {count} bad file{'s' * (count > 1)}: "
+                + "; ".join(self._bad_files)
+                + " (fix or remove them, or leave them out with "
+                "--config.dataset.builder_kwargs.on_bad_file=skip)"
+            )
+        if not written:
+            # tfds cannot write an empty split; say why instead of its bare assertion.
+            raise BadFileError(
+                f"{self.short_name}: all {len(pairs)} files of split {split!r} are bad, e.g. "
+                f"{self._bad_files[-1]}"
+            )
+
+    def _example(self, pair: Pair, num_classes: int) -> dict:
+        if pair.label is None:
+            raise BadFileError(f"{pair.image}: no label file for this image")
+        image, size = encoded_rgb(pair.image)
+        try:
+            label = self.read_label(pair.label)
+        except ValueError as e:
+            if isinstance(e, BadFileError):
+                raise
+            raise BadFileError(f"{pair.label}: {e}") from e
+        if label.shape != size:
+            raise BadFileError(
+                f"{pair.label}: label size {label.shape} differs from size {size} of the "
+                f"image {pair.image}"
+            )
+        check_label_values(label, num_classes, str(pair.label))
+        return {"image": image, "label": encoded_label(label), "file_name": pair.key}
+
+
+def table_reader(read: Callable[[File], np.ndarray], table: np.ndarray):
+    def read_label(self, file: File) -> np.ndarray:
+        raw = read(file)
+        if raw.ndim != 2:
+            raise BadFileError(f"{file}: label has shape {raw.shape}, expected one channel")
+        return L.map_labels(raw, table)
+
+    return read_label
+
+
+def by_stem(tree: Tree, paths: list[str], suffixes=IMAGE_SUFFIXES) -> dict[str, str]:
+    return {
+        pathlib.PurePosixPath(p).stem: p
+        for p in paths
+        if pathlib.PurePosixPath(p).suffix.lower() in suffixes
+    }
