@@ -10,8 +10,9 @@ mirror, normalise) for each worker count, timed after one warm-up batch:
 Sources: `arrays` (default) holds decoded random images in memory, so it times the augmentation
 alone; `street` is the quickstart's tfds dataset drawn at 1024x2048 and read from array_record
 like Cityscapes (PNG decoding of image and label included), prepared under `--data-dir` on first
-use. `--profile FILE` runs the whole timed loop under cProfile (use `--workers 0`: the work is then
-in this process) and prints the functions that take the most time.
+use. `--profile FILE` profiles (cProfile) what one worker does for `--num-batches` batches, read,
+decode and augment each example and stack the batch, in this process's main thread (grain's read
+threads are invisible to cProfile), and prints the functions that take the most time.
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax.data.augment import train_transform
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
 
 IMAGE_SIZE = (1024, 2048)
+# The Cityscapes recipe (configs/default.py).
+RECIPE = dict(
+    scale_range=(0.5, 2.0),
+    mirror=True,
+    mean=(123.68, 116.779, 103.939),
+    std=(1.0, 1.0, 1.0),
+    bgr=True,
+    ignore_label=255,
+)
 
 
 def synthetic_cityscapes(num_examples: int, seed: int = 0) -> list[dict]:
@@ -78,20 +89,32 @@ def throughput(
         process_index=0,
         process_count=1,
         crop_size=crop,
-        scale_range=(0.5, 2.0),
-        mirror=True,
-        mean=(123.68, 116.779, 103.939),
-        std=(1.0, 1.0, 1.0),
-        bgr=True,
-        ignore_label=255,
         seed=0,
         worker_count=workers,
         read_threads=read_threads,
+        **RECIPE,
     )
     try:
         return measure_throughput(iterator, num_batches)
     finally:
         iterator.close()
+
+
+def profile_worker(source: Any, path: str, *, crop: int, batch_size: int, num_batches: int):
+    """cProfile of one worker's work for `num_batches` batches, in this thread; stats to `path`."""
+    rng = np.random.default_rng(0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for b in range(num_batches):
+        examples = [
+            train_transform(
+                source[(b * batch_size + i) % len(source)], rng, crop_size=crop, **RECIPE
+            )
+            for i in range(batch_size)
+        ]
+        {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    profiler.disable()
+    profiler.dump_stats(path)
 
 
 def main() -> None:
@@ -112,11 +135,18 @@ def main() -> None:
         source = street_source(args.num_examples, args.data_dir)
     else:
         source = synthetic_cityscapes(args.num_examples)
-    profiler = cProfile.Profile() if args.profile else None
+    if args.profile:
+        profile_worker(
+            source,
+            args.profile,
+            crop=args.crop,
+            batch_size=args.batch_size,
+            num_batches=args.num_batches,
+        )
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
+        return
     rates = {}
     for workers in args.workers:
-        if profiler:
-            profiler.enable()
         rates[workers] = throughput(
             source,
             workers=workers,
@@ -125,16 +155,11 @@ def main() -> None:
             num_batches=args.num_batches,
             read_threads=args.read_threads,
         )
-        if profiler:
-            profiler.disable()
         print(
             f"source={args.source} workers={workers} read_threads={args.read_threads} "
             f"crop={args.crop} batch={args.batch_size}: {rates[workers]:.1f} images/s",
             flush=True,
         )
-    if profiler:
-        profiler.dump_stats(args.profile)
-        pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({str(k): v for k, v in rates.items()}, f)
