@@ -10,9 +10,10 @@ mirror, normalise) for each worker count, timed after one warm-up batch:
 Sources: `arrays` (default) holds decoded random images in memory, so it times the augmentation
 alone; `street` is the quickstart's tfds dataset drawn at 1024x2048 and read from array_record
 like Cityscapes (PNG decoding of image and label included), prepared under `--data-dir` on first
-use. `--profile FILE` profiles (cProfile) what one worker does for `--num-batches` batches, read,
-decode and augment each example and stack the batch, in this process's main thread (grain's read
-threads are invisible to cProfile), and prints the functions that take the most time.
+use. `--cpu-cost` does one worker's work for `--num-batches` batches in this thread (read and
+decode each example, augment it, stack the batch) and prints its CPU milliseconds per image by
+stage, a figure a loaded machine does not inflate as it does wall time; `--profile FILE` also
+profiles it (cProfile; grain's read threads are invisible to it) and prints the top functions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import time
 from typing import Any
 
 import numpy as np
@@ -100,21 +102,41 @@ def throughput(
         iterator.close()
 
 
-def profile_worker(source: Any, path: str, *, crop: int, batch_size: int, num_batches: int):
-    """cProfile of one worker's work for `num_batches` batches, in this thread; stats to `path`."""
+def worker_cost(
+    source: Any, *, crop: int, batch_size: int, num_batches: int, profile: str | None = None
+) -> dict[str, float]:
+    """What one worker spends, in CPU milliseconds per image, to read and decode an example, to
+    augment it and to stack the batches, done here in this thread for `num_batches` batches.
+
+    CPU time rather than wall time: on a shared machine it is what a worker would cost on a core
+    of its own (the pipeline's inter-process copies are left out). `profile`: also write a cProfile
+    of the loop to that file.
+    """
     rng = np.random.default_rng(0)
-    profiler = cProfile.Profile()
-    profiler.enable()
+    spent = {"read_decode": 0.0, "augment": 0.0, "batch": 0.0}
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
     for b in range(num_batches):
-        examples = [
-            train_transform(
-                source[(b * batch_size + i) % len(source)], rng, crop_size=crop, **RECIPE
-            )
-            for i in range(batch_size)
-        ]
+        examples = []
+        for i in range(batch_size):
+            t0 = time.process_time()
+            example = source[(b * batch_size + i) % len(source)]
+            t1 = time.process_time()
+            examples.append(train_transform(example, rng, crop_size=crop, **RECIPE))
+            t2 = time.process_time()
+            spent["read_decode"] += t1 - t0
+            spent["augment"] += t2 - t1
+        t0 = time.process_time()
         {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-    profiler.disable()
-    profiler.dump_stats(path)
+        spent["batch"] += time.process_time() - t0
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    images = num_batches * batch_size
+    cost = {f"{k}_cpu_ms": 1e3 * v / images for k, v in spent.items()}
+    cost["images_per_cpu_s"] = images / sum(spent.values())
+    return cost
 
 
 def main() -> None:
@@ -127,7 +149,10 @@ def main() -> None:
     parser.add_argument("--num-batches", type=int, default=10, help="timed batches per run")
     parser.add_argument("--read-threads", type=int, default=1, help="threads per process")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the runs into FILE")
+    parser.add_argument(
+        "--cpu-cost", action="store_true", help="one worker's CPU ms per image, by stage"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="--cpu-cost, and a cProfile into FILE")
     parser.add_argument("--json", metavar="FILE", help="write {workers: images/s} to FILE")
     args = parser.parse_args()
 
@@ -135,15 +160,20 @@ def main() -> None:
         source = street_source(args.num_examples, args.data_dir)
     else:
         source = synthetic_cityscapes(args.num_examples)
-    if args.profile:
-        profile_worker(
+    if args.profile or args.cpu_cost:
+        cost = worker_cost(
             source,
-            args.profile,
             crop=args.crop,
             batch_size=args.batch_size,
             num_batches=args.num_batches,
+            profile=args.profile,
         )
-        pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
+        print(
+            f"source={args.source} crop={args.crop}, one worker per image: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cost.items())
+        )
+        if args.profile:
+            pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
         return
     rates = {}
     for workers in args.workers:
