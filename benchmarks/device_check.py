@@ -11,11 +11,11 @@ Parts, in this order, each a fresh subprocess (the device's peak memory counter 
 with a time box cut from one overall `--budget` (default 470 s), the JSON rewritten after each so
 that a run cut short still returns what it measured:
 
-- `inference`: `benchmark.py` on ICNet sub4/sub24/sub124 and PSPNet50 at half width, 1024x2048,
-  batch 1, float32 and bfloat16, BatchNorm folded, warmed up, median of >= 50 runs, peak memory
-  measured by the device's allocator (`peak_bytes_in_use`, a fresh process per model), speed and
-  memory ratios against the half PSPNet50 of the same run; then `inference_batch4` (sub124 and the
-  base at batch 4) if time is left at the end.
+- `inference_float32`, `inference_bfloat16`: `benchmark.py` on ICNet sub4/sub24/sub124 and
+  PSPNet50 at half width, 1024x2048, batch 1, one process per dtype, BatchNorm folded, warmed up,
+  median of >= 50 runs, peak memory measured by the device's allocator (`peak_bytes_in_use`, a
+  fresh process per model), speed and memory ratios against the half PSPNet50 of the same run;
+  then `inference_batch4` (sub124 and the base at batch 4) if time is left at the end.
 - `training_float32`, `training_bfloat16`: the Cityscapes recipe's step (batch 16, 1025x1025
   crops, cascade loss, synchronised BatchNorm under pmap) on one device: images/s and peak memory
   with (a) batches already on the device and (b) batches from the real grain pipeline with worker
@@ -25,6 +25,8 @@ that a run cut short still returns what it measured:
   background while the inference part runs), wall time and mIoU per branch.
 
 Writes one JSON (`--json`; default `$OUT/device_check.json` when OUT is set) and prints one table.
+`--parts` runs a subset, e.g. `--parts quickstart,inference_batch4` in a second call when the
+first one's budget ran out before them.
 Persistent XLA compilation cache in a temporary folder: the memory probes of `benchmark.py`
 reuse the executables their timing process compiled.
 """
@@ -93,7 +95,7 @@ TINY = {
     "pipeline_images": 4,
     "quickstart": [
         "num_steps=2",
-        "batch_size=2",
+        "batch_size=4",  # splits over 1, 2 or 4 devices (the tests simulate 4)
         "input.crop_size=(65, 129)",
         "dataset.builder_kwargs.num_train=4",
         "dataset.builder_kwargs.num_val=2",
@@ -200,7 +202,10 @@ class Runner:
                 entry.update(json.loads(result_file.read_text()))
         self.document["parts"][name] = entry
         self.save()
-        print(f"[device_check] {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
+        print(
+            f"[device_check] {name}: {entry['status']} in {entry['seconds']:.0f} s",
+            flush=True,
+        )
         return entry
 
 
@@ -216,7 +221,11 @@ def gpu_name() -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
     proc = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        [
+            "nvidia-smi",
+            "--query-gpu=name,memory.total,driver_version",
+            "--format=csv,noheader",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -280,13 +289,13 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     )
     prepare_start = time.perf_counter()
 
-    def bench_argv(batch: int, models: list[str], out: pathlib.Path) -> list[str]:
+    def bench_argv(batch: int, models: list[str], dtype: str, out: pathlib.Path) -> list[str]:
         return [
             "benchmark.py",
             "--models",
             *models,
             "--dtype",
-            "both",
+            dtype,
             "--batch",
             str(batch),
             "--height",
@@ -308,12 +317,17 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             str(out),
         ]
 
-    runner.run(
-        "inference",
-        bench_argv(1, [*ICNET_BRANCHES, BASE], work / "inference.json"),
-        200,
-        work / "inference.json",
-    )
+    # One process per dtype: benchmark.py writes its JSON at the end, so a part cut short by its
+    # time box loses only its own dtype.
+    for dtype in ("float32", "bfloat16"):
+        if "inference" in args.parts:
+            out = work / f"inference_{dtype}.json"
+            runner.run(
+                f"inference_{dtype}",
+                bench_argv(1, [*ICNET_BRANCHES, BASE], dtype, out),
+                110,
+                out,
+            )
 
     try:
         out, _ = prepare.communicate(timeout=max(1.0, runner.left() - 60))
@@ -329,7 +343,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         document["prepare"] = {"status": "timed out"}
     runner.save()
 
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16") if "training" in args.parts else ():
         result = work / f"training_{dtype}.json"
         runner.run(
             f"training_{dtype}",
@@ -352,17 +366,19 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     qs_workdir = work / "quickstart"
-    entry = runner.run(
-        "quickstart",
-        [
-            "train.py",
-            "--config=configs/quickstart.py",
-            f"--workdir={qs_workdir}",
-            *[f"--config.{o}" for o in qs_overrides],
-        ],
-        150,
-        None,
-    )
+    entry = {}
+    if "quickstart" in args.parts:
+        entry = runner.run(
+            "quickstart",
+            [
+                "train.py",
+                "--config=configs/quickstart.py",
+                f"--workdir={qs_workdir}",
+                *[f"--config.{o}" for o in qs_overrides],
+            ],
+            150,
+            None,
+        )
     metrics = qs_workdir / "eval" / "val" / "metrics.json"
     if metrics.exists():
         summary = json.loads(metrics.read_text())
@@ -374,12 +390,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         entry["dataset_prepare_s"] = document.get("prepare", {}).get("seconds")
     runner.save()
 
-    runner.run(
-        "inference_batch4",
-        bench_argv(4, ["icnet_sub124", BASE], work / "inference_batch4.json"),
-        150,
-        work / "inference_batch4.json",
-    )
+    if "inference_batch4" in args.parts:
+        out = work / "inference_batch4.json"
+        runner.run(
+            "inference_batch4",
+            bench_argv(4, ["icnet_sub124", BASE], "both", out),
+            150,
+            out,
+        )
     document["targets"] = check_targets(document)
     runner.save()
     if not args.keep:
@@ -390,20 +408,26 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 # --- Summary --------------------------------------------------------------------------------------
 
 
-def _results(document: dict[str, Any], part: str) -> list[dict[str, Any]]:
-    return document["parts"].get(part, {}).get("results", [])
+def _results(document: dict[str, Any], *parts: str) -> list[dict[str, Any]]:
+    return [r for part in parts for r in document["parts"].get(part, {}).get("results", [])]
+
+
+BATCH1 = ("inference_float32", "inference_bfloat16")
 
 
 def check_targets(document: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets (not tests): ICNet sub124 images/s, ratios against the base, and the
     training bottleneck; None where the part did not run."""
     targets: dict[str, Any] = {}
-    for r in _results(document, "inference"):
+    for r in _results(document, *BATCH1):
         if r["model"] == "icnet_sub124":
             floor = 500 if r["dtype"] == "bfloat16" else 200
             targets[f"sub124_fps_{r['dtype']}"] = {"value": r["fps"], "target": floor}
             targets[f"speedup_{r['dtype']}"] = {"value": r["speedup"], "target": 5.2}
-            targets[f"memory_ratio_{r['dtype']}"] = {"value": r["memory_ratio"], "target": 5.8}
+            targets[f"memory_ratio_{r['dtype']}"] = {
+                "value": r["memory_ratio"],
+                "target": 5.8,
+            }
     for dtype in ("float32", "bfloat16"):
         part = document["parts"].get(f"training_{dtype}", {})
         if "bottleneck" in part:
@@ -426,11 +450,10 @@ def _cell(value: Any, spec: str = ".1f") -> str:
 def format_table(document: dict[str, Any]) -> str:
     """One plain-text table of every figure of the document."""
     rows = [("part", "item", "float32", "bfloat16")]
-    for part in ("inference", "inference_batch4"):
-        results = _results(document, part)
+    for batch, parts in ((1, BATCH1), (4, ("inference_batch4",))):
+        results = _results(document, *parts)
         for model in dict.fromkeys(r["model"] for r in results):
             by = {r["dtype"]: r for r in results if r["model"] == model}
-            batch = document["parts"][part].get("config", {}).get("batch")
 
             def get(dtype, fn, by=by):
                 return fn(by[dtype]) if dtype in by else None
@@ -484,7 +507,11 @@ def format_table(document: dict[str, Any]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     status = ", ".join(f"{k} {v['status']}" for k, v in document["parts"].items())
-    inference = document["parts"].get("inference", {})
+    parts = document["parts"]
+    inference = next(
+        (parts[p] for p in (*BATCH1, "inference_batch4") if "device" in parts.get(p, {})),
+        {},
+    )
     head = [
         f"device: {inference.get('device', {}).get('device_kind', '?')} "
         f"({document['host']['gpu'] or 'no nvidia-smi'}), jax {inference.get('jax_version', '?')}",
@@ -636,7 +663,8 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     out = os.environ.get("OUT")
     parser.add_argument(
@@ -658,6 +686,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="grain worker processes (default: CPUs - 2, at most 14)",
     )
+    parser.add_argument(
+        "--parts",
+        default="inference,training,quickstart,inference_batch4",
+        help="comma-separated parts to run (default: all, in this order)",
+    )
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     # Children.
@@ -669,7 +702,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=1024, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=2048, help=argparse.SUPPRESS)
     parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.parts = args.parts.split(",")
+    unknown = set(args.parts) - {
+        "inference",
+        "training",
+        "quickstart",
+        "inference_batch4",
+    }
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,12 +25,11 @@ def test_device_check_tiny_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     parts = doc["parts"]
-    assert {k: v["status"] for k, v in parts.items()} == dict.fromkeys(
-        ["inference", "training_float32", "training_bfloat16", "quickstart", "inference_batch4"],
-        "ok",
-    )
+    names = ["inference_float32", "inference_bfloat16", "training_float32", "training_bfloat16"]
+    names += ["quickstart", "inference_batch4"]
+    assert {k: v["status"] for k, v in parts.items()} == dict.fromkeys(names, "ok"), parts
 
-    inference = parts["inference"]["results"]
+    inference = parts["inference_float32"]["results"] + parts["inference_bfloat16"]["results"]
     assert {(r["model"], r["dtype"]) for r in inference} == {
         (m, d) for m in MODELS for d in ("float32", "bfloat16")
     }
@@ -41,7 +40,7 @@ def test_device_check_tiny_writes_every_section(tmp_path):
         assert r["memory_source"] == "xla_estimate" and r["memory_bytes"] > 0
         if r["model"] == "pspnet50_half":
             assert r["speedup"] == 1.0 and r["memory_ratio"] == 1.0
-    assert parts["inference"]["config"]["fold_bn"] is True
+    assert parts["inference_float32"]["config"]["fold_bn"] is True
     assert {r["model"] for r in parts["inference_batch4"]["results"]} == {
         "icnet_sub124",
         "pspnet50_half",
@@ -72,7 +71,7 @@ def test_check_targets_compares_with_the_issue_figures():
     result = {"model": "icnet_sub124", "fps": 250.0, "speedup": 6.0, "memory_ratio": 5.0}
     doc = {
         "parts": {
-            "inference": {"results": [{**result, "dtype": "float32"}]},
+            "inference_float32": {"results": [{**result, "dtype": "float32"}]},
             "training_float32": {"bottleneck": "input pipeline"},
         }
     }
