@@ -125,29 +125,29 @@ def ensure_packages(wheels: pathlib.Path | None, site: pathlib.Path) -> dict[str
             "benchmarks/prepare_device_wheels.sh where PyPI is reachable and pass --wheels .whl"
         )
     start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--no-deps",
-            "--no-compile",
-            "--no-cache-dir",
-            "--upgrade",
-            "--target",
-            str(site),
-            *map(str, files),
-        ],
-        check=True,
-    )
+
+    def install(wheel_files: list[pathlib.Path]) -> None:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+        pip += ["--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site)]
+        subprocess.run([*pip, *map(str, wheel_files)], check=True)
+
+    # The image's own protobuf is kept unless tfds' generated code cannot run on it.
+    protobuf = [f for f in files if f.name.startswith("protobuf-")]
+    install([f for f in files if f not in protobuf])
     sys.path.insert(0, str(site))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(site), os.environ.get("PYTHONPATH")])
     )
-    report.update(installed=[f.name for f in files], seconds=time.perf_counter() - start)
+    probe = "import tensorflow_datasets, grain, array_record, ml_collections, tensorboardX"
+    check = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if check.returncode != 0 and protobuf:
+        install(protobuf)
+        check = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        report["protobuf_replaced"] = True
+    if check.returncode != 0:  # the parts will fail; say why once, here
+        report["import_error"] = check.stderr[-2000:]
+    used = files if report.get("protobuf_replaced") else [f for f in files if f not in protobuf]
+    report.update(installed=[f.name for f in used], seconds=time.perf_counter() - start)
     return report
 
 
