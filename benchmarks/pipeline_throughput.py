@@ -1,15 +1,45 @@
-"""Training-pipeline throughput on synthetic Cityscapes-sized data (1024x2048 RGB, 19 classes).
+"""Training-pipeline throughput on Cityscapes-sized data (1024x2048 RGB), per worker count.
 
-Prints images/s of `train_dataset` for each worker count, timed after one warm-up batch:
+Prints images/s of `train_dataset` (the real grain pipeline: random resize 0.5-2, pad, crop,
+mirror, normalise) for each worker count, timed after one warm-up batch:
 
-    PYTHONPATH=. python benchmarks/pipeline_throughput.py --crop 1025 --workers 0 2
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --crop 1025 --workers 0 1 2
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source street --data-dir /tmp/tfds
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --workers 0 --profile prof.out
+
+Sources: `arrays` (default) holds decoded random images in memory, so it times the augmentation
+alone; `street` is the quickstart's tfds dataset drawn at 1024x2048 and read from array_record
+like Cityscapes (PNG decoding of image and label included), prepared under `--data-dir` on first
+use. `--cpu-cost` does one worker's work for `--num-batches` batches in this thread (read and
+decode each example, augment it, stack the batch) and prints its CPU milliseconds per image by
+stage, a figure a loaded machine does not inflate as it does wall time; `--profile FILE` also
+profiles it (cProfile; grain's read threads are invisible to it) and prints the top functions.
 """
 
+from __future__ import annotations
+
 import argparse
+import cProfile
+import json
+import pstats
+import time
+from typing import Any
 
 import numpy as np
 
+from icnet_jax.data.augment import train_transform
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
+
+IMAGE_SIZE = (1024, 2048)
+# The Cityscapes recipe (configs/default.py).
+RECIPE = dict(
+    scale_range=(0.5, 2.0),
+    mirror=True,
+    mean=(123.68, 116.779, 103.939),
+    std=(1.0, 1.0, 1.0),
+    bgr=True,
+    ignore_label=255,
+)
 
 
 def synthetic_cityscapes(num_examples: int, seed: int = 0) -> list[dict]:
@@ -18,48 +48,151 @@ def synthetic_cityscapes(num_examples: int, seed: int = 0) -> list[dict]:
     labels = np.append(np.arange(19), 255).astype(np.uint8)
     return [
         {
-            "image": rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8),
-            "label": rng.choice(labels, size=(1024, 2048, 1)),
+            "image": rng.integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8),
+            "label": rng.choice(labels, size=(*IMAGE_SIZE, 1)),
             "file_name": f"synthetic_{i:04d}",
         }
         for i in range(num_examples)
     ]
 
 
+def street_source(num_examples: int, data_dir: str, size: tuple[int, int] = IMAGE_SIZE) -> Any:
+    """The `street` tfds dataset at `size` (height, width; `num_examples` train images),
+    prepared on first use under `data_dir`; a random-access source whose reads decode PNGs, as
+    Cityscapes' do."""
+    from icnet_jax.data import datasets
+
+    source, _ = datasets.get_data_source(
+        "street",
+        "train",
+        data_dir=data_dir,
+        num_train=num_examples,
+        num_val=1,
+        height=size[0],
+        width=size[1],
+    )
+    return source
+
+
+def throughput(
+    source: Any,
+    *,
+    workers: int,
+    crop: int = 1025,
+    batch_size: int = 4,
+    num_batches: int = 10,
+    read_threads: int = 1,
+) -> float:
+    """Images/s of the Cityscapes recipe's `train_dataset` over `source` with `workers` worker
+    processes (0: in this process), after one warm-up batch."""
+    iterator = train_dataset(
+        source,
+        global_batch_size=batch_size,
+        process_index=0,
+        process_count=1,
+        crop_size=crop,
+        seed=0,
+        worker_count=workers,
+        read_threads=read_threads,
+        **RECIPE,
+    )
+    try:
+        return measure_throughput(iterator, num_batches)
+    finally:
+        iterator.close()
+
+
+def worker_cost(
+    source: Any, *, crop: int, batch_size: int, num_batches: int, profile: str | None = None
+) -> dict[str, float]:
+    """What one worker spends, in CPU milliseconds per image, to read and decode an example, to
+    augment it and to stack the batches, done here in this thread for `num_batches` batches.
+
+    CPU time rather than wall time: on a shared machine it is what a worker would cost on a core
+    of its own (the pipeline's inter-process copies are left out). `profile`: also write a cProfile
+    of the loop to that file.
+    """
+    rng = np.random.default_rng(0)
+    spent = {"read_decode": 0.0, "augment": 0.0, "batch": 0.0}
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    for b in range(num_batches):
+        examples = []
+        for i in range(batch_size):
+            t0 = time.process_time()
+            example = source[(b * batch_size + i) % len(source)]
+            t1 = time.process_time()
+            examples.append(train_transform(example, rng, crop_size=crop, **RECIPE))
+            t2 = time.process_time()
+            spent["read_decode"] += t1 - t0
+            spent["augment"] += t2 - t1
+        t0 = time.process_time()
+        {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        spent["batch"] += time.process_time() - t0
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    images = num_batches * batch_size
+    cost = {f"{k}_cpu_ms": 1e3 * v / images for k, v in spent.items()}
+    cost["images_per_cpu_s"] = images / sum(spent.values())
+    return cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=["arrays", "street"], default="arrays")
+    parser.add_argument("--data-dir", default="data/tfds", help="street: prepared dataset folder")
     parser.add_argument("--crop", type=int, default=1025, help="square crop side, pixels")
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch")
-    parser.add_argument("--num-examples", type=int, default=8, help="synthetic source size")
+    parser.add_argument("--num-examples", type=int, default=8, help="source size")
     parser.add_argument("--num-batches", type=int, default=10, help="timed batches per run")
     parser.add_argument("--read-threads", type=int, default=1, help="threads per process")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
+    parser.add_argument(
+        "--cpu-cost", action="store_true", help="one worker's CPU ms per image, by stage"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="--cpu-cost, and a cProfile into FILE")
+    parser.add_argument("--json", metavar="FILE", help="write {workers: images/s} to FILE")
     args = parser.parse_args()
 
-    source = synthetic_cityscapes(args.num_examples)
-    for workers in args.workers:
-        iterator = train_dataset(
+    if args.source == "street":
+        source = street_source(args.num_examples, args.data_dir)
+    else:
+        source = synthetic_cityscapes(args.num_examples)
+    if args.profile or args.cpu_cost:
+        cost = worker_cost(
             source,
-            global_batch_size=args.batch_size,
-            process_index=0,
-            process_count=1,
-            crop_size=args.crop,
-            scale_range=(0.5, 2.0),
-            mirror=True,
-            mean=(123.68, 116.779, 103.939),
-            std=(1.0, 1.0, 1.0),
-            bgr=True,
-            ignore_label=255,
-            seed=0,
-            worker_count=workers,
+            crop=args.crop,
+            batch_size=args.batch_size,
+            num_batches=args.num_batches,
+            profile=args.profile,
+        )
+        print(
+            f"source={args.source} crop={args.crop}, one worker per image: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cost.items())
+        )
+        if args.profile:
+            pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
+        return
+    rates = {}
+    for workers in args.workers:
+        rates[workers] = throughput(
+            source,
+            workers=workers,
+            crop=args.crop,
+            batch_size=args.batch_size,
+            num_batches=args.num_batches,
             read_threads=args.read_threads,
         )
-        rate = measure_throughput(iterator, args.num_batches)
-        iterator.close()
         print(
-            f"workers={workers} read_threads={args.read_threads} crop={args.crop} "
-            f"batch={args.batch_size}: {rate:.1f} images/s"
+            f"source={args.source} workers={workers} read_threads={args.read_threads} "
+            f"crop={args.crop} batch={args.batch_size}: {rates[workers]:.1f} images/s",
+            flush=True,
         )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({str(k): v for k, v in rates.items()}, f)
 
 
 if __name__ == "__main__":
