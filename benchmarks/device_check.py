@@ -534,7 +534,8 @@ def part_prepare(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import pipeline_throughput
 
-    from configs import default, quickstart
+    from configs import quickstart
+    from icnet_jax import config as default
     from icnet_jax import train_lib
 
     pipeline_throughput.street_source(
@@ -553,7 +554,8 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import pipeline_throughput
 
-    from configs import cityscapes, default
+    from configs import cityscapes
+    from icnet_jax import config as default
     from icnet_jax import profiling, train_lib
     from icnet_jax.data import pipeline
 

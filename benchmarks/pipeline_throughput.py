@@ -31,7 +31,7 @@ from icnet_jax.data.augment import train_transform
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
 
 IMAGE_SIZE = (1024, 2048)
-# The Cityscapes recipe (configs/default.py).
+# The Cityscapes recipe (icnet_jax/config.py).
 RECIPE = dict(
     scale_range=(0.5, 2.0),
     mirror=True,

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default, quickstart
+from configs import quickstart
+from icnet_jax import config as default
 from icnet_jax import train_lib
 
 NUM_CLASSES = 5
