@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from icnet_jax import checkpoints
+from icnet_jax import checkpoints, pretrained
 
 # Classifier layers: re-initialised when their shapes differ (another number of classes).
 CLASSIFIER_LAYERS = ("conv6_cls", "conv6_sub4", "conv6_sub2", "conv6", "conv6_aux")
@@ -194,6 +194,8 @@ def load_pretrained(
       `(state, report)`: `state` with the loaded tensors (opt_state and step unchanged).
     """
     restored, ckpt_config, ckpt_classes, step = restore_checkpoint(checkpoint_path)
+    if config is not None:  # BN-folded weights train only with frozen BatchNorm statistics
+        pretrained.check_folded_start(restored.batch_stats, ckpt_config, config, checkpoint_path)
     source = {c: getattr(restored, c) for c in _COLLECTIONS}
     target = {c: getattr(state, c) for c in _COLLECTIONS}
     merged, lists = merge_variables(target, source)
