@@ -47,6 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
     config.model.bn_momentum = 0.95
     config.model.dtype = "float32"  # computation; parameters stay float32
+    # BatchNorm uses and keeps its running statistics in training (needed from BN-folded weights).
+    config.model.freeze_bn_stats = False
+    # Trunk architecture (icnet_jax/models/backbone.py); the defaults are the release's. Other
+    # values load ImageNet ResNet-50s exactly (config.init_backbone, README "Pretrained starts").
+    config.model.stem = "release"  # release | resnet (7x7, torchvision) | deep (resnet50c/d, V1c)
+    config.model.stride_on = "1x1"  # 1x1 (Caffe, the release) | 3x3 (torchvision, timm, mmseg)
+    config.model.shortcut = "conv"  # conv | avgpool (timm resnet50d, mmseg ResNetV1d)
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "cityscapes"
@@ -76,11 +83,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.power = 0.9  # 'poly' decay
     config.optim.momentum = 0.9
     config.optim.weight_decay = 1e-4  # kernels only
+    config.optim.freeze_bn_affine = False  # True: BatchNorm scales and offsets are not trained
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
 
     # Start from this checkpoint when the workdir has none (fine-tuning; see README).
     config.init_checkpoint = ""
+    # Or only the trunk from an ImageNet ResNet-50 file (.pth, .safetensors, .npy; see README).
+    config.init_backbone = ""
 
     config.log_every = 20
     config.checkpoint_every = 1000

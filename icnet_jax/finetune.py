@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from icnet_jax import checkpoints, cli
+from icnet_jax import checkpoints, cli, pretrained
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -209,6 +209,8 @@ def load_pretrained(
       `(state, report)`: `state` with the loaded tensors (opt_state and step unchanged).
     """
     restored, ckpt_config, ckpt_classes, step = restore_checkpoint(checkpoint_path)
+    if config is not None:  # BN-folded weights train only with frozen BatchNorm statistics
+        pretrained.check_folded_start(restored.batch_stats, ckpt_config, config, checkpoint_path)
     source = {c: getattr(restored, c) for c in _COLLECTIONS}
     target = {c: getattr(state, c) for c in _COLLECTIONS}
     try:

@@ -18,8 +18,8 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from icnet_jax import checkpoints, cli, eval_lib, finetune, run_control
-from icnet_jax.data import pipeline
+from icnet_jax import checkpoints, cli, eval_lib, finetune, pretrained, run_control
+from icnet_jax.data import datasets, pipeline
 from icnet_jax.losses import cascade_loss
 from icnet_jax.models import ICNet, PSPNet
 
@@ -51,6 +51,11 @@ def create_model(
         bn_momentum=m.bn_momentum,
         axis_name=axis_name,
         dtype=jnp.dtype(m.dtype),
+        # .get: configs saved before these switches existed describe the release's trunk.
+        freeze_bn_stats=m.get("freeze_bn_stats", False),
+        stem=m.get("stem", "release"),
+        stride_on=m.get("stride_on", "1x1"),
+        shortcut=m.get("shortcut", "conv"),
     )
     if m.name == "icnet":
         model = ICNet(branch=m.branch, cff_upsampling=m.cff_upsampling, **common)
@@ -77,10 +82,13 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     def kernels(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(config.optim.weight_decay, mask=kernels),
         optax.sgd(learning_rate_schedule(config), momentum=config.optim.momentum),
     )
+    if config.optim.get("freeze_bn_affine", False):  # BatchNorm scales and offsets stay put
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), pretrained.bn_affine_mask))
+    return tx
 
 
 def create_train_state(
@@ -174,7 +182,6 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
 def data_source(config: ml_collections.ConfigDict, split: str):
     """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
     # tensorflow-datasets is imported here, not with the module: predicting needs none of it.
-    from icnet_jax.data import datasets
 
     d = config.dataset
     return datasets.get_data_source(
@@ -291,6 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.init_checkpoint:  # before compiling anything
             finetune.check_fits(abstract, config.init_checkpoint, config)
         start, state = 0, create_train_state(rng, model, tx, crop)
+        if config.get("init_backbone"):  # an ImageNet ResNet-50 into the trunk
+            state, _ = pretrained.load_backbone(state, config.init_backbone, config)
         if config.init_checkpoint:
             # Converted release weights, a pruned model or another run; classifiers of another
             # shape (number of classes) keep their fresh initialisation.

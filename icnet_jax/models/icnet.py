@@ -75,16 +75,18 @@ class ICNet(backbone.SegmentationNetwork):
 
         # Medium and low resolution branches share conv1..conv3_1, computed once at 1/2.
         x = resize(images, (shrink_size(h), shrink_size(w)))
-        x = backbone.stem(x, conv_bn, self.width, train)
-        x = backbone.residual_stage(x, conv_bn, 2, self.width, train)
+        x = backbone.stem(x, conv_bn, self.width, train, trunk=self.trunk)
+        x = backbone.residual_stage(x, conv_bn, 2, self.width, train, trunk=self.trunk)
         conv3_1 = backbone.residual_stage(
-            x, conv_bn, 3, self.width, train, strides=2, blocks=range(1, 2)
+            x, conv_bn, 3, self.width, train, strides=2, blocks=range(1, 2), trunk=self.trunk
         )
         # Low resolution branch: features of conv3_1 shrunk x2 (1/32 of the input).
         x = resize(conv3_1, tuple(shrink_size(n) for n in conv3_1.shape[1:3]))
-        x = backbone.residual_stage(x, conv_bn, 3, self.width, train, blocks=range(2, 5))
-        x = backbone.residual_stage(x, conv_bn, 4, self.width, train, dilation=2)
-        x = backbone.residual_stage(x, conv_bn, 5, self.width, train, dilation=4)
+        x = backbone.residual_stage(
+            x, conv_bn, 3, self.width, train, blocks=range(2, 5), trunk=self.trunk
+        )
+        x = backbone.residual_stage(x, conv_bn, 4, self.width, train, dilation=2, trunk=self.trunk)
+        x = backbone.residual_stage(x, conv_bn, 5, self.width, train, dilation=4, trunk=self.trunk)
         x = SumPyramidPooling(align_corners=self.align_corners)(x)
         conv5_4 = conv_bn(channels(512, self.width), 1, name="conv5_4_k1")(x, train)
 

@@ -121,7 +121,10 @@ class ConvBN(nn.Module):
 
     With `fold_bn=True` the layer is the inference form of the release: a convolution with bias
     and no BatchNorm (see `icnet_jax.models.folding`). `transpose=True` makes it a stride-2
-    deconvolution of output size `2 * in - 1` (paper Table 3).
+    deconvolution of output size `2 * in - 1` (paper Table 3). `freeze_bn_stats=True` makes
+    BatchNorm normalise with its running statistics in training too and never update them
+    (mmseg's `norm_eval`): the only correct way to train from BN-folded weights, whose
+    statistics are placeholders (mean 0, variance 1 - eps) rather than the data's.
     """
 
     features: int
@@ -134,6 +137,7 @@ class ConvBN(nn.Module):
     bn_momentum: float = 0.9
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    freeze_bn_stats: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -165,7 +169,7 @@ class ConvBN(nn.Module):
             )(x)
         if not self.fold_bn:
             x = nn.BatchNorm(
-                use_running_average=not train,
+                use_running_average=not train or self.freeze_bn_stats,
                 momentum=self.bn_momentum,
                 epsilon=BN_EPSILON,
                 axis_name=self.axis_name,
@@ -200,6 +204,31 @@ def max_pool_ceil(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> A
     # functions of that signature, which map onto ONNX's 2-D pools.
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
     return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+
+
+def max_pool_floor(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
+    """PyTorch max pooling (floor mode, as torchvision's and timm's ResNet stems):
+    out = floor((n + 2 pad - window) / stride) + 1. Equals `max_pool_ceil` on odd sizes."""
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+
+
+def avg_pool_ceil(x: Array, window: int = 2) -> Array:
+    """PyTorch `AvgPool2d(window, window, ceil_mode=True, count_include_pad=False)`: the
+    average-pool shortcut of deep-stem ResNets (timm `resnet50d`, mmseg `ResNetV1d`).
+
+    `[N, H, W, C] -> [N, ceil(H / window), ceil(W / window), C]`; a last window that overhangs an
+    odd side averages only the pixels it covers.
+    """
+    padding, counts = [], []
+    for n in x.shape[1:3]:
+        out = -(-n // window)
+        padding.append((0, out * window - n))
+        counts.append(np.minimum(window, n - window * np.arange(out)))
+    count = np.outer(*counts).astype(np.float32)[None, :, :, None]
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    mean = nn.avg_pool(x, window_shape=(window, window), strides=(window, window))
+    return mean * jnp.asarray(window * window / count, x.dtype)
 
 
 # Strides of the released pyramid-pooling windows along an axis of 33 (the 1/32 map of a

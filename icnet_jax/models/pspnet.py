@@ -42,11 +42,15 @@ class PSPNet(backbone.SegmentationNetwork):
         conv_bn = self.conv_bn
         (s4, d4), (s5, d5) = _STAGE_GEOMETRY[self.output_stride]
         h, w = images.shape[1:3]
-        x = backbone.stem(images.astype(self.dtype), conv_bn, self.width, train)
-        x = backbone.residual_stage(x, conv_bn, 2, self.width, train)
-        x = backbone.residual_stage(x, conv_bn, 3, self.width, train, strides=2)
-        conv4 = backbone.residual_stage(x, conv_bn, 4, self.width, train, strides=s4, dilation=d4)
-        x = backbone.residual_stage(conv4, conv_bn, 5, self.width, train, strides=s5, dilation=d5)
+        x = backbone.stem(images.astype(self.dtype), conv_bn, self.width, train, trunk=self.trunk)
+        x = backbone.residual_stage(x, conv_bn, 2, self.width, train, trunk=self.trunk)
+        x = backbone.residual_stage(x, conv_bn, 3, self.width, train, strides=2, trunk=self.trunk)
+        conv4 = backbone.residual_stage(
+            x, conv_bn, 4, self.width, train, strides=s4, dilation=d4, trunk=self.trunk
+        )
+        x = backbone.residual_stage(
+            conv4, conv_bn, 5, self.width, train, strides=s5, dilation=d5, trunk=self.trunk
+        )
         x = ConcatPyramidPooling(
             conv_bn, channels(512, self.width), align_corners=self.align_corners, name="ppm"
         )(x, train)
