@@ -86,6 +86,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.freeze_bn_affine = False  # True: BatchNorm scales and offsets are not trained
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
+    # Options against class imbalance (README, CamVid section); both off in the paper's recipe.
+    config.loss = ml_collections.ConfigDict()
+    # '' | 'median_frequency' (SegNet) | 'enet' (1 / ln(1.02 + p)), from the training split's
+    # pixel counts | one weight per class, e.g. '1,1,4,1,2,2,5,5,1,5,8'.
+    config.loss.class_weights = ""
+    config.loss.ohem = False  # online hard pixel mining, per image and branch
+    config.loss.ohem_thresh = 0.7  # keep pixels whose probability of the true class is below
+    config.loss.ohem_min_kept = 100_000  # ... but at least this many per image (label resolution)
 
     # Start from this checkpoint when the workdir has none (fine-tuning; see README).
     config.init_checkpoint = ""

@@ -19,8 +19,9 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from icnet_jax import checkpoints, cli, eval_lib, finetune, pretrained, run_control
-from icnet_jax.data import datasets, pipeline
-from icnet_jax.losses import cascade_loss
+from icnet_jax.cli import UserError
+from icnet_jax.data import class_stats, datasets, pipeline
+from icnet_jax.losses import Ohem, cascade_loss
 from icnet_jax.models import ICNet, PSPNet
 
 Array = jax.Array
@@ -113,11 +114,14 @@ def train_step(
     ignore_label: int,
     align_corners: bool,
     schedule: optax.Schedule,
+    class_weights: np.ndarray | None = None,
+    ohem: Ohem | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One SGD step on this device's part of the global batch (run under `pmap(axis_name=AXIS)`).
 
-    The loss divides by the global count of labelled pixels and gradients are summed over devices,
-    so the update equals that of one device holding the whole global batch.
+    The loss divides by the global count of labelled pixels (the global sum of pixel weights with
+    `class_weights` or `ohem`) and gradients are summed over devices, so the update equals that of
+    one device holding the whole global batch.
     """
 
     def loss_fn(params):
@@ -127,6 +131,12 @@ def train_step(
             train=True,
             mutable=["batch_stats"],
         )
+        num_classes = next(iter(logits.values())).shape[-1]
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise UserError(
+                f"config.loss.class_weights has {len(class_weights)} weights for {num_classes} "
+                "classes: give one per class, in the dataset's class order"
+            )
         loss, per_branch = cascade_loss(
             logits,
             batch["label"],
@@ -134,6 +144,8 @@ def train_step(
             ignore_label=ignore_label,
             align_corners=align_corners,
             axis_name=AXIS,
+            class_weights=class_weights,
+            ohem=ohem,
         )
         return loss, (per_branch, updates["batch_stats"])
 
@@ -146,6 +158,50 @@ def train_step(
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
+def loss_class_weights(config: ml_collections.ConfigDict) -> np.ndarray | None:
+    """`config.loss.class_weights` as a `[C]` vector: None for '', SegNet's or ENet's weights
+    from the pixel counts of the training split (counted once, stored with the prepared data),
+    or an explicit comma-separated list such as '1,1,4,1,2,2,5,5,1,5,8'."""
+    spec = config.loss.class_weights
+    if isinstance(spec, str) and not spec.strip():
+        return None
+    if isinstance(spec, str) and spec.strip() in class_stats.METHODS:
+        d = config.dataset
+        stats = class_stats.load_or_count(
+            d.name,
+            d.train_split,
+            data_dir=str(pathlib.Path(d.data_dir).expanduser()),
+            manual_dir=d.manual_dir or None,
+            ignore_label=config.ignore_label,
+            **d.builder_kwargs.to_dict(),
+        )
+        return class_stats.class_weights(stats, spec.strip())
+    items = spec.strip("()[] ").split(",") if isinstance(spec, str) else list(spec)
+    try:
+        weights = np.asarray([float(w) for w in items], np.float64)
+    except ValueError:
+        weights = np.asarray([np.nan])
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and np.any(weights > 0)):
+        raise UserError(
+            f"config.loss.class_weights={spec!r}: use '' (none), "
+            f"{' or '.join(map(repr, class_stats.METHODS))}, or one non-negative weight per "
+            "class separated by commas"
+        )
+    return weights
+
+
+def loss_ohem(config: ml_collections.ConfigDict) -> Ohem | None:
+    """Online hard pixel mining as `config.loss` asks, or None."""
+    if not config.loss.ohem:
+        return None
+    if not 0 < config.loss.ohem_thresh <= 1 or config.loss.ohem_min_kept < 0:
+        raise UserError(
+            "config.loss.ohem_thresh must be in (0, 1] and config.loss.ohem_min_kept >= 0, got "
+            f"{config.loss.ohem_thresh} and {config.loss.ohem_min_kept}"
+        )
+    return Ohem(thresh=config.loss.ohem_thresh, min_kept=config.loss.ohem_min_kept)
+
+
 def make_train_step(config: ml_collections.ConfigDict, devices=None):
     """The pmapped step: unreplicated state in and out, batch split over `devices` (default: all
     local devices)."""
@@ -155,6 +211,8 @@ def make_train_step(config: ml_collections.ConfigDict, devices=None):
         ignore_label=config.ignore_label,
         align_corners=config.model.align_corners,
         schedule=learning_rate_schedule(config),
+        class_weights=loss_class_weights(config),
+        ohem=loss_ohem(config),
     )
     return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
 

@@ -74,6 +74,46 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_label: int = 25
     return total, count
 
 
+def softmax_probabilities(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def ohem_keep(logits, labels, thresh, min_kept, ignore_label=255) -> np.ndarray:
+    """mmseg's OHEMPixelSampler, image by image: sort the labelled pixels' probabilities of their
+    true class; threshold = max(thresh, the sorted value at min(min_kept, n - 1)); keep p < it."""
+    prob = softmax_probabilities(logits)
+    keep = np.zeros(labels.shape, bool)
+    for n in range(labels.shape[0]):
+        p_true = {}
+        for index in np.ndindex(labels[n].shape):
+            if labels[n][index] != ignore_label:
+                p_true[index] = prob[n][index][labels[n][index]]
+        if not p_true:
+            continue
+        ordered = sorted(p_true.values())
+        threshold = max(thresh, ordered[min(min_kept, len(ordered) - 1)])
+        for index, p in p_true.items():
+            keep[n][index] = p < threshold
+    return keep
+
+
+def weighted_cross_entropy(logits, labels, class_weights=None, keep=None, ignore_label=255):
+    """(sum over kept labelled pixels of w[label] * -log softmax(logits)[label], sum of w[label]),
+    float64; w = 1 without class weights, every labelled pixel kept without `keep`."""
+    log_p = np.log(softmax_probabilities(logits))
+    total, weight_sum = 0.0, 0.0
+    for index in np.ndindex(labels.shape):
+        y = labels[index]
+        if y == ignore_label or (keep is not None and not keep[index]):
+            continue
+        w = 1.0 if class_weights is None else float(class_weights[y])
+        total -= w * log_p[index][y]
+        weight_sum += w
+    return total, weight_sum
+
+
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int, ignore=255):
     out = np.zeros((num_classes, num_classes), np.int64)
     for t, p in zip(labels.ravel(), predictions.ravel()):

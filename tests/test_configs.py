@@ -64,3 +64,10 @@ def test_a_size_off_the_geometry_is_caught():
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         importlib.import_module("configs.cityscapes").get_config("nope")
+
+
+def test_camvid_cpu_recipe():
+    config = importlib.import_module("configs.camvid").get_config("cpu")
+    assert config.dataset.name == "camvid" and config.loss.ohem
+    assert config.batch_size * config.num_steps <= 12_000  # the image budget
+    assert all((s - 1) % 8 == 0 for s in config.input.crop_size)

@@ -35,14 +35,26 @@ def tiny_config(data_dir, **overrides):
     return default.override(config, overrides)
 
 
-def test_one_two_four_devices_give_the_same_step(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "loss.class_weights": "1,2,1,1,3,1,1,0.5,1",
+            "loss.ohem": True,
+            "loss.ohem_min_kept": 2000,
+        },
+    ],
+    ids=["plain", "class_weights_and_ohem"],
+)
+def test_one_two_four_devices_give_the_same_step(tmp_path, options):
     """Loss, parameters, BatchNorm statistics and momentum after one step agree to 1e-5.
 
     In float64: in float32 a randomly initialised 50-layer network amplifies the rounding of
     different reduction orders (1e-2 relative in early-layer gradients), which would hide whether
     the arithmetic itself is exact.
     """
-    config = tiny_config(tmp_path, **{"model.dtype": "float64"})
+    config = tiny_config(tmp_path, **{"model.dtype": "float64", **options})
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(4, 49, 97, 3)),
