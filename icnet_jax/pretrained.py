@@ -47,6 +47,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from icnet_jax import weight_files
 from icnet_jax.cli import UserError
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
 from icnet_jax.models.layers import BN_EPSILON
@@ -190,7 +191,6 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 def read_weights(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """Flat `{name: array}` of a `.safetensors`, PyTorch (`.pth`, `.pt`, `.bin`, ...) or release
     (`.npy` dict, `.npz`, TF checkpoint) file."""
-    from icnet_jax.tools import convert_weights
 
     path = pathlib.Path(path).expanduser()
     if not path.exists():
@@ -200,10 +200,7 @@ def read_weights(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if path.suffix in _TORCH_SUFFIXES:
         return read_torch(path)
     if path.suffix in (".npy", ".npz") or path.is_dir() or path.suffix == ".index":
-        try:
-            return convert_weights.load_release(path)
-        except (ValueError, OSError) as error:
-            raise UserError(f"{path}: {error}") from None
+        return weight_files.load_release(path)  # its errors are one-line UserErrors
     raise UserError(
         f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth (torch) "
         "or .npy (the PSPNet50 release)"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import cityscapes
-from icnet_jax import cli, finetune
+from icnet_jax import cli, finetune, weight_files
 from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
@@ -185,7 +185,7 @@ def test_tf_bundle_reader_reads_every_tensor(tmp_path):
     )
     write_tf_bundle(tmp_path / "model.ckpt-60000", tensors, shard_split=True)
     for path in (tmp_path / "model.ckpt-60000.index", tmp_path / "model.ckpt-60000", tmp_path):
-        read = cw.read_tf_checkpoint(path)
+        read = weight_files.read_tf_checkpoint(path)
         assert set(read) == set(tensors)
         for name, value in tensors.items():
             np.testing.assert_array_equal(read[name], value)
@@ -205,7 +205,7 @@ def test_real_tensorflow_checkpoint_is_read_without_tf(tmp_path):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             saver.save(session, str(tmp_path / "model.ckpt"), global_step=7)
-    read = cw.read_tf_checkpoint(tmp_path)
+    read = weight_files.read_tf_checkpoint(tmp_path)
     for name, value in values.items():
         np.testing.assert_array_equal(read[name], value)
 
