@@ -7,6 +7,16 @@ parameter and BatchNorm statistic whose path and shape match into `state`, and k
 initialisation of `state` for the classifiers whose shapes differ (another number of classes).
 Any other mismatch is an error naming the tensors. The optimizer state and the step of `state`
 are kept (fine-tuning starts at step 0 with a fresh momentum).
+
+Frozen-statistics BatchNorm. The release's BN-folded weights load into our unfolded model as
+kernel = folded kernel, BN scale 1, offset = folded bias, mean 0, variance 1 - eps: exact with
+running statistics, but BatchNorm in training normalises with the batch's statistics and would
+make every layer's output differ from the release's. Training from such weights therefore needs
+`config.model.freeze_bn_stats=True` (BatchNorm uses and keeps its running statistics; mmseg's
+`norm_eval`), optionally with `config.optim.freeze_bn_affine=True` (scales and offsets are not
+trained either). `check_folded_start` refuses the other case: a checkpoint is BN-folded when its
+config says so (`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm
+layers holds the placeholder statistics (which also catches runs fine-tuned from such weights).
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from icnet_jax import checkpoints, cli, pretrained
+from icnet_jax import checkpoints, cli
+from icnet_jax.cli import UserError
+from icnet_jax.models.layers import BN_EPSILON
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -210,7 +222,7 @@ def load_pretrained(
     """
     restored, ckpt_config, ckpt_classes, step = restore_checkpoint(checkpoint_path)
     if config is not None:  # BN-folded weights train only with frozen BatchNorm statistics
-        pretrained.check_folded_start(restored.batch_stats, ckpt_config, config, checkpoint_path)
+        check_folded_start(restored.batch_stats, ckpt_config, config, checkpoint_path)
     source = {c: getattr(restored, c) for c in _COLLECTIONS}
     target = {c: getattr(state, c) for c in _COLLECTIONS}
     try:
@@ -230,3 +242,61 @@ def load_pretrained(
         batch_stats=jax.tree.map(jax.numpy.asarray, merged.get("batch_stats", {})),
     )
     return new_state, report
+
+
+# BN-folded weights train only with frozen BatchNorm statistics (README "Pretrained starts").
+
+FREEZE_FLAG = "--config.model.freeze_bn_stats=True"
+
+
+def bn_affine_mask(params: Mapping[str, Any]) -> Any:
+    """True for BatchNorm's scale and offset (leaves under a `bn` module), False elsewhere: the
+    parameters `config.optim.freeze_bn_affine` keeps fixed."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "bn" for k in path), params
+    )
+
+
+def folded_layers(batch_stats: Mapping[str, Any]) -> list[str]:
+    """Layers whose BatchNorm holds the placeholder statistics of BN-folded weights (mean 0,
+    variance 1 - eps, exactly in float32), '/'-joined. A fresh initialisation has variance 1."""
+    placeholder = np.float32(1.0 - BN_EPSILON)
+    flat = traverse_util.flatten_dict(_plain(batch_stats))
+    out = []
+    for path, mean in flat.items():
+        if path[-1] != "mean":
+            continue
+        var = np.asarray(flat.get((*path[:-1], "var"), 1.0))
+        if not np.any(np.asarray(mean)) and np.all(var.astype(np.float32) == placeholder):
+            out.append("/".join(path[:-2] if path[-2] == "bn" else path[:-1]))
+    return out
+
+
+def check_folded_start(
+    batch_stats: Mapping[str, Any], saved_config: Mapping[str, Any] | None, config, source: str
+) -> None:
+    """Refuses to train from BN-folded weights with BatchNorm on batch statistics.
+
+    Args:
+      batch_stats: the statistics about to be loaded.
+      saved_config: the config saved with them (its `bn_folded` is the converter's record).
+      config: the training config.
+      source: the checkpoint or file, for the message.
+    Raises:
+      UserError naming `--config.model.freeze_bn_stats=True` when the weights are BN-folded and
+      `config.model.freeze_bn_stats` is off.
+    """
+    if config.model.get("freeze_bn_stats", False):
+        return
+    recorded = bool((saved_config or {}).get("bn_folded", False))
+    layers = folded_layers(batch_stats)
+    if not (recorded or layers):
+        return
+    where = f" ({len(layers)} layers, e.g. {layers[0]})" if layers else ""
+    raise UserError(
+        f"{source} holds BN-folded weights{where}: their BatchNorm statistics are placeholders "
+        "(mean 0, variance 1 - eps), exact only when BatchNorm uses running statistics, so "
+        "training with batch statistics would start from a different network; set "
+        f"{FREEZE_FLAG} (and --config.optim.freeze_bn_affine=True to keep the BN scales and "
+        "offsets too)"
+    )

@@ -1,16 +1,6 @@
-"""Pretrained starts: training from BN-folded weights, and ImageNet ResNet-50 trunks.
+"""ImageNet ResNet-50 trunks for ICNet and PSPNet50 (`config.init_backbone=FILE`).
 
-Frozen-statistics BatchNorm. The release's BN-folded weights load into our unfolded model as
-kernel = folded kernel, BN scale 1, offset = folded bias, mean 0, variance 1 - eps: exact with
-running statistics, but BatchNorm in training normalises with the batch's statistics and would
-make every layer's output differ from the release's. Training from such weights therefore needs
-`config.model.freeze_bn_stats=True` (BatchNorm uses and keeps its running statistics; mmseg's
-`norm_eval`), optionally with `config.optim.freeze_bn_affine=True` (scales and offsets are not
-trained either). `check_folded_start` refuses the other case: a checkpoint is BN-folded when its
-config says so (`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm
-layers holds the placeholder statistics (which also catches runs fine-tuned from such weights).
-
-ImageNet trunks (`config.init_backbone=FILE`, `load_backbone`). A ResNet-50 is copied into the
+`load_backbone` copies a ResNet-50 into the
 trunk (stem, conv2_1 ... conv5_3) of ICNet at width 1.0 or of PSPNet50, from:
 - torchvision `resnet50` (`.pth`: IMAGENET1K_V1/V2; timm `resnet50` has the same names),
 - a deep-stem ResNet-50: timm `resnet50c`/`resnet50d` or mmseg `ResNetV1c`/`ResNetV1d` (`.pth`
@@ -21,8 +11,9 @@ The file's names say which (`detect_source`); the model must have that source's 
 (`backbone.Trunk`: stem, stride placement, shortcut) and the config its preprocessing, otherwise
 the error names the flags to set. Every tensor is used or listed as skipped (the ImageNet
 classifier, BatchNorm's `num_batches_tracked`, layers outside the trunk); shapes are checked per
-tensor; values become float32. `.safetensors` is read here without torch; `.pth` needs torch
-(`requirements-pretrained.txt`).
+tensor; values become float32. Files are read by `weight_files` (`.safetensors` without torch;
+`.pth` needs torch, `requirements-pretrained.txt`). A BN-folded trunk needs frozen BatchNorm
+statistics (`finetune.check_folded_start`).
 
 What users get: the trunk's layers hold the source's weights exactly, and with the model's
 output stride 32 (PSPNet `output_stride=32`) the trunk is the source network. ICNet and
@@ -35,9 +26,7 @@ segmentation trunk initialised from ImageNet.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,165 +36,10 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from icnet_jax import weight_files
 from icnet_jax.cli import UserError
+from icnet_jax.finetune import check_folded_start
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
-from icnet_jax.models.layers import BN_EPSILON
-
-# ----------------------------------------------------------------------------------------------
-# Frozen-statistics BatchNorm for BN-folded weights
-# ----------------------------------------------------------------------------------------------
-
-FREEZE_FLAG = "--config.model.freeze_bn_stats=True"
-
-
-def bn_affine_mask(params: Mapping[str, Any]) -> Any:
-    """True for BatchNorm's scale and offset (leaves under a `bn` module), False elsewhere: the
-    parameters `config.optim.freeze_bn_affine` keeps fixed."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(getattr(k, "key", None) == "bn" for k in path), params
-    )
-
-
-def folded_layers(batch_stats: Mapping[str, Any]) -> list[str]:
-    """Layers whose BatchNorm holds the placeholder statistics of BN-folded weights (mean 0,
-    variance 1 - eps, exactly in float32), '/'-joined. A fresh initialisation has variance 1."""
-    placeholder = np.float32(1.0 - BN_EPSILON)
-    flat = traverse_util.flatten_dict(_plain(batch_stats))
-    out = []
-    for path, mean in flat.items():
-        if path[-1] != "mean":
-            continue
-        var = np.asarray(flat.get((*path[:-1], "var"), 1.0))
-        if not np.any(np.asarray(mean)) and np.all(var.astype(np.float32) == placeholder):
-            out.append("/".join(path[:-2] if path[-2] == "bn" else path[:-1]))
-    return out
-
-
-def check_folded_start(
-    batch_stats: Mapping[str, Any], saved_config: Mapping[str, Any] | None, config, source: str
-) -> None:
-    """Refuses to train from BN-folded weights with BatchNorm on batch statistics.
-
-    Args:
-      batch_stats: the statistics about to be loaded.
-      saved_config: the config saved with them (its `bn_folded` is the converter's record).
-      config: the training config.
-      source: the checkpoint or file, for the message.
-    Raises:
-      UserError naming `--config.model.freeze_bn_stats=True` when the weights are BN-folded and
-      `config.model.freeze_bn_stats` is off.
-    """
-    if config.model.get("freeze_bn_stats", False):
-        return
-    recorded = bool((saved_config or {}).get("bn_folded", False))
-    layers = folded_layers(batch_stats)
-    if not (recorded or layers):
-        return
-    where = f" ({len(layers)} layers, e.g. {layers[0]})" if layers else ""
-    raise UserError(
-        f"{source} holds BN-folded weights{where}: their BatchNorm statistics are placeholders "
-        "(mean 0, variance 1 - eps), exact only when BatchNorm uses running statistics, so "
-        "training with batch statistics would start from a different network; set "
-        f"{FREEZE_FLAG} (and --config.optim.freeze_bn_affine=True to keep the BN scales and "
-        "offsets too)"
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading weight files
-# ----------------------------------------------------------------------------------------------
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}  # fmt: skip
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-# Containers around a state dict: mmcv/mmseg (`state_dict`), timm and detectron training
-# checkpoints (`model`, `state_dict_ema`).
-_WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
-
-
-def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """The tensors of a `.safetensors` file, without torch: an 8-byte little-endian header length,
-    a JSON header `{name: {dtype, shape, data_offsets: [begin, end]}}` and the raw little-endian
-    bytes (offsets relative to the end of the header)."""
-    path = pathlib.Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise UserError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
-    (size,) = struct.unpack("<Q", raw[:8])
-    try:
-        if size > len(raw) - 8:
-            raise ValueError("header longer than the file")
-        header = json.loads(raw[8 : 8 + size])
-    except ValueError as error:
-        raise UserError(f"{path}: not a safetensors file ({error})") from None
-    data = raw[8 + size :]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)) or end > len(data):
-            raise UserError(f"{path}: tensor {name} {list(shape)} has a wrong byte range")
-        array = np.frombuffer(data[begin:end], np.dtype(dtype).newbyteorder("<"))
-        tensors[name] = array.reshape(shape)
-    return tensors
-
-
-def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """The tensors of a PyTorch file (`torch.save` of a state dict, possibly wrapped), as numpy;
-    entries that are not tensors (epoch, meta, optimizer) are left out. Needs torch."""
-    try:
-        import torch
-    except ImportError:
-        raise UserError(
-            f"{path}: reading a PyTorch file needs torch (pip install -r "
-            "requirements-pretrained.txt), or convert it to .safetensors, which is read without it"
-        ) from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: torch cannot read it as weights ({reason})") from None
-    if hasattr(data, "state_dict") and not isinstance(data, Mapping):  # a pickled nn.Module
-        data = data.state_dict()
-    if not isinstance(data, Mapping):
-        raise UserError(f"{path}: expected a state dict, found {type(data).__name__}")
-    if not any(isinstance(v, torch.Tensor) for v in data.values()):
-        data = next((data[k] for k in _WRAPPERS if isinstance(data.get(k), Mapping)), data)
-    out = {}
-    for name, value in data.items():
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu()
-            out[str(name)] = (value.float() if value.is_floating_point() else value).numpy()
-    return out
-
-
-def read_weights(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """Flat `{name: array}` of a `.safetensors`, PyTorch (`.pth`, `.pt`, `.bin`, ...) or release
-    (`.npy` dict, `.npz`, TF checkpoint) file."""
-
-    path = pathlib.Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: no such file (config.init_backbone)")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    if path.suffix in _TORCH_SUFFIXES:
-        return read_torch(path)
-    if path.suffix in (".npy", ".npz") or path.is_dir() or path.suffix == ".index":
-        return weight_files.load_release(path)  # its errors are one-line UserErrors
-    raise UserError(
-        f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth (torch) "
-        "or .npy (the PSPNet50 release)"
-    )
-
+from icnet_jax.weight_files import read_weights
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has

@@ -88,7 +88,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
         optax.sgd(learning_rate_schedule(config), momentum=config.optim.momentum),
     )
     if config.optim.get("freeze_bn_affine", False):  # BatchNorm scales and offsets stay put
-        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), pretrained.bn_affine_mask))
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), finetune.bn_affine_mask))
     return tx
 
 

@@ -1,7 +1,9 @@
 """Weight files read into flat `{'layer/param': array}` dicts, whatever wrote them.
 
 - `.npy` (a pickled dict of layers, as the ICNet/PSPNet ports save them) and `.npz`;
-- TensorFlow checkpoints (`PREFIX.index` + `PREFIX.data-*`), read without TensorFlow.
+- TensorFlow checkpoints (`PREFIX.index` + `PREFIX.data-*`), read without TensorFlow;
+- `.safetensors`, read without torch; PyTorch files (`.pth`, ...), read with torch (an extra).
+`read_weights` picks the reader by the file's suffix.
 
 Anything else raises `WeightsError` (a `cli.UserError`: one `error:` line) saying what the file
 is not.
@@ -9,11 +11,13 @@ is not.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import struct
 from collections.abc import Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from icnet_jax import cli
@@ -218,3 +222,94 @@ def read_tf_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Reading the released tensors
 # --------------------------------------------------------------------------------------------
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}  # fmt: skip
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+# Containers around a state dict: mmcv/mmseg (`state_dict`), timm and detectron training
+# checkpoints (`model`, `state_dict_ema`).
+_WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a `.safetensors` file, without torch: an 8-byte little-endian header length,
+    a JSON header `{name: {dtype, shape, data_offsets: [begin, end]}}` and the raw little-endian
+    bytes (offsets relative to the end of the header)."""
+    path = pathlib.Path(path)
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise cli.UserError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+    (size,) = struct.unpack("<Q", raw[:8])
+    try:
+        if size > len(raw) - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(raw[8 : 8 + size])
+    except ValueError as error:
+        raise cli.UserError(f"{path}: not a safetensors file ({error})") from None
+    data = raw[8 + size :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise cli.UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)) or end > len(data):
+            raise cli.UserError(f"{path}: tensor {name} {list(shape)} has a wrong byte range")
+        array = np.frombuffer(data[begin:end], np.dtype(dtype).newbyteorder("<"))
+        tensors[name] = array.reshape(shape)
+    return tensors
+
+
+def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch file (`torch.save` of a state dict, possibly wrapped), as numpy;
+    entries that are not tensors (epoch, meta, optimizer) are left out. Needs torch."""
+    try:
+        import torch
+    except ImportError:
+        raise cli.UserError(
+            f"{path}: reading a PyTorch file needs torch (pip install -r "
+            "requirements-pretrained.txt), or convert it to .safetensors, which is read without it"
+        ) from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise cli.UserError(f"{path}: torch cannot read it as weights ({reason})") from None
+    if hasattr(data, "state_dict") and not isinstance(data, Mapping):  # a pickled nn.Module
+        data = data.state_dict()
+    if not isinstance(data, Mapping):
+        raise cli.UserError(f"{path}: expected a state dict, found {type(data).__name__}")
+    if not any(isinstance(v, torch.Tensor) for v in data.values()):
+        data = next((data[k] for k in _WRAPPERS if isinstance(data.get(k), Mapping)), data)
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            out[str(name)] = (value.float() if value.is_floating_point() else value).numpy()
+    return out
+
+
+def read_weights(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Flat `{name: array}` of a `.safetensors`, PyTorch (`.pth`, `.pt`, `.bin`, ...) or release
+    (`.npy` dict, `.npz`, TF checkpoint) file."""
+
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise cli.UserError(f"{path}: no such file (config.init_backbone)")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix in _TORCH_SUFFIXES:
+        return read_torch(path)
+    if path.suffix in (".npy", ".npz") or path.is_dir() or path.suffix == ".index":
+        return load_release(path)  # its errors are one-line UserErrors
+    raise cli.UserError(
+        f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth (torch) "
+        "or .npy (the PSPNet50 release)"
+    )

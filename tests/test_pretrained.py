@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from configs import cityscapes, quickstart
 from icnet_jax import config as default
-from icnet_jax import finetune, pretrained, train_lib
+from icnet_jax import finetune, pretrained, train_lib, weight_files
 from icnet_jax.cli import UserError
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.layers import BN_EPSILON, avg_pool_ceil, max_pool_floor, resize_bilinear
@@ -180,10 +180,10 @@ def test_the_refusal_also_catches_placeholder_statistics_without_the_record():
     config = cityscapes.get_config()
     stats = {"conv1": {"bn": {"mean": np.zeros(4), "var": np.full(4, 1 - BN_EPSILON)}}}
     fresh = {"conv1": {"bn": {"mean": np.zeros(4), "var": np.ones(4)}}}
-    assert pretrained.folded_layers(stats) == ["conv1"] and not pretrained.folded_layers(fresh)
+    assert finetune.folded_layers(stats) == ["conv1"] and not finetune.folded_layers(fresh)
     with pytest.raises(UserError, match="1 layers, e.g. conv1"):
-        pretrained.check_folded_start(stats, {}, config, "ckpt")
-    pretrained.check_folded_start(fresh, {}, config, "ckpt")  # a checkpoint of our own: fine
+        finetune.check_folded_start(stats, {}, config, "ckpt")
+    finetune.check_folded_start(fresh, {}, config, "ckpt")  # a checkpoint of our own: fine
 
 
 @pytest.mark.slow
@@ -204,7 +204,7 @@ def test_a_frozen_step_keeps_statistics_and_frozen_affine_keeps_bn_parameters(tm
     new, _ = jax.device_get(step(state, train_lib.shard(batch, 2)))
     old = jax.device_get(state)
     jax.tree.map(np.testing.assert_array_equal, new.batch_stats, old.batch_stats)
-    mask = traverse_util.flatten_dict(pretrained.bn_affine_mask(old.params))
+    mask = traverse_util.flatten_dict(finetune.bn_affine_mask(old.params))
     before, after = traverse_util.flatten_dict(old.params), traverse_util.flatten_dict(new.params)
     assert {k[-1] for k, is_bn in mask.items() if is_bn} == {"scale", "bias"}
     assert all(k[-2] == "bn" for k, is_bn in mask.items() if is_bn)
@@ -247,14 +247,14 @@ def test_safetensors_are_read_without_torch(tmp_path):
         "n": np.array(7, np.int64),
     }
     write_safetensors(tmp_path / "w.safetensors", tensors)
-    read = pretrained.read_weights(tmp_path / "w.safetensors")
+    read = weight_files.read_weights(tmp_path / "w.safetensors")
     assert read.keys() == tensors.keys()
     for name, value in tensors.items():
         np.testing.assert_array_equal(read[name], value)
         assert read[name].dtype == value.dtype
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 12)
     with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
-        pretrained.read_weights(tmp_path / "bad.safetensors")
+        weight_files.read_weights(tmp_path / "bad.safetensors")
 
 
 def torchvision_resnet50(seed=0, dtype=np.float32):
@@ -385,13 +385,13 @@ def test_wrong_files_are_refused_naming_the_tensors(tmp_path, monkeypatch):
     refused({"encoder.weight": np.zeros((1,), np.float32)}, r"not a ResNet-50 this loader knows")
     (tmp_path / "r.h5").write_bytes(b"")
     with pytest.raises(UserError, match=r"unknown weights format '\.h5'"):
-        pretrained.read_weights(tmp_path / "r.h5")
+        weight_files.read_weights(tmp_path / "r.h5")
     with pytest.raises(UserError, match="no such file"):
-        pretrained.read_weights(tmp_path / "absent.pth")
+        weight_files.read_weights(tmp_path / "absent.pth")
     (tmp_path / "r.pth").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # as without the extras
     with pytest.raises(UserError, match=r"needs torch \(pip install -r requirements-pretrained"):
-        pretrained.read_weights(tmp_path / "r.pth")
+        weight_files.read_weights(tmp_path / "r.pth")
 
 
 def pspnet50_release(folded=False, seed=0):

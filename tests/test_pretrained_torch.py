@@ -15,7 +15,7 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from icnet_jax import pretrained  # noqa: E402
+from icnet_jax import pretrained, weight_files  # noqa: E402
 from icnet_jax.models import ICNet, PSPNet  # noqa: E402
 from icnet_jax.models.backbone import Trunk  # noqa: E402
 
@@ -71,7 +71,7 @@ def pspnet_with(path, trunk: Trunk, size):
     """PSPNet50 at output stride 32 (its trunk is the plain ResNet-50) with `path`'s trunk."""
     model = PSPNet(num_classes=19, width=1.0, output_stride=32, **trunk._asdict())
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, *size, 3)))
-    tensors = pretrained.read_weights(path)
+    tensors = weight_files.read_weights(path)
     merged, report = pretrained.trunk_variables(tensors, variables, trunk, path=str(path))
     return model, merged, report
 
@@ -146,7 +146,7 @@ def test_icnet_width1_trunk_equals_torchvision_up_to_conv3_1(tmp_path):
     model = ICNet(num_classes=19, width=1.0, **trunk._asdict())
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 33, 33, 3)))
     merged, _ = pretrained.trunk_variables(
-        pretrained.read_weights(path), variables, trunk, path=str(path)
+        weight_files.read_weights(path), variables, trunk, path=str(path)
     )
     x = images((129, 137), seed=3)
     inter = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True)[1])(merged, x)

@@ -346,7 +346,7 @@ def convert(
     import jax
     import jax.numpy as jnp
 
-    from icnet_jax import pretrained
+    from icnet_jax import finetune
     from icnet_jax.models import ICNet
 
     tensors = load_release(input_path)
@@ -356,8 +356,8 @@ def convert(
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     variables, ignored, absent = release_variables(tensors, template)
     # Recorded for fine-tuning, which refuses BN-folded weights unless BatchNorm statistics are
-    # frozen (icnet_jax.pretrained.check_folded_start).
-    config.bn_folded = bool(pretrained.folded_layers(variables["batch_stats"]))
+    # frozen (icnet_jax.finetune.check_folded_start).
+    config.bn_folded = bool(finetune.folded_layers(variables["batch_stats"]))
     state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
     if verbose:
         count = len(tensors) - len(ignored)
