@@ -9,6 +9,7 @@ from configs import camvid
 from icnet_jax import train_lib
 from icnet_jax.cli import UserError
 from icnet_jax.data import class_stats, datasets
+from icnet_jax.losses import Ohem
 
 
 def test_counts_and_weights_match_their_definitions():
@@ -103,3 +104,13 @@ def test_camvid_counts_are_stored_once_and_reused(shared_data, tmp_path, monkeyp
     config.loss.class_weights = "enet"
     enet = train_lib.loss_class_weights(config)
     np.testing.assert_allclose(enet, class_stats.enet_weights(stats["pixels"]))
+
+
+def test_ohem_options():
+    config = camvid.get_config()
+    assert train_lib.loss_ohem(config) is None
+    config.loss.ohem = True
+    assert train_lib.loss_ohem(config) == Ohem(thresh=0.7, min_kept=100_000)
+    config.loss.ohem_thresh = 1.5
+    with pytest.raises(UserError, match="ohem_thresh"):
+        train_lib.loss_ohem(config)
