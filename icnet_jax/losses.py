@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from icnet_jax.cli import UserError
 from icnet_jax.models.layers import resize_nearest
 
 Array = jax.Array
@@ -30,6 +32,18 @@ class Ohem:
 
     thresh: float = 0.7
     min_kept: int = 100_000
+
+    @classmethod
+    def from_config(cls, loss_config: Any) -> Ohem | None:
+        """Mining as `config.loss` (`ohem`, `ohem_thresh`, `ohem_min_kept`) asks, or None."""
+        if not loss_config.ohem:
+            return None
+        if not 0 < loss_config.ohem_thresh <= 1 or loss_config.ohem_min_kept < 0:
+            raise UserError(
+                "config.loss.ohem_thresh must be in (0, 1] and config.loss.ohem_min_kept >= 0, "
+                f"got {loss_config.ohem_thresh} and {loss_config.ohem_min_kept}"
+            )
+        return cls(thresh=loss_config.ohem_thresh, min_kept=loss_config.ohem_min_kept)
 
 
 def ohem_mask(nll: Array, valid: Array, thresh: float, min_kept: int) -> Array:

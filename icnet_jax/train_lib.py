@@ -158,50 +158,6 @@ def train_step(
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def loss_class_weights(config: ml_collections.ConfigDict) -> np.ndarray | None:
-    """`config.loss.class_weights` as a `[C]` vector: None for '', SegNet's or ENet's weights
-    from the pixel counts of the training split (counted once, stored with the prepared data),
-    or an explicit comma-separated list such as '1,1,4,1,2,2,5,5,1,5,8'."""
-    spec = config.loss.class_weights
-    if isinstance(spec, str) and not spec.strip():
-        return None
-    if isinstance(spec, str) and spec.strip() in class_stats.METHODS:
-        d = config.dataset
-        stats = class_stats.load_or_count(
-            d.name,
-            d.train_split,
-            data_dir=str(pathlib.Path(d.data_dir).expanduser()),
-            manual_dir=d.manual_dir or None,
-            ignore_label=config.ignore_label,
-            **d.builder_kwargs.to_dict(),
-        )
-        return class_stats.class_weights(stats, spec.strip())
-    items = spec.strip("()[] ").split(",") if isinstance(spec, str) else list(spec)
-    try:
-        weights = np.asarray([float(w) for w in items], np.float64)
-    except ValueError:
-        weights = np.asarray([np.nan])
-    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and np.any(weights > 0)):
-        raise UserError(
-            f"config.loss.class_weights={spec!r}: use '' (none), "
-            f"{' or '.join(map(repr, class_stats.METHODS))}, or one non-negative weight per "
-            "class separated by commas"
-        )
-    return weights
-
-
-def loss_ohem(config: ml_collections.ConfigDict) -> Ohem | None:
-    """Online hard pixel mining as `config.loss` asks, or None."""
-    if not config.loss.ohem:
-        return None
-    if not 0 < config.loss.ohem_thresh <= 1 or config.loss.ohem_min_kept < 0:
-        raise UserError(
-            "config.loss.ohem_thresh must be in (0, 1] and config.loss.ohem_min_kept >= 0, got "
-            f"{config.loss.ohem_thresh} and {config.loss.ohem_min_kept}"
-        )
-    return Ohem(thresh=config.loss.ohem_thresh, min_kept=config.loss.ohem_min_kept)
-
-
 def make_train_step(config: ml_collections.ConfigDict, devices=None):
     """The pmapped step: unreplicated state in and out, batch split over `devices` (default: all
     local devices)."""
@@ -211,8 +167,8 @@ def make_train_step(config: ml_collections.ConfigDict, devices=None):
         ignore_label=config.ignore_label,
         align_corners=config.model.align_corners,
         schedule=learning_rate_schedule(config),
-        class_weights=loss_class_weights(config),
-        ohem=loss_ohem(config),
+        class_weights=class_stats.weights_from_config(config),
+        ohem=Ohem.from_config(config.loss),
     )
     return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
 

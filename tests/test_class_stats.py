@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from configs import camvid
-from icnet_jax import train_lib
 from icnet_jax.cli import UserError
 from icnet_jax.data import class_stats, datasets
 from icnet_jax.losses import Ohem
@@ -51,14 +50,14 @@ def test_explicit_and_invalid_class_weights(tmp_path):
     config = camvid.get_config()
     config.loss.class_weights = "(1, 2.5, 0,1,1,1,1,1,1,1,1)"
     np.testing.assert_array_equal(
-        train_lib.loss_class_weights(config), [1, 2.5, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+        class_stats.weights_from_config(config), [1, 2.5, 0, 1, 1, 1, 1, 1, 1, 1, 1]
     )
     for bad in ("median", "1,-1", "0,0", "1,x"):
         config.loss.class_weights = bad
         with pytest.raises(UserError, match="class_weights"):
-            train_lib.loss_class_weights(config)
+            class_stats.weights_from_config(config)
     config.loss.class_weights = ""
-    assert train_lib.loss_class_weights(config) is None
+    assert class_stats.weights_from_config(config) is None
 
 
 def test_camvid_cross_sequence_splits(shared_data, tmp_path):
@@ -86,7 +85,7 @@ def test_camvid_cross_sequence_splits(shared_data, tmp_path):
 def test_camvid_counts_are_stored_once_and_reused(shared_data, tmp_path, monkeypatch):
     config = camvid_config(shared_data, tmp_path, class_weights="median_frequency")
     config.dataset.train_split = "train[-0006R0]"
-    weights = train_lib.loss_class_weights(config)
+    weights = class_stats.weights_from_config(config)
     (stored,) = (tmp_path / "tfds").rglob("class_counts-*.json")
     stats = json.loads(stored.read_text())
     assert stats["split"] == "train[-0006R0]" and stats["num_images"] == 266
@@ -102,15 +101,15 @@ def test_camvid_counts_are_stored_once_and_reused(shared_data, tmp_path, monkeyp
 
     monkeypatch.setattr(class_stats, "count_pixels", no_recount)
     config.loss.class_weights = "enet"
-    enet = train_lib.loss_class_weights(config)
+    enet = class_stats.weights_from_config(config)
     np.testing.assert_allclose(enet, class_stats.enet_weights(stats["pixels"]))
 
 
 def test_ohem_options():
     config = camvid.get_config()
-    assert train_lib.loss_ohem(config) is None
+    assert Ohem.from_config(config.loss) is None
     config.loss.ohem = True
-    assert train_lib.loss_ohem(config) == Ohem(thresh=0.7, min_kept=100_000)
+    assert Ohem.from_config(config.loss) == Ohem(thresh=0.7, min_kept=100_000)
     config.loss.ohem_thresh = 1.5
     with pytest.raises(UserError, match="ohem_thresh"):
-        train_lib.loss_ohem(config)
+        Ohem.from_config(config.loss)

@@ -131,3 +131,35 @@ def class_weights(stats: dict[str, Any], method: str) -> np.ndarray:
         f"config.loss.class_weights={method!r}: use '' (none), one of {', '.join(METHODS)}, "
         "or a list with one weight per class"
     )
+
+
+def weights_from_config(config: Any) -> np.ndarray | None:
+    """`config.loss.class_weights` as a `[C]` vector: None for '', SegNet's or ENet's weights
+    from the pixel counts of the training split (counted once, stored with the prepared data),
+    or an explicit comma-separated list such as '1,1,4,1,2,2,5,5,1,5,8'."""
+    spec = config.loss.class_weights
+    if isinstance(spec, str) and not spec.strip():
+        return None
+    if isinstance(spec, str) and spec.strip() in METHODS:
+        d = config.dataset
+        stats = load_or_count(
+            d.name,
+            d.train_split,
+            data_dir=str(pathlib.Path(d.data_dir).expanduser()),
+            manual_dir=d.manual_dir or None,
+            ignore_label=config.ignore_label,
+            **d.builder_kwargs.to_dict(),
+        )
+        return class_weights(stats, spec.strip())
+    items = spec.strip("()[] ").split(",") if isinstance(spec, str) else list(spec)
+    try:
+        weights = np.asarray([float(w) for w in items], np.float64)
+    except ValueError:
+        weights = np.asarray([np.nan])
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and np.any(weights > 0)):
+        raise UserError(
+            f"config.loss.class_weights={spec!r}: use '' (none), "
+            f"{' or '.join(map(repr, METHODS))}, or one non-negative weight per "
+            "class separated by commas"
+        )
+    return weights
