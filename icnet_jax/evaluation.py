@@ -14,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import cli, eval_lib, inference, visualize
+from icnet_jax import cli, eval_lib, inference, train_lib, visualize
+from icnet_jax import state as state_lib
 from icnet_jax.data import pipeline
 from icnet_jax.image_io import write_png
 from icnet_jax.region_analysis import RegionAccuracy
@@ -77,13 +78,13 @@ def evaluate(
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
     cli.check_writable(out, "evaluation output")
     if source is None:
-        source, info = inference.data_source(cfg, split)
+        source, info = train_lib.data_source(cfg, split)
     if info.num_classes != loaded.num_classes:
         raise cli.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
             f"{loaded.num_classes}: is --config the dataset the checkpoint was trained on?"
         )
-    model = inference.inference_model(cfg, loaded.num_classes)
+    model = state_lib.inference_model(cfg, loaded.num_classes)
     branches = eval_lib.branch_names(model)
     scales = tuple(float(s) for s in scales)
     eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None

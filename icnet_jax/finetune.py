@@ -33,6 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from icnet_jax import checkpoints, cli
+from icnet_jax import state as state_lib
 from icnet_jax.cli import UserError
 from icnet_jax.models.layers import BN_EPSILON
 
@@ -107,15 +108,14 @@ def restore_checkpoint(
       `(state, config_dict, num_classes, step)`: the restored `TrainState` (arrays on one local
       device), the checkpoint's resolved config, its number of classes, the step.
     """
-    from icnet_jax import train_lib  # train_lib imports the data pipeline: import lazily
 
     def make_abstract(saved: dict, num_classes: int):
         config = _to_config(saved)
-        model = train_lib.create_model(config, num_classes)
-        tx = train_lib.create_optimizer(config)
+        model = state_lib.create_model(config, num_classes)
+        tx = state_lib.create_optimizer(config)
         abstract = jax.eval_shape(
             functools.partial(
-                train_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)
+                state_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)
             ),
             jax.random.PRNGKey(0),
         )
@@ -247,14 +247,6 @@ def load_pretrained(
 # BN-folded weights train only with frozen BatchNorm statistics (README "Pretrained starts").
 
 FREEZE_FLAG = "--config.model.freeze_bn_stats=True"
-
-
-def bn_affine_mask(params: Mapping[str, Any]) -> Any:
-    """True for BatchNorm's scale and offset (leaves under a `bn` module), False elsewhere: the
-    parameters `config.optim.freeze_bn_affine` keeps fixed."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(getattr(k, "key", None) == "bn" for k in path), params
-    )
 
 
 def folded_layers(batch_stats: Mapping[str, Any]) -> list[str]:

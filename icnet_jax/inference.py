@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import checkpoints, train_lib
+from icnet_jax import checkpoints
+from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 
 Array = jax.Array
@@ -170,7 +171,7 @@ class LoadedCheckpoint:
 
 def _abstract_state(config: ml_collections.ConfigDict, saved: Mapping[str, Any], num_classes):
     """The restore target of a saved TrainState for the (merged) config's model."""
-    model = train_lib.create_model(config, num_classes)
+    model = state_lib.create_model(config, num_classes)
     # The optimiser state is restored too (it is part of the saved TrainState): its structure
     # follows the optimiser settings the checkpoint was trained with.
     optim_config = ml_collections.ConfigDict(config.to_dict())
@@ -178,10 +179,10 @@ def _abstract_state(config: ml_collections.ConfigDict, saved: Mapping[str, Any],
         optim_config.optim = ml_collections.ConfigDict(_tuples(saved["optim"]))
     if "num_steps" in saved:
         optim_config.num_steps = saved["num_steps"]
-    tx = train_lib.create_optimizer(optim_config)
+    tx = state_lib.create_optimizer(optim_config)
     return jax.eval_shape(
         functools.partial(
-            train_lib.create_train_state,
+            state_lib.create_train_state,
             model=model,
             tx=tx,
             image_size=tuple(config.input.crop_size),
@@ -244,10 +245,6 @@ def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
             num_classes,
         )
     return L.custom_info(name or "unknown", [f"class_{i}" for i in range(num_classes)])
-
-
-data_source = train_lib.data_source
-inference_model = train_lib.inference_model
 
 
 def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool):

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from icnet_jax import cli, image_io, inference, test_time, visualize
+from icnet_jax import state as state_lib
 from icnet_jax.data.augment import normalize
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
@@ -92,7 +93,7 @@ class Segmenter:
         cfg = loaded.config
         self.config = cfg
         self.variables = loaded.variables
-        model = inference.inference_model(cfg, loaded.num_classes, branch)
+        model = state_lib.inference_model(cfg, loaded.num_classes, branch)
         eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._predict = test_time.make_predict_fn(
             model,

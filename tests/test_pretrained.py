@@ -21,6 +21,7 @@ from icnet_jax import finetune, pretrained, train_lib, weight_files
 from icnet_jax.cli import UserError
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.layers import BN_EPSILON, avg_pool_ceil, max_pool_floor, resize_bilinear
+from icnet_jax.state import bn_affine_mask
 from icnet_jax.tools import convert_weights as cw
 from tests.test_convert_weights import folded_params, nest, random_release
 
@@ -204,7 +205,7 @@ def test_a_frozen_step_keeps_statistics_and_frozen_affine_keeps_bn_parameters(tm
     new, _ = jax.device_get(step(state, train_lib.shard(batch, 2)))
     old = jax.device_get(state)
     jax.tree.map(np.testing.assert_array_equal, new.batch_stats, old.batch_stats)
-    mask = traverse_util.flatten_dict(finetune.bn_affine_mask(old.params))
+    mask = traverse_util.flatten_dict(bn_affine_mask(old.params))
     before, after = traverse_util.flatten_dict(old.params), traverse_util.flatten_dict(new.params)
     assert {k[-1] for k, is_bn in mask.items() if is_bn} == {"scale", "bias"}
     assert all(k[-2] == "bn" for k, is_bn in mask.items() if is_bn)

@@ -297,17 +297,18 @@ def write_training_checkpoint(
     import jax
     import jax.numpy as jnp
 
-    from icnet_jax import checkpoints, train_lib
+    from icnet_jax import checkpoints
+    from icnet_jax import state as state_lib
 
     output = pathlib.Path(output)
     existing = output / "checkpoints"
     if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
         raise OutputExistsError(f"{existing} already holds checkpoints; choose another --output")
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
+    model = state_lib.create_model(config, num_classes)
+    tx = state_lib.create_optimizer(config)
     # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
     init = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32))
-    fresh = train_lib.TrainState.create(
+    fresh = state_lib.TrainState.create(
         apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
     )
     params = merge_into(jax.device_get(fresh.params), variables.get("params", {}))

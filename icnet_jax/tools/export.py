@@ -49,13 +49,13 @@ def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any,
     """`(apply(variables, images), variables, config_dict)` of a checkpoint's ICNet / PSPNet."""
     import ml_collections
 
-    from icnet_jax import train_lib
+    from icnet_jax import state as state_lib
     from icnet_jax.finetune import restore_checkpoint
     from icnet_jax.models import fold_batchnorm
 
     state, config_dict, num_classes, _ = restore_checkpoint(checkpoint)
     config = ml_collections.ConfigDict(config_dict)
-    model = train_lib.create_model(config, num_classes, fold_bn=fold_bn)
+    model = state_lib.create_model(config, num_classes, fold_bn=fold_bn)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if fold_bn:
         variables = fold_batchnorm(variables)

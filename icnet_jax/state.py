@@ -1,0 +1,108 @@
+"""The model, optimiser and train state that a config describes (training, fine-tuning, evaluation
+and prediction build them here; nothing here reads data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from icnet_jax.models import ICNet, PSPNet
+
+Array = jax.Array
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+def create_model(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    *,
+    axis_name: str | None = None,
+    **overrides,
+) -> nn.Module:
+    """ICNet or PSPNet as `config.model` describes (`overrides` replace attributes)."""
+    m = config.model
+    common = dict(
+        num_classes=num_classes,
+        width=m.width,
+        align_corners=m.align_corners,
+        bn_momentum=m.bn_momentum,
+        axis_name=axis_name,
+        dtype=jnp.dtype(m.dtype),
+        # .get: configs saved before these switches existed describe the release's trunk.
+        freeze_bn_stats=m.get("freeze_bn_stats", False),
+        stem=m.get("stem", "release"),
+        stride_on=m.get("stride_on", "1x1"),
+        shortcut=m.get("shortcut", "conv"),
+    )
+    if m.name == "icnet":
+        model = ICNet(branch=m.branch, cff_upsampling=m.cff_upsampling, **common)
+    elif m.name == "pspnet":
+        model = PSPNet(output_stride=m.output_stride, **common)
+    else:
+        raise ValueError(f"config.model.name must be 'icnet' or 'pspnet', got {m.name!r}")
+    return model.clone(**overrides)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """'poly': lr (1 - step / num_steps) ** power."""
+    return optax.polynomial_schedule(
+        init_value=config.optim.lr,
+        end_value=0.0,
+        power=config.optim.power,
+        transition_steps=config.num_steps,
+    )
+
+
+def bn_affine_mask(params: Mapping[str, Any]) -> Any:
+    """True for BatchNorm's scale and offset (leaves under a `bn` module), False elsewhere: the
+    parameters `config.optim.freeze_bn_affine` keeps fixed."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "bn" for k in path), params
+    )
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum; weight decay (added to the gradient, as in Caffe) on kernels only."""
+
+    def kernels(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+    tx = optax.chain(
+        optax.add_decayed_weights(config.optim.weight_decay, mask=kernels),
+        optax.sgd(learning_rate_schedule(config), momentum=config.optim.momentum),
+    )
+    if config.optim.get("freeze_bn_affine", False):  # BatchNorm scales and offsets stay put
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), bn_affine_mask))
+    return tx
+
+
+def create_train_state(
+    rng: Array, model: nn.Module, tx: optax.GradientTransformation, image_size: tuple[int, int]
+) -> TrainState:
+    variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_size, 3), jnp.float32))
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    # An array step from the start: a Python int would retrace the step after the first update.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def inference_model(
+    config: ml_collections.ConfigDict, num_classes: int, branch: str = "all"
+) -> nn.Module:
+    """The config's model giving `branch` ('all': every ICNet branch; ignored for PSPNet)."""
+    overrides = {"branch": branch} if config.model.name == "icnet" else {}
+    return create_model(config, num_classes, **overrides)
