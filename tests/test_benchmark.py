@@ -1,8 +1,11 @@
-"""benchmark.py and icnet_jax.profiling on tiny models (no wall-clock assertions)."""
+"""benchmark.py, icnet_jax.benchmarking and icnet_jax.profiling on tiny models (no wall-clock
+assertions)."""
 
+import dataclasses
 import json
 import math
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -10,24 +13,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icnet_jax import profiling
+from icnet_jax import benchmarking, profiling
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import benchmark  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = benchmarking.Options(
+    height=65, width=129, width_scale=0.125, runs=2, warmup=1, progress=False
+)
+TINY_FLAGS = ["--height=65", "--width=129", "--width_scale=0.125", "--runs=2", "--warmup=1"]
 
-TINY = [
-    "--height",
-    "65",
-    "--width",
-    "129",
-    "--width-scale",
-    "0.125",
-    "--runs",
-    "2",
-    "--warmup",
-    "1",
-    "--no-progress",
-]
+
+def run_script(*flags):
+    return subprocess.run(
+        [sys.executable, "benchmark.py", *TINY_FLAGS, "--noprogress", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
 
 
 def test_xla_flops_of_matmul_is_2mnk():
@@ -71,22 +70,22 @@ def test_memory_helpers():
 
 
 def test_expand_models():
-    assert benchmark.expand_models(["all"]) == list(benchmark.MODELS)
-    assert benchmark.expand_models(["icnet", "icnet_sub4", "pspnet50_half"]) == [
+    assert benchmarking.expand_models(["all"]) == list(benchmarking.MODELS)
+    assert benchmarking.expand_models(["icnet", "icnet_sub4", "pspnet50_half"]) == [
         "icnet_sub4",
         "icnet_sub24",
         "icnet_sub124",
         "pspnet50_half",
     ]
     with pytest.raises(ValueError):
-        benchmark.expand_models(["resnet"])
+        benchmarking.expand_models(["resnet"])
 
 
 def test_add_ratios_against_half_width_pspnet():
     def result(model, dtype, ms, mem):
         return {"model": model, "dtype": dtype, "time_ms": {"median": ms}, "memory_bytes": mem}
 
-    results = benchmark.add_ratios(
+    results = benchmarking.add_ratios(
         [
             result("icnet_sub124", "float32", 50.0, 100),
             result("pspnet50_half", "float32", 500.0, 400),
@@ -102,10 +101,11 @@ def test_add_ratios_against_half_width_pspnet():
     assert results[3]["speedup"] is None and results[3]["memory_ratio"] is None
 
 
-def test_script_json_schema(tmp_path, capsys):
+def test_script_json_schema(tmp_path):
     out = tmp_path / "bench.json"
-    benchmark.main([*TINY, "--models", "icnet_sub124", "pspnet50_half", f"--json={out}"])
-    printed = capsys.readouterr().out
+    proc = run_script("--models=icnet_sub124,pspnet50_half", f"--json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout
     assert "icnet_sub124" in printed and "Speedup" in printed and "device:" in printed
     doc = json.loads(out.read_text())
 
@@ -140,16 +140,27 @@ def test_script_json_schema(tmp_path, capsys):
 
 
 def test_bfloat16_and_unfolded_run():
-    doc = benchmark.main([*TINY, "--models", "icnet_sub4", "--dtype", "bfloat16", "--no-fold-bn"])
+    options = dataclasses.replace(TINY, models=["icnet_sub4"], dtypes=["bfloat16"], fold_bn=False)
+    doc = benchmarking.measure(options)
     (r,) = doc["results"]
     assert r["dtype"] == "bfloat16" and doc["config"]["fold_bn"] is False
     assert r["speedup"] is None  # no baseline in the run
 
 
-def test_memory_probe_prints_peak_json(capsys):
-    # What the fresh subprocess of `--memory measured` runs; CPU has no memory stats (null).
-    benchmark.main([*TINY, "--models", "icnet_sub4", "--memory-probe", "icnet_sub4"])
-    probe = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    peak = probe["peak_bytes"]
+def test_memory_probe_subprocess_prints_peak_json():
+    # What the fresh subprocess of `--memory=measured` runs; CPU has no memory stats (null).
+    argv = benchmarking.probe_argv(TINY, "icnet_sub4", "float32")
+    peak = profiling.run_json_subprocess(argv, timeout_s=600)["peak_bytes"]
     expected = profiling.peak_memory_bytes(jax.devices()[0])
     assert (peak is None) == (expected is None)
+
+
+@pytest.mark.parametrize(
+    "flag", ["--models=nonexistent", "--batch=0", "--dtype=float64", "--min-runs=3"]
+)
+def test_bad_flag_is_one_error_line_exit_2(flag):
+    proc = run_script(flag)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
