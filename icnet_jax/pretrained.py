@@ -39,7 +39,7 @@ from flax import traverse_util
 from icnet_jax.cli import UserError
 from icnet_jax.finetune import check_folded_start
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
-from icnet_jax.weight_files import read_weights
+from icnet_jax.weight_files import mismatch_summary, read_weights
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has
@@ -301,17 +301,9 @@ def trunk_variables(
             continue
         skipped.setdefault(reason, []).append(name)
     if missing or extra or misshaped:
-        parts = [
-            f"{len(items)} {title}: " + "; ".join(items)
-            for title, items in (
-                ("missing", missing),
-                ("unexpected", extra),
-                ("wrong shape", misshaped),
-            )
-            if items
-        ]
         raise UserError(
-            f"{path}: does not fit a ResNet-50 trunk ({source.name}): " + ", ".join(parts)
+            f"{path}: does not fit a ResNet-50 trunk ({source.name}): "
+            + mismatch_summary(missing, extra, misshaped)
         )
     merged = {}
     for collection, tree in (("params", params), ("batch_stats", stats)):

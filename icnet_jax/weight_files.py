@@ -27,6 +27,13 @@ class WeightsError(ValueError, cli.UserError):
     """The weights file is unreadable or does not match the model the config describes."""
 
 
+def mismatch_summary(missing: list[str], extra: list[str], misshaped: list[str]) -> str:
+    """'2 missing: a, b; 1 wrong shape: c [3, 3]': the tensors of a file that do not fit a model."""
+    groups = (("missing", missing), ("unexpected", extra), ("wrong shape", misshaped))
+    parts = (f"{len(items)} {title}: " + ", ".join(items) for title, items in groups if items)
+    return "; ".join(parts)
+
+
 def flatten_tensors(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """`{layer: {param: array}}` or `{'layer/param': array}` -> `{'layer/param': array}`."""
     out = {}

@@ -41,7 +41,12 @@ import numpy as np
 from icnet_jax import cli
 from icnet_jax.data import labels as L
 from icnet_jax.models.layers import BN_EPSILON
-from icnet_jax.weight_files import WeightsError, flatten_tensors, load_release  # noqa: F401
+from icnet_jax.weight_files import (  # noqa: F401 - WeightsError, load_release: this tool's API
+    WeightsError,
+    flatten_tensors,
+    load_release,
+    mismatch_summary,
+)
 
 
 class OutputExistsError(FileExistsError, cli.UserError):
@@ -195,16 +200,10 @@ def release_variables(
             )
     extra = sorted(f"{n} {list(np.shape(tensors[n]))}" for n in tensors if n not in used)
     if missing or extra or misshaped:
-        parts = [
-            f"{len(items)} {title}: " + ", ".join(items)
-            for title, items in (
-                ("missing", missing),
-                ("unexpected", extra),
-                ("wrong shape", misshaped),
-            )
-            if items
-        ]
-        raise WeightsError("the weights do not match the ICNet release: " + "; ".join(parts))
+        raise WeightsError(
+            "the weights do not match the ICNet release: "
+            + mismatch_summary(missing, extra, misshaped)
+        )
     return {"params": params, "batch_stats": stats}, ignored, absent
 
 
