@@ -19,6 +19,7 @@ from PIL import Image
 
 from configs import quickstart
 from icnet_jax import checkpoints, eval_lib, evaluation, inference, test_time, train_lib
+from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
 from icnet_jax.image_io import read_image
@@ -165,7 +166,7 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
     workdir, _ = checkpoint
     # The checkpoint's classifier has 9 classes; this model and dataset have 3.
     monkeypatch.setattr(checkpoints, "restore", restore_as_three_classes)
-    monkeypatch.setattr(inference, "inference_model", lambda config, n, branch="all": OneHotModel())
+    monkeypatch.setattr(state_lib, "inference_model", lambda config, n, branch="all": OneHotModel())
     out = tmp_path / "out"
     summary = evaluation.evaluate(
         command_line_config(), workdir, workdir=out, split="val", flip=flip, scales=scales,

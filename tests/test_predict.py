@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from icnet_jax import image_io, inference, prediction
+from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 from tests.checkpoint_fakes import NUM_CLASSES
 
@@ -97,7 +98,7 @@ def check_outputs(out, sizes, printed, inputs=None):
 
 def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkeypatch):
     """Every kind of input, with a stand-in network (fast): files, sizes and exact labels."""
-    monkeypatch.setattr(inference, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
