@@ -85,14 +85,14 @@ def _to_config(config: Mapping | ml_collections.ConfigDict) -> ml_collections.Co
     return ml_collections.ConfigDict(dict(config))
 
 
-def _plain(tree: Any) -> Any:
+def plain_dict(tree: Any) -> Any:
     """Nested mappings (orbax metadata trees, FrozenDicts, TrainStates) as plain dicts."""
     if hasattr(tree, "tree"):  # orbax TreeMetadata
         tree = tree.tree
     if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
         tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
     if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
+        return {k: plain_dict(v) for k, v in tree.items()}
     return tree
 
 
@@ -165,8 +165,8 @@ def merge_variables(
     Returns the merged variables and `{'loaded', 'reinitialised', 'missing', 'unused'}` path lists.
     Raises ValueError naming every non-classifier tensor whose shape differs.
     """
-    flat_target = traverse_util.flatten_dict(_plain(target))
-    flat_source = traverse_util.flatten_dict(_plain(source))
+    flat_target = traverse_util.flatten_dict(plain_dict(target))
+    flat_source = traverse_util.flatten_dict(plain_dict(source))
     merged, report, errors = (
         {},
         {"loaded": [], "reinitialised": [], "missing": [], "unused": []},
@@ -253,7 +253,7 @@ def folded_layers(batch_stats: Mapping[str, Any]) -> list[str]:
     """Layers whose BatchNorm holds the placeholder statistics of BN-folded weights (mean 0,
     variance 1 - eps, exactly in float32), '/'-joined. A fresh initialisation has variance 1."""
     placeholder = np.float32(1.0 - BN_EPSILON)
-    flat = traverse_util.flatten_dict(_plain(batch_stats))
+    flat = traverse_util.flatten_dict(plain_dict(batch_stats))
     out = []
     for path, mean in flat.items():
         if path[-1] != "mean":

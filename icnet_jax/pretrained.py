@@ -34,10 +34,9 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from flax import traverse_util
 
 from icnet_jax.cli import UserError
-from icnet_jax.finetune import check_folded_start
+from icnet_jax.finetune import check_folded_start, merge_variables, plain_dict
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
 from icnet_jax.weight_files import mismatch_summary, read_weights
 
@@ -273,7 +272,7 @@ def trunk_variables(
             f"{path}: {source.name} needs the trunk {source.trunk._asdict()}, the model has "
             f"{trunk._asdict()}"
         )
-    params, stats = _plain(variables["params"]), _plain(variables.get("batch_stats", {}))
+    params, stats = plain_dict(variables["params"]), plain_dict(variables.get("batch_stats", {}))
     layers = trunk_layers(params, trunk)
     try:
         if source.stem_names:
@@ -305,13 +304,7 @@ def trunk_variables(
             f"{path}: does not fit a ResNet-50 trunk ({source.name}): "
             + mismatch_summary(missing, extra, misshaped)
         )
-    merged = {}
-    for collection, tree in (("params", params), ("batch_stats", stats)):
-        flat = traverse_util.flatten_dict(tree)
-        new = traverse_util.flatten_dict(loaded[collection])
-        merged[collection] = traverse_util.unflatten_dict(
-            {k: new.get(k, v) for k, v in flat.items()}
-        )
+    merged, _ = merge_variables({"params": params, "batch_stats": stats}, loaded)
     untouched = sorted({k for k in params if (k,) not in layers and not k.startswith(_BLOCKS)})
     loaded_names = sorted(n for n in used if n in tensors and not n.endswith("num_batches_tracked"))
     report = BackboneReport(str(path), source.name, loaded_names, skipped, untouched)
@@ -357,12 +350,6 @@ def load_backbone(state: Any, path: str | pathlib.Path, config, *, verbose: bool
 # ----------------------------------------------------------------------------------------------
 # Trees
 # ----------------------------------------------------------------------------------------------
-
-
-def _plain(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
-    return tree
 
 
 def _node(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
