@@ -12,7 +12,13 @@ The dataset comes from the command-line config.
 
 Options: `--flip` averages the probabilities with those of the mirrored image,
 `--scales=0.75,1,1.25` over several input scales (of `input.eval_size`, else of the image);
-`--save_predictions=N` writes coloured predictions of this host's first N images.
+`--save_predictions=N` writes coloured predictions of this host's first N images;
+`--submission_dir=DIR` writes every image's prediction in the benchmark server's format
+(Cityscapes: labelIds PNGs `<city>_<seq>_<frame>_leftImg8bit.png`; see icnet_jax/submission.py).
+A split without labelled pixels (Cityscapes' test split) gets predictions and no metrics:
+
+    python evaluate.py --config=configs/cityscapes.py:trainval90k --workdir=DIR --split=test \
+      --submission_dir=DIR/submission && (cd DIR/submission && zip -q ../submission.zip *.png)
 
 Writes to `DIR/eval/<split>/` (DIR: `--workdir`, else the checkpoint's workdir):
 
@@ -46,6 +52,9 @@ flags.DEFINE_string("split", None, "Split to evaluate (default: config.dataset.e
 flags.DEFINE_bool("flip", False, "Average probabilities with the horizontally mirrored image.")
 flags.DEFINE_string("scales", "1.0", "Comma-separated input scales whose probabilities average.")
 flags.DEFINE_integer("save_predictions", 0, "Save coloured predictions of the first N images.")
+flags.DEFINE_string(
+    "submission_dir", None, "Write every prediction in the benchmark server's format here."
+)
 flags.DEFINE_float(
     "region_size_scale", 1.0,
     "Region analysis: factor on region pixel counts before binning (4.0 for half-size labels).",
@@ -76,6 +85,7 @@ def main(argv):
         flip=FLAGS.flip,
         scales=scales,
         save_predictions=FLAGS.save_predictions,
+        submission_dir=FLAGS.submission_dir,
         region_size_scale=FLAGS.region_size_scale,
         command_line_wins=FLAGS.command_line_wins,
         devices=jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None,

@@ -1,6 +1,6 @@
 """Evaluating a checkpoint on a split, writing what `evaluate.py` documents: metrics.json
 (through `eval_lib`, the path training's evaluation takes), per-class IoU and region-accuracy
-plots, coloured predictions."""
+plots, coloured predictions, and predictions in the benchmark server's format (`submission`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from icnet_jax import state as state_lib
 from icnet_jax.data import pipeline
 from icnet_jax.image_io import write_png
 from icnet_jax.region_analysis import RegionAccuracy
+from icnet_jax.submission import SubmissionWriter
 
 
 def prediction_stem(file_name: str, index: int) -> str:
@@ -40,6 +41,7 @@ def evaluate(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
     save_predictions: int = 0,
+    submission_dir: str | pathlib.Path | None = None,
     region_size_scale: float = 1.0,
     command_line_wins: Iterable[str] = (),
     devices: Sequence[jax.Device] | None = None,
@@ -53,6 +55,9 @@ def evaluate(
       config: the command-line config.
       checkpoint: a workdir, checkpoints dir or step dir (default: `workdir`).
       workdir: outputs go to `workdir/eval/<split>` (default: the checkpoint's workdir).
+      submission_dir: where to write every image's prediction (`config.model.branch`) in the
+        dataset's benchmark-server format (`submission.SubmissionWriter`); each host writes its
+        own images.
       source, info: a random-access source and its `DatasetInfo`, instead of preparing
         `config.dataset` (tests, notebooks).
     Returns:
@@ -77,6 +82,8 @@ def evaluate(
         )
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
     cli.check_writable(out, "evaluation output")
+    if submission_dir is not None:
+        cli.check_writable(submission_dir, "--submission_dir")
     if source is None:
         source, info = train_lib.data_source(cfg, split)
     if info.num_classes != loaded.num_classes:
@@ -110,9 +117,12 @@ def evaluate(
     )
     saved_branch = cfg.model.branch if cfg.model.branch in branches else branches[-1]
     saved: list[str] = []
+    submission = SubmissionWriter(info.name, submission_dir) if submission_dir else None
 
     def on_prediction(example: Mapping[str, Any], predictions: dict[str, np.ndarray]) -> None:
         region.update(example["label"], predictions)
+        if submission is not None:
+            submission.write(example.get("file_name", "<unnamed>"), predictions[saved_branch])
         if main and len(saved) < save_predictions:
             stem = prediction_stem(example.get("file_name", "<unnamed>"), region.num_images - 1)
             image = inference.denormalize(
@@ -152,7 +162,9 @@ def evaluate(
         from_checkpoint={s.key: s.value for s in loaded.settings},
     )
     region_result = {"step": loaded.step, "split": split, **region.result()}
-    if main:
+    # Cityscapes' test labels are withheld (all ignore): its metrics would be NaN, not written.
+    labelled = any(r["num_pixels"] for r in results.values())
+    if main and labelled:
         eval_lib.write_metrics(out, summary)
         (out / "region_accuracy.json").write_text(json.dumps(region_result, indent=1))
         visualize.plot_region_accuracy(
@@ -174,9 +186,17 @@ def evaluate(
             f"region accuracy over {region_result['num_regions']} regions: "
             + ", ".join(f"{b} {100 * v:.2f}" for b, v in overall.items() if v is not None)
         )
+    if main:
+        if not labelled:
+            print(f"{split} has no labelled pixels (as Cityscapes' test split): no metrics")
         rate = region.num_images / max(seconds, 1e-9)
         print(f"{region.num_images} images in {seconds:.1f}s ({rate:.2f} images/s, compilation "
               f"included); outputs in {out}")  # fmt: skip
         if saved:
             print(f"{len(saved)} predictions ({saved_branch}) in {out / 'predictions'}")
+    if submission is not None:
+        print(
+            f"{len(submission.written)} predictions ({saved_branch}, {submission.label_encoding}) "
+            f"in {submission_dir}" + (": zip its contents to submit" * (info.name == "cityscapes"))
+        )
     return {**summary, "region_accuracy": region_result, "output_dir": str(out)}

@@ -143,6 +143,11 @@ CITYSCAPES_LABEL_TO_TRAIN_ID = {
     33: 18, -1: -1,
 }  # fmt: skip
 CITYSCAPES_TABLE = lookup_table(CITYSCAPES_LABEL_TO_TRAIN_ID)
+# trainId -> labelId, what the benchmark server and cityscapesScripts' evaluation read.
+CITYSCAPES_TRAIN_TO_LABEL_ID = np.array(
+    sorted((t, i) for i, t in CITYSCAPES_LABEL_TO_TRAIN_ID.items() if 0 <= t < IGNORE_LABEL),
+    dtype=np.uint8,
+)[:, 1]
 
 # --- CamVid ----------------------------------------------------------------------------------
 

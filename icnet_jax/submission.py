@@ -1,0 +1,65 @@
+"""Predictions in a benchmark server's format (`evaluate.py --submission_dir=DIR`).
+
+Cityscapes (https://www.cityscapes-dataset.com/submit/): one 8-bit PNG per image holding
+*labelIds* (7 = road ... 33 = bicycle, not the train ids the model predicts), at the image's own
+resolution, named `<city>_<sequence>_<frame>*.png`. We write
+`DIR/<city>_<sequence>_<frame>_leftImg8bit.png` in one flat folder; zipping the folder's contents
+gives the file to upload. `cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling` reads the
+same folder (`CITYSCAPES_RESULTS=DIR`), which is how the tests check agreement with our metrics.
+
+Other datasets have no server: their PNGs hold train ids, named after the image's file name.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+
+from icnet_jax.cli import UserError
+from icnet_jax.data import labels as L
+from icnet_jax.image_io import write_png
+
+# The stem cityscapesScripts matches a prediction to its ground truth by.
+_CITYSCAPES_STEM = re.compile(r"^([A-Za-z-]+)_(\d+)_(\d+)$")
+
+
+class SubmissionWriter:
+    """Writes one label PNG per image into `out_dir`, in `dataset`'s server format."""
+
+    def __init__(self, dataset: str, out_dir: str | pathlib.Path):
+        self.dataset = dataset
+        self.out_dir = pathlib.Path(out_dir)
+        self.written: dict[str, str] = {}  # output name -> the example it came from
+
+    @property
+    def label_encoding(self) -> str:
+        return "labelIds" if self.dataset == "cityscapes" else "train ids"
+
+    def output_name(self, file_name: str) -> str:
+        """`'test/berlin/berlin_000000_000019'` -> `'berlin_000000_000019_leftImg8bit.png'`."""
+        stem = pathlib.PurePosixPath(file_name.replace("\\", "/")).name
+        if self.dataset != "cityscapes":
+            return f"{pathlib.PurePosixPath(stem).stem}.png"
+        if not _CITYSCAPES_STEM.match(stem):
+            raise UserError(
+                f"example {file_name!r}: not a Cityscapes name <city>_<sequence>_<frame>, which "
+                "the server matches predictions by; prepare the data from the official "
+                "leftImg8bit/ folders or zip"
+            )
+        return f"{stem}_leftImg8bit.png"
+
+    def write(self, file_name: str, prediction: np.ndarray) -> pathlib.Path:
+        """Writes `prediction` (train ids `[H, W]`) for the example named `file_name`."""
+        name = self.output_name(file_name)
+        if name in self.written:
+            raise UserError(
+                f"examples {self.written[name]!r} and {file_name!r} would both be written as "
+                f"{self.out_dir / name}: their file names must differ"
+            )
+        self.written[name] = file_name
+        ids = np.asarray(prediction)
+        if self.dataset == "cityscapes":
+            ids = L.CITYSCAPES_TRAIN_TO_LABEL_ID[ids]
+        return write_png(self.out_dir / name, ids)
