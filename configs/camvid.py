@@ -1,7 +1,8 @@
 """ICNet on CamVid (SegNet layout, 360x480, 11 classes): 10K steps as in the paper.
 
 `--config=configs/camvid.py:cpu` is the from-scratch recipe for a small machine measured in the
-README's CamVid section (its ablation table chose the options).
+README's CamVid section (its ablation table chose the options); `:cpu+compress_full` and
+`:cpu+compress_half` run the compression recipe (README, "Pretrained starts") at that scale.
 """
 
 from icnet_jax import config as default
@@ -29,6 +30,4 @@ def get_config(variant: str | None = None):
     config.input.crop_size = (353, 481)  # the 360x480 frame less 7 rows
     config.dataset.builder_kwargs.config = "segnet"  # or "original" (720x960, 32 colours)
     config.dataset.builder_kwargs.on_bad_file = "error"  # or "skip" (counted, logged)
-    if variant == "cpu":
-        return default.override(config, CPU)
-    return default.apply_variant(config, variant)
+    return default.apply_variant(config, variant, {"cpu": CPU})

@@ -6,15 +6,31 @@ installed (`pip install -e .`) from any directory. Every field can be overridden
 line, e.g. `--config.batch_size=8`.
 """
 
+from collections.abc import Mapping
+
 import ml_collections
 
 # ImageNet mean in RGB order, on the 0-255 scale (the release subtracts it, BGR, no scaling).
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+# What the PyTorch libraries' ImageNet weights expect: RGB minus this mean, divided by this std.
+TORCH_MEAN, TORCH_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 # PSPNet50 at full width with its auxiliary head on conv4 (weight 0.4, as in PSPNet).
 _PSPNET50 = {"model.name": "pspnet", "model.width": 1.0, "loss_weights": {"psp": 1.0, "aux": 0.4}}
 
-# Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`.
+# The paper's compression recipe (Sec. 5.2) from a torchvision / timm `resnet50` trunk: train at
+# full width (`config.init_backbone=FILE`), `tools.prune --keep=0.5`, fine-tune the half width
+# (`config.init_checkpoint=PRUNED`). Both stages keep the trunk's architecture and input.
+_TORCH_TRUNK = {
+    "model.stem": "resnet",
+    "model.stride_on": "3x3",
+    "input.bgr": False,
+    "input.mean": TORCH_MEAN,
+    "input.std": TORCH_STD,
+}
+
+# Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`; join several
+# with '+' (`configs/camvid.py:cpu+compress_full`), applied left to right.
 VARIANTS = {
     "sub4": {"model.branch": "sub4"},
     "sub24": {"model.branch": "sub24"},
@@ -30,6 +46,8 @@ VARIANTS = {
     "pspnet50_os16": {**_PSPNET50, "model.output_stride": 16},
     "pspnet50_os32": {**_PSPNET50, "model.output_stride": 32},
     "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
+    "compress_full": {**_TORCH_TRUNK, "model.width": 1.0},
+    "compress_half": {**_TORCH_TRUNK, "model.width": 0.5},
 }
 
 
@@ -118,10 +136,18 @@ def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections
     return config
 
 
-def apply_variant(config: ml_collections.ConfigDict, variant: str | None):
-    """Applies a named variant of `VARIANTS` (dotted keys) to `config`."""
-    if not variant:
-        return config
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
-    return override(config, VARIANTS[variant])
+def apply_variant(
+    config: ml_collections.ConfigDict,
+    variant: str | None,
+    extra: Mapping[str, dict] | None = None,
+) -> ml_collections.ConfigDict:
+    """Applies named variants (`'a'` or `'a+b'`, left to right) of `VARIANTS` and of a config
+    file's own `extra` ones (dotted keys) to `config`."""
+    known = {**VARIANTS, **(extra or {})}
+    for name in (variant or "").split("+"):
+        if not name:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown variant {name!r}; known: {', '.join(sorted(known))}")
+        override(config, known[name])
+    return config

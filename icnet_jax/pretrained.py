@@ -36,6 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from icnet_jax.cli import UserError
+from icnet_jax.config import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
 from icnet_jax.finetune import check_folded_start, merge_variables, plain_dict
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
 from icnet_jax.weight_files import mismatch_summary, read_weights
@@ -45,9 +46,8 @@ from icnet_jax.weight_files import mismatch_summary, read_weights
 # ----------------------------------------------------------------------------------------------
 
 # Preprocessing of the PyTorch libraries' ImageNet weights (RGB, 0-255 scale) and of the Caffe
-# release (BGR, minus the mean, no scaling; configs/default.py IMAGENET_MEAN_RGB).
-TORCH_MEAN, TORCH_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-CAFFE_MEAN, CAFFE_STD = (123.68, 116.779, 103.939), (1.0, 1.0, 1.0)
+# release (BGR, minus the mean, no scaling).
+CAFFE_MEAN, CAFFE_STD = IMAGENET_MEAN_RGB, (1.0, 1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

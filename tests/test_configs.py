@@ -71,3 +71,14 @@ def test_camvid_cpu_recipe():
     assert config.dataset.name == "camvid" and config.loss.ohem
     assert config.batch_size * config.num_steps <= 12_000  # the image budget
     assert all((s - 1) % 8 == 0 for s in config.input.crop_size)
+
+
+def test_variants_join_with_a_plus_left_to_right():
+    config = importlib.import_module("configs.camvid").get_config("cpu+compress_full")
+    assert config.batch_size == 8 and tuple(config.input.crop_size) == (225, 321)
+    assert config.model.width == 1.0 and config.model.stem == "resnet"
+    assert not config.input.bgr and tuple(config.input.std) == default.TORCH_STD
+    half = importlib.import_module("configs.cityscapes").get_config("trainval90k+compress_half")
+    assert half.num_steps == 90_000 and half.model.width == 0.5 and half.model.stride_on == "3x3"
+    with pytest.raises(ValueError, match="unknown variant 'nope'; known: .*trainval90k"):
+        importlib.import_module("configs.cityscapes").get_config("trainval90k+nope")

@@ -4,8 +4,6 @@ switches, the safetensors and .npy readers and the name mapping of ImageNet ResN
 (The comparison against the libraries' own forward passes is tests/test_pretrained_torch.py.)
 """
 
-import json
-import struct
 import sys
 
 import jax
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from benchmarks.standin_resnet50 import torchvision_resnet50, write_safetensors
 from configs import cityscapes, quickstart
 from icnet_jax import config as default
 from icnet_jax import finetune, pretrained, train_lib, weight_files
@@ -25,11 +24,7 @@ from icnet_jax.state import bn_affine_mask
 from icnet_jax.tools import convert_weights as cw
 from tests.test_convert_weights import folded_params, nest, random_release
 
-TORCH_INPUT = {
-    "input.bgr": False,
-    "input.mean": (123.675, 116.28, 103.53),
-    "input.std": (58.395, 57.12, 57.375),
-}
+TORCH_INPUT = {"input.bgr": False, "input.mean": default.TORCH_MEAN, "input.std": default.TORCH_STD}
 
 # ---- pooling and switches --------------------------------------------------------------------
 
@@ -220,25 +215,6 @@ def test_a_frozen_step_keeps_statistics_and_frozen_affine_keeps_bn_parameters(tm
 # ---- files --------------------------------------------------------------------------------------
 
 
-def write_safetensors(path, tensors, dtypes=None):
-    """The safetensors format, written here independently of the reader."""
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64"}
-    codes[np.dtype(ml_dtypes.bfloat16)] = "BF16"
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, array in tensors.items():
-        raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
-        header[name] = {
-            "dtype": codes[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
 def test_safetensors_are_read_without_torch(tmp_path):
     rng = np.random.default_rng(0)
     tensors = {
@@ -256,43 +232,6 @@ def test_safetensors_are_read_without_torch(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 12)
     with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
         weight_files.read_weights(tmp_path / "bad.safetensors")
-
-
-def torchvision_resnet50(seed=0, dtype=np.float32):
-    """torchvision resnet50's state dict names and shapes, written out from its definition
-    (stride on the 3x3, projection `downsample.0/1`), with random values."""
-    rng = np.random.default_rng(seed)
-    out = {}
-
-    def conv(name, o, i, k):
-        out[f"{name}.weight"] = rng.normal(0, (i * k * k) ** -0.5, (o, i, k, k))
-
-    def bn(name, n):
-        out[f"{name}.weight"] = rng.uniform(0.5, 1.5, n)
-        out[f"{name}.bias"] = rng.normal(0, 0.1, n)
-        out[f"{name}.running_mean"] = rng.normal(0, 0.1, n)
-        out[f"{name}.running_var"] = rng.uniform(0.5, 1.5, n)
-        out[f"{name}.num_batches_tracked"] = np.array(0, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    bn("bn1", 64)
-    inplanes = 64
-    for layer, (blocks, planes) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), 1):
-        for b in range(blocks):
-            base = f"layer{layer}.{b}"
-            conv(f"{base}.conv1", planes, inplanes, 1)
-            bn(f"{base}.bn1", planes)
-            conv(f"{base}.conv2", planes, planes, 3)
-            bn(f"{base}.bn2", planes)
-            conv(f"{base}.conv3", planes * 4, planes, 1)
-            bn(f"{base}.bn3", planes * 4)
-            if b == 0:
-                conv(f"{base}.downsample.0", planes * 4, inplanes, 1)
-                bn(f"{base}.downsample.1", planes * 4)
-            inplanes = planes * 4
-    out["fc.weight"] = rng.normal(0, 0.01, (1000, 2048))
-    out["fc.bias"] = np.zeros(1000)
-    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in out.items()}
 
 
 def torchvision_config(variant="width1"):

@@ -22,10 +22,17 @@ def to_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-@pytest.fixture(scope="module")
-def full_variables():
-    """Width-1.0 ICNet variables with random BN statistics and parameters."""
-    variables = to_numpy(ICNet(width=1.0).init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3))))
+# The release's trunk, and those of torchvision resnet50 and timm resnet50d (config.model.*).
+TRUNKS = {
+    "release": {},
+    "resnet": {"stem": "resnet", "stride_on": "3x3"},
+    "deep": {"stem": "deep", "stride_on": "3x3", "shortcut": "avgpool"},
+}
+
+
+def random_variables(model):
+    """`model`'s variables with random BN statistics and parameters."""
+    variables = to_numpy(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3))))
     rng = np.random.default_rng(0)
 
     def perturb(path, x):
@@ -41,13 +48,21 @@ def full_variables():
     return jax.tree_util.tree_map_with_path(perturb, variables)
 
 
-def test_pruned_model_equals_full_model_with_dropped_channels_zeroed(full_variables):
-    keep = 0.5
+@pytest.fixture(scope="module")
+def full_variables():
+    """Width-1.0 ICNet (the release's trunk) variables with random BN statistics and parameters."""
+    return random_variables(ICNet(width=1.0))
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_pruned_model_equals_full_model_with_dropped_channels_zeroed(trunk):
+    keep, switches, stem = 0.5, TRUNKS[trunk], TRUNKS[trunk].get("stem", "release")
+    full_variables = random_variables(ICNet(width=1.0, **switches))
     params = full_variables["params"]
-    selected = prune.select_channels(params, keep)
+    selected = prune.select_channels(params, keep, stem=stem)
     # Force the dropped filters' BN outputs to zero in the full model (scale 0, bias 0).
     zeroed = jax.tree.map(np.copy, full_variables)
-    for path, (_, out) in prune.icnet_channel_graph().items():
+    for path, (_, out) in prune.icnet_channel_graph(stem).items():
         if out == prune.CLASSES:
             continue
         dropped = np.setdiff1d(np.arange(prune._kernel(params, path).shape[-1]), selected[out])
@@ -55,14 +70,14 @@ def test_pruned_model_equals_full_model_with_dropped_channels_zeroed(full_variab
         bn = prune._node(zeroed["params"], path)["bn"]
         bn["scale"][dropped] = 0.0
         bn["bias"][dropped] = 0.0
-    pruned = prune.prune_variables(zeroed, keep)
+    pruned = prune.prune_variables(zeroed, keep, stem=stem)
 
-    small = ICNet(width=0.5)
+    small = ICNet(width=0.5, **switches)
     expected = jax.eval_shape(lambda: small.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     assert jax.tree.map(lambda s: s.shape, expected) == jax.tree.map(np.shape, pruned)
 
     x = jnp.asarray(np.random.default_rng(1).normal(0, 50, (1, 65, 129, 3)), jnp.float32)
-    reference = np.asarray(jax.jit(ICNet(width=1.0).apply)(zeroed, x))
+    reference = np.asarray(jax.jit(ICNet(width=1.0, **switches).apply)(zeroed, x))
     ours = np.asarray(jax.jit(small.apply)(pruned, x))
     scale = max(1.0, float(np.abs(reference).max()))
     np.testing.assert_allclose(ours, reference, atol=1e-4 * scale, rtol=0)
@@ -73,7 +88,7 @@ def test_ranking_by_l1_norm_and_by_group(full_variables):
     selected = prune.select_channels(params, 0.5)
     norms = prune.filter_l1_norms
     k = params["conv1_1_3x3_s2"]["conv"]["kernel"]
-    np.testing.assert_array_equal(selected["conv1_1"], np.sort(np.argsort(-norms(k))[:32]))
+    np.testing.assert_array_equal(selected["conv1_1_3x3_s2"], np.sort(np.argsort(-norms(k))[:32]))
     # stage 2: the projection and every increase are summed: ranked by their summed norms
     group = norms(params["conv2_1"]["1x1_proj"]["conv"]["kernel"]) + sum(
         norms(params[f"conv2_{i}"]["1x1_increase"]["conv"]["kernel"]) for i in (1, 2, 3)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import cli
-from icnet_jax.models.backbone import STAGE_BLOCKS
+from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS
 from icnet_jax.models.layers import channels
 from icnet_jax.tools import existing_checkpoint
 
@@ -41,18 +41,18 @@ IMAGE, CLASSES = "image", "classes"  # channel groups never pruned
 Path = tuple[str, ...]
 
 
-def icnet_channel_graph() -> dict[Path, tuple[str, str]]:
-    """`{layer path: (input channel group, output channel group)}` of ICNet.
+def icnet_channel_graph(stem: str = "release") -> dict[Path, tuple[str, str]]:
+    """`{layer path: (input channel group, output channel group)}` of ICNet with the trunk's
+    `stem` (`config.model.stem`; `stride_on` and `shortcut` do not change the channels).
 
     A channel group is a set of feature-map channels that must be pruned together: every layer
     with the same output group writes into the same (summed) channels.
     """
-    g: dict[Path, tuple[str, str]] = {
-        ("conv1_1_3x3_s2",): (IMAGE, "conv1_1"),
-        ("conv1_2_3x3",): ("conv1_1", "conv1_2"),
-        ("conv1_3_3x3",): ("conv1_2", "conv1_3"),
-    }
-    previous = "conv1_3"  # through the max pool
+    g: dict[Path, tuple[str, str]] = {}
+    previous = IMAGE
+    for name, _, _ in STEM_LAYERS[stem]:
+        g[(name,)] = (previous, name)
+        previous = name  # the last one through the max pool
     for stage, blocks in STAGE_BLOCKS.items():
         out = f"stage{stage}"  # projection, increases and the identity path, summed
         for i in range(1, blocks + 1):
@@ -108,7 +108,7 @@ def filter_l1_norms(kernel: np.ndarray) -> np.ndarray:
 
 
 def select_channels(
-    params: Mapping[str, Any], keep: float, *, width: float = 1.0
+    params: Mapping[str, Any], keep: float, *, width: float = 1.0, stem: str = "release"
 ) -> dict[str, np.ndarray]:
     """`{channel group: sorted indices of the kept channels}` (every group but image/classes).
 
@@ -116,10 +116,11 @@ def select_channels(
       params: parameters of `ICNet(width=width)` (BN unfolded or folded).
       keep: the kernel keeping rate (paper Table 1: 0.5, 0.25).
       width: the width of `params`' model; the result is that of width * keep.
+      stem: the model's `config.model.stem`.
     """
     if not 0 < keep <= 1:
         raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")
-    graph = icnet_channel_graph()
+    graph = icnet_channel_graph(stem)
     present = set(_layer_paths(params))
     unknown = sorted("/".join(p) for p in present - set(graph))
     absent = sorted("/".join(p) for p in set(graph) - present)
@@ -154,6 +155,7 @@ def prune_variables(
     *,
     width: float = 1.0,
     selected: Mapping[str, np.ndarray] | None = None,
+    stem: str = "release",
 ) -> dict[str, Any]:
     """The variables of `ICNet(width=width * keep)` cut out of those of `ICNet(width=width)`.
 
@@ -162,14 +164,14 @@ def prune_variables(
       keep: the kernel keeping rate.
       width: the width of `variables`' model.
       selected: kept channels per group (default: `select_channels` by the filters' L1 norms).
+      stem: the model's `config.model.stem`.
     Returns:
       numpy variables of the same structure with fewer channels.
     """
     params = variables["params"]
-    selected = (
-        dict(selected) if selected is not None else select_channels(params, keep, width=width)
-    )
-    graph = icnet_channel_graph()
+    if selected is None:
+        selected = select_channels(params, keep, width=width, stem=stem)
+    graph = icnet_channel_graph(stem)
 
     def cut(tree: Any, path: Path, inp, out) -> Any:
         if not isinstance(tree, Mapping):
@@ -231,7 +233,7 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     width = float(config.model.width)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables = {k: _to_numpy(v) for k, v in variables.items()}
-    pruned = prune_variables(variables, keep, width=width)
+    pruned = prune_variables(variables, keep, width=width, stem=config.model.get("stem", "release"))
     config.model.width = width * keep
     new_state = write_training_checkpoint(output, config, pruned, num_classes, seed=seed)
     if verbose:
