@@ -18,7 +18,6 @@ import optax
 from tqdm import tqdm
 
 from icnet_jax import checkpoints, cli, eval_lib, finetune, pretrained, run_control
-from icnet_jax.cli import UserError
 from icnet_jax.data import class_stats, datasets, pipeline
 from icnet_jax.losses import Ohem, cascade_loss
 from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
@@ -63,12 +62,6 @@ def train_step(
             train=True,
             mutable=["batch_stats"],
         )
-        num_classes = next(iter(logits.values())).shape[-1]
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise UserError(
-                f"config.loss.class_weights has {len(class_weights)} weights for {num_classes} "
-                "classes: give one per class, in the dataset's class order"
-            )
         loss, per_branch = cascade_loss(
             logits,
             batch["label"],
@@ -90,16 +83,18 @@ def train_step(
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, devices=None):
+def make_train_step(
+    config: ml_collections.ConfigDict, devices=None, *, num_classes: int | None = None
+):
     """The pmapped step: unreplicated state in and out, batch split over `devices` (default: all
-    local devices)."""
+    local devices). `num_classes` (the dataset's) checks the length of explicit class weights."""
     step = functools.partial(
         train_step,
         loss_weights=dict(config.loss_weights),
         ignore_label=config.ignore_label,
         align_corners=config.model.align_corners,
         schedule=learning_rate_schedule(config),
-        class_weights=class_stats.weights_from_config(config),
+        class_weights=class_stats.weights_from_config(config, num_classes),
         ohem=Ohem.from_config(config.loss),
     )
     return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
@@ -213,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_config(config)
     config_dict = json.loads(config.to_json())
     source, info = data_source(config, config.dataset.train_split)
+    # Counts the classes' pixels once (stored with the data) and checks explicit weights.
+    class_stats.weights_from_config(config, info.num_classes)
     model = create_model(config, info.num_classes, axis_name=AXIS)
     tx = create_optimizer(config)
     rng = jax.random.PRNGKey(config.seed)
@@ -267,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         iterator.set_state(data_state)
 
     state = replicate(state)
-    p_train_step = make_train_step(config)
+    p_train_step = make_train_step(config, num_classes=info.num_classes)
     writer = run_control.MetricsWriter(workdir, start)
     history: list[tuple[int, dict]] = []
     last_time, last_step = time.time(), start

@@ -56,6 +56,9 @@ def test_explicit_and_invalid_class_weights(tmp_path):
         config.loss.class_weights = bad
         with pytest.raises(UserError, match="class_weights"):
             class_stats.weights_from_config(config)
+    config.loss.class_weights = "1,2"
+    with pytest.raises(UserError, match="has 2 weights for 11 classes"):
+        class_stats.weights_from_config(config, num_classes=11)
     config.loss.class_weights = ""
     assert class_stats.weights_from_config(config) is None
 

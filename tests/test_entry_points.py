@@ -57,6 +57,12 @@ CASES = {
          "--config.dataset.data_dir={data}", *TINY_DATA],
         ["init_checkpoint", "width 0.5"],
     ),
+    "class weights of another length": (
+        "train.py",
+        ["--workdir={new}", "--config.loss.class_weights=1,2", "--config.dataset.data_dir={data}",
+         *TINY_DATA],
+        ["2 weights for 9 classes"],
+    ),
     "evaluate without checkpoints": ("evaluate.py", ["--workdir={new}"], ["no checkpoints"]),
     "evaluate into a file": (
         "evaluate.py", ["--checkpoint={checkpoint}", "--workdir={file}/x"], ["is a file"]

@@ -133,10 +133,11 @@ def class_weights(stats: dict[str, Any], method: str) -> np.ndarray:
     )
 
 
-def weights_from_config(config: Any) -> np.ndarray | None:
+def weights_from_config(config: Any, num_classes: int | None = None) -> np.ndarray | None:
     """`config.loss.class_weights` as a `[C]` vector: None for '', SegNet's or ENet's weights
     from the pixel counts of the training split (counted once, stored with the prepared data),
-    or an explicit comma-separated list such as '1,1,4,1,2,2,5,5,1,5,8'."""
+    or an explicit comma-separated list such as '1,1,4,1,2,2,5,5,1,5,8', whose length must be
+    `num_classes` when given."""
     spec = config.loss.class_weights
     if isinstance(spec, str) and not spec.strip():
         return None
@@ -161,5 +162,10 @@ def weights_from_config(config: Any) -> np.ndarray | None:
             f"config.loss.class_weights={spec!r}: use '' (none), "
             f"{' or '.join(map(repr, METHODS))}, or one non-negative weight per "
             "class separated by commas"
+        )
+    if num_classes is not None and len(weights) != num_classes:
+        raise UserError(
+            f"config.loss.class_weights has {len(weights)} weights for {num_classes} classes: "
+            "give one per class, in the dataset's class order"
         )
     return weights
