@@ -87,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.input.crop_size = (1025, 1025)
     config.input.scale_range = (0.5, 2.0)
     config.input.mirror = True
+    # Random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion); not in
+    # the paper's recipe.
+    config.input.photometric = False
     config.input.mean = IMAGENET_MEAN_RGB
     config.input.std = (1.0, 1.0, 1.0)
     config.input.bgr = True  # as the release

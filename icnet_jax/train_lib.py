@@ -253,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         crop_size=crop,
         scale_range=config.input.scale_range,
         mirror=config.input.mirror,
+        photometric=config.input.photometric,
         mean=config.input.mean,
         std=config.input.std,
         bgr=config.input.bgr,

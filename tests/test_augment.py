@@ -166,6 +166,67 @@ def test_train_transform_is_a_function_of_the_generator() -> None:
     assert not np.array_equal(a["image"], c["image"])
 
 
+def reference_photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion in float64 with colorsys' HSV, drawing from `rng` in the
+    order `augment.photometric_distortion` documents."""
+    import colorsys
+
+    x = image.astype(np.float64)
+
+    def contrast(x):
+        return np.clip(x * rng.uniform(0.5, 1.5), 0, 255) if rng.random() < 0.5 else x
+
+    if rng.random() < 0.5:
+        x = np.clip(x + rng.uniform(-32, 32), 0, 255)
+    contrast_first = rng.random() < 0.5
+    if contrast_first:
+        x = contrast(x)
+    change_s, change_h = rng.random() < 0.5, rng.random() < 0.5
+    saturation, hue = rng.uniform(0.5, 1.5), rng.uniform(-18, 18)
+    if change_s or change_h:
+        out = np.empty_like(x)
+        for i, j in np.ndindex(x.shape[:2]):
+            h, s, v = colorsys.rgb_to_hsv(*(x[i, j] / 255))
+            s = min(s * saturation, 1.0) if change_s else s
+            h = (h + 2 * hue / 360) % 1.0 if change_h else h
+            out[i, j] = np.array(colorsys.hsv_to_rgb(h, s, v)) * 255
+        x = out
+    if not contrast_first:
+        x = contrast(x)
+    return x
+
+
+def test_photometric_distortion_against_a_reference() -> None:
+    image, _ = _pair(6, 7)
+    image[0, :3] = (90, 90, 90)  # grey: no hue, saturation 0
+    changed = 0
+    for seed in range(24):
+        ours = augment.photometric_distortion(image, np.random.default_rng(seed))
+        expected = reference_photometric(image, np.random.default_rng(seed))
+        assert ours.dtype == np.float32 and ours.shape == image.shape
+        np.testing.assert_allclose(ours, expected, atol=2e-3)
+        changed += not np.allclose(ours, image)
+    assert changed >= 20  # 1/16 of draws change nothing
+
+
+def test_photometric_training_leaves_the_padding_and_labels_alone() -> None:
+    example = _example(10, 12)
+    kwargs = dict(crop_size=(16, 20), scale_range=(0.75, 1.25), mirror=False, mean=MEAN, std=ONES)
+    for seed in range(6):
+        plain, distorted = (
+            augment.train_transform(
+                example, np.random.default_rng(seed), bgr=True, ignore_label=255,
+                photometric=photometric, **kwargs,
+            )
+            for photometric in (False, True)
+        )  # fmt: skip
+        np.testing.assert_array_equal(distorted["label"], plain["label"])
+        padding = plain["label"] == 255
+        padding &= np.all(plain["image"] == 0, axis=-1)  # padded, not an ignore label
+        assert padding.sum() > 0
+        assert np.all(distorted["image"][padding] == 0)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

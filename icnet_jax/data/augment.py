@@ -184,6 +184,45 @@ def random_mirror(
     return image, label
 
 
+def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmsegmentation's PhotoMetricDistortion: random brightness, contrast, saturation and hue.
+
+    Each change happens with probability 1/2, in mmseg's order and ranges: brightness
+    `+ U(-32, 32)`; contrast `* U(0.5, 1.5)` either first or last (probability 1/2 each);
+    saturation `* U(0.5, 1.5)` and hue `+ U(-18, 18)` OpenCV units (of 180, so +-36 degrees) in
+    HSV; values clipped to 0..255 after each change, as uint8 would be.
+
+    Args:
+      image: `[H, W, 3]` RGB, values in 0..255, any real dtype.
+    Returns:
+      float32 `[H, W, 3]` in 0..255.
+    """
+    x = image.astype(np.float32)  # a copy: the input may be a view into a padded image
+
+    def maybe_contrast(x: np.ndarray) -> np.ndarray:
+        if rng.random() < 0.5:
+            x = np.clip(x * rng.uniform(0.5, 1.5), 0, 255, out=x)
+        return x
+
+    if rng.random() < 0.5:
+        x = np.clip(x + rng.uniform(-32, 32), 0, 255, out=x)
+    contrast_first = rng.random() < 0.5
+    if contrast_first:
+        x = maybe_contrast(x)
+    change_saturation, change_hue = rng.random() < 0.5, rng.random() < 0.5
+    saturation, hue = rng.uniform(0.5, 1.5), rng.uniform(-18, 18)
+    if change_saturation or change_hue:
+        hsv = cv2.cvtColor(x / 255, cv2.COLOR_RGB2HSV)  # float: H in degrees, S and V in 0..1
+        if change_saturation:
+            np.clip(hsv[..., 1] * saturation, 0, 1, out=hsv[..., 1])
+        if change_hue:
+            hsv[..., 0] = np.mod(hsv[..., 0] + 2 * hue, 360)
+        x = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255, 0, 255)
+    if not contrast_first:
+        x = maybe_contrast(x)
+    return x
+
+
 def normalize(
     image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool
 ) -> np.ndarray:
@@ -228,8 +267,10 @@ def train_transform(
     std: Sequence[float],
     bgr: bool,
     ignore_label: int,
+    photometric: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One training example: random resize, pad, random crop, random mirror, normalise.
+    """One training example: random resize, pad, random crop, photometric distortion (optional),
+    random mirror, normalise.
 
     Args:
       example: `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W, 1], 'file_name': ...}`.
@@ -239,6 +280,7 @@ def train_transform(
       mirror: whether to flip left-right with probability 1/2.
       mean, std, bgr: as in `normalize` (mean and std in RGB order).
       ignore_label: label of padded pixels.
+      photometric: `photometric_distortion` of the crop's image pixels (padding left as it is).
 
     Returns:
       `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`; padded pixels are 0 in the image
@@ -246,8 +288,15 @@ def train_transform(
     """
     image, label = validate_example(example)
     image, label = random_resize(image, label, rng, scale_range)
+    height, width = label.shape
     image, label = pad_to(image, label, crop_size, image_fill=mean, ignore_label=ignore_label)
     image, label = random_crop(image, label, crop_size, rng)
+    if photometric:
+        # Padding is at the bottom and right, and a crop of a padded side starts at 0: the image
+        # pixels are the top-left block. Distorting the padding would move it off the mean.
+        h, w = min(height, label.shape[0]), min(width, label.shape[1])
+        image = image.astype(np.float32)
+        image[:h, :w] = photometric_distortion(image[:h, :w], rng)
     if mirror:
         image, label = random_mirror(image, label, rng)
     return {"image": normalize(image, mean, std, bgr), "label": label.astype(np.int32)}

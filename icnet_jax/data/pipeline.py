@@ -127,6 +127,7 @@ def train_dataset(
     bgr: bool,
     ignore_label: int,
     seed: int,
+    photometric: bool = False,
     worker_count: int = 0,
     read_threads: int = 1,
 ) -> grain.DatasetIterator:
@@ -147,7 +148,7 @@ def train_dataset(
       global_batch_size: examples per step over all hosts.
       process_index, process_count: this host and the number of hosts (`jax.process_index()`,
         `jax.process_count()`).
-      crop_size, scale_range, mirror, mean, std, bgr, ignore_label: see
+      crop_size, scale_range, mirror, mean, std, bgr, ignore_label, photometric: see
         `augment.train_transform`.
       seed: any non-negative int; the same seed gives the same batches.
       worker_count: grain worker processes (0: work in this process).
@@ -182,6 +183,7 @@ def train_dataset(
         std=tuple(std),
         bgr=bgr,
         ignore_label=ignore_label,
+        photometric=photometric,
     )
     example_at = _GlobalStreamExample(
         source,
