@@ -177,7 +177,7 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return json.loads(json.dumps(restored["config"]))
 
 
-def _saved_config_or_empty(manager: ocp.CheckpointManager, step: int) -> dict:
+def saved_config_or_empty(manager: ocp.CheckpointManager, step: int) -> dict:
     try:
         with _quiet():
             return read_config(manager, step)
@@ -223,7 +223,7 @@ def _refuse(
         classes = num_classes_of(state_dir)
     except ValueError:
         classes = None
-    theirs = describe_model(_saved_config_or_empty(manager, step), classes)
+    theirs = describe_model(saved_config_or_empty(manager, step), classes)
     workdir = pathlib.Path(manager.directory).parent
     raise CheckpointMismatchError(
         f"{workdir} holds checkpoints of another model ({theirs}, step {step}) than the config "
@@ -343,7 +343,7 @@ def restore(
         for candidate in steps:
             directory = pathlib.Path(manager.directory)
             try:
-                saved = _saved_config_or_empty(manager, candidate)
+                saved = saved_config_or_empty(manager, candidate)
                 num_classes = num_classes_of(directory / str(candidate) / "state")
                 abstract, extra = make_abstract(saved, num_classes)
                 abstract = jax.tree.map(

@@ -35,6 +35,7 @@ from flax import traverse_util
 from icnet_jax import checkpoints, cli
 from icnet_jax import state as state_lib
 from icnet_jax.cli import UserError
+from icnet_jax.config import get_config as default_config
 from icnet_jax.models.layers import BN_EPSILON
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
@@ -125,12 +126,28 @@ def restore_checkpoint(
     return restored.state, restored.saved_config, restored.num_classes, restored.step
 
 
+# What the weights were trained with that no tensor shape shows: another trunk switch runs the
+# same tensors as another network (stride_on), other input settings feed them other values.
+TRAINED_WITH = ("model.stem", "model.stride_on", "model.shortcut", "input.bgr", "input.mean",
+                "input.std")  # fmt: skip
+
+
+def _setting(config: Mapping[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    value = config.get(section, {}).get(name)
+    if value is None:  # a checkpoint from before the setting existed: the release's value
+        value = default_config()[section][name]
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=None) -> None:
     """Raises CheckpointDoesNotFitError when the newest checkpoint at `checkpoint_path` differs
-    from `abstract_state`'s model outside the classifiers (reads metadata only, no arrays)."""
+    from `abstract_state`'s model outside the classifiers, or (given `config`) was trained with
+    other `TRAINED_WITH` settings (reads metadata only, no arrays)."""
     manager, step = checkpoints.open_for_reading(checkpoint_path)
     step = step if step is not None else manager.latest_step()
     state_dir = pathlib.Path(manager.directory) / str(step) / "state"
+    saved_config = checkpoints.saved_config_or_empty(manager, step)
     manager.close()
     try:
         saved = checkpoints.saved_shapes(state_dir)
@@ -154,6 +171,20 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
             f"outside the classifiers ({'; '.join(errors[:2])}{more}); give a checkpoint of the "
             "same model.name and model.width"
         )
+    if config is not None and saved_config:
+        differ = [
+            k for k in TRAINED_WITH if _setting(saved_config, k) != _setting(config.to_dict(), k)
+        ]
+        if differ:
+            raise CheckpointDoesNotFitError(
+                f"init_checkpoint {checkpoint_path} was trained with "
+                + ", ".join(f"{k}={_setting(saved_config, k)}" for k in differ)
+                + ", the config has "
+                + ", ".join(f"{_setting(config.to_dict(), k)}" for k in differ)
+                + ": set "
+                + " ".join(f"'--config.{k}={_setting(saved_config, k)}'" for k in differ)
+                + " (the trunk and input its weights expect)"
+            )
 
 
 def merge_variables(

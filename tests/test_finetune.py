@@ -8,6 +8,7 @@ from flax import traverse_util
 
 from configs import quickstart
 from icnet_jax import finetune, train_lib
+from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
 CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")
 
@@ -85,3 +86,17 @@ def test_a_backbone_mismatch_is_an_error_naming_the_tensors(checkpoint_9):
         finetune.check_fits(fresh_state(config, 11, seed=0), path, config)
     message = str(error.value)
     assert "\n" not in message and len(message) < 600 and "width 0.5" in message
+
+
+def test_a_checkpoint_of_another_trunk_or_input_is_refused_naming_the_flags(tmp_path):
+    # stride_on and the input normalisation change no tensor shape: only the config tells.
+    trained = checkpoint_config(**{"model.stride_on": "3x3", "input.std": (2.0, 2.0, 2.0)})
+    write_checkpoint(tmp_path, trained, num_classes=9)
+    config = checkpoint_config()
+    with pytest.raises(finetune.CheckpointDoesNotFitError) as error:
+        finetune.check_fits(fresh_state(config, 9, seed=0), tmp_path, config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "'--config.model.stride_on=3x3' '--config.input.std=(2.0, 2.0, 2.0)'" in message
+    config.model.stride_on, config.input.std = "3x3", (2.0, 2.0, 2.0)
+    finetune.check_fits(fresh_state(config, 9, seed=0), tmp_path, config)
