@@ -66,6 +66,10 @@ def _flag_error_message(error: BaseException) -> str:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
     text = " ".join(texts)
+    if "Error whilst parsing config file" in texts[0] and texts[-1].strip():
+        # An error raised by the config file's get_config (an unknown variant): its own words.
+        flag = texts[0].split(": Error whilst", 1)[0]
+        return f"{flag}: {texts[-1].strip().splitlines()[-1]}"
     hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     if hint:
         return f"no config field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"

@@ -46,6 +46,10 @@ CASES = {
     "batch not divisible by the devices": (
         "train.py", ["--workdir={new}", "--config.batch_size=3"], ["batch_size=3", "4 devices"]
     ),
+    "unknown variant": (
+        "train.py", ["--workdir={new}", "--config=configs/camvid.py:cpu+nope"],
+        ["unknown variant 'nope'", "compress_full"],
+    ),
     "workdir under a file": ("train.py", ["--workdir={file}/run"], ["is a file"]),
     "config typo": ("train.py", ["--workdir={new}", "--config.optim.lrr=1"], ["did you mean 'lr'"]),
     "missing init_checkpoint": (
