@@ -89,7 +89,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tensors = torchvision_resnet50(args.seed)
-    write_safetensors(args.out, tensors)
+    try:
+        write_safetensors(args.out, tensors)
+    except OSError as error:
+        parser.exit(2, f"error: cannot write {args.out}: {error.strerror}; choose another --out\n")
     count = sum(v.size for k, v in tensors.items() if not k.endswith("num_batches_tracked"))
     print(f"wrote {args.out}: torchvision resnet50 names, {count:,} random values")
 

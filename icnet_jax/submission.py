@@ -32,6 +32,13 @@ class SubmissionWriter:
         self.dataset = dataset
         self.out_dir = pathlib.Path(out_dir)
         self.written: dict[str, str] = {}  # output name -> the example it came from
+        try:  # now, not at the first image after compiling
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(
+                f"cannot create the submission folder {out_dir}: {error.strerror}; choose "
+                "another --submission_dir"
+            ) from None
 
     @property
     def label_encoding(self) -> str:

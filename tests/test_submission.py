@@ -46,6 +46,9 @@ def test_names_the_server_cannot_match_and_collisions_are_refused(tmp_path):
     writer.write(f"val/frankfurt/{STEM}", np.zeros((2, 2), np.uint8))
     with pytest.raises(UserError, match="would both be written"):
         writer.write(f"test/frankfurt/{STEM}", np.zeros((2, 2), np.uint8))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot create the submission folder .*a_file/sub"):
+        SubmissionWriter("cityscapes", tmp_path / "a_file" / "sub")
     other = SubmissionWriter("camvid", tmp_path / "camvid")
     assert other.write("val/0016E5_07959.png", np.full((2, 2), 3, np.uint8)).name == (
         "0016E5_07959.png"
