@@ -132,12 +132,15 @@ TRAINED_WITH = ("model.stem", "model.stride_on", "model.shortcut", "input.bgr", 
                 "input.std")  # fmt: skip
 
 
-def _setting(config: Mapping[str, Any], key: str) -> Any:
-    section, name = key.split(".")
-    value = config.get(section, {}).get(name)
-    if value is None:  # a checkpoint from before the setting existed: the release's value
-        value = default_config()[section][name]
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+def _trained_with(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`{key: value}` of `TRAINED_WITH` in a config dict; keys from before a setting existed get
+    the default, the release's value."""
+    defaults, out = default_config().to_dict(), {}
+    for key in TRAINED_WITH:
+        section, name = key.split(".")
+        value = config.get(section, {}).get(name, defaults[section][name])
+        out[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=None) -> None:
@@ -172,17 +175,16 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
             "same model.name and model.width"
         )
     if config is not None and saved_config:
-        differ = [
-            k for k in TRAINED_WITH if _setting(saved_config, k) != _setting(config.to_dict(), k)
-        ]
+        theirs, ours = _trained_with(saved_config), _trained_with(config.to_dict())
+        differ = [k for k in TRAINED_WITH if theirs[k] != ours[k]]
         if differ:
             raise CheckpointDoesNotFitError(
                 f"init_checkpoint {checkpoint_path} was trained with "
-                + ", ".join(f"{k}={_setting(saved_config, k)}" for k in differ)
+                + ", ".join(f"{k}={theirs[k]}" for k in differ)
                 + ", the config has "
-                + ", ".join(f"{_setting(config.to_dict(), k)}" for k in differ)
+                + ", ".join(f"{ours[k]}" for k in differ)
                 + ": set "
-                + " ".join(f"'--config.{k}={_setting(saved_config, k)}'" for k in differ)
+                + " ".join(f"'--config.{k}={theirs[k]}'" for k in differ)
                 + " (the trunk and input its weights expect)"
             )
 
