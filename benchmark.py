@@ -30,7 +30,8 @@ import pathlib
 
 from absl import flags
 
-from icnet_jax import benchmarking, cli
+from icnet_jax import cli, errors
+from icnet_jax.benchmarking import speed as benchmarking
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["all"], "Models or groups: " + ", ".join(benchmarking.NAMES) + ".")
@@ -61,9 +62,9 @@ for _flag in (
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.json:
-        cli.check_writable(pathlib.Path(FLAGS.json).parent, "--json folder")
+        errors.check_writable(pathlib.Path(FLAGS.json).parent, "--json folder")
     options = benchmarking.Options(
         models=FLAGS.models,
         dtypes=benchmarking.dtypes_of(FLAGS.dtype),

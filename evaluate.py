@@ -40,7 +40,9 @@ interrupted (Ctrl-C).
 import jax
 from absl import flags
 
-from icnet_jax import cli, evaluation, test_time
+from icnet_jax import cli, errors
+from icnet_jax.evaluation import evaluate as evaluation
+from icnet_jax.inference import multiscale as test_time
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Config (dataset fields are used as given).")
@@ -69,13 +71,13 @@ cli.define_multihost_flags()
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir and not FLAGS.checkpoint:
-        raise cli.UserError("give --workdir (its latest checkpoint) or --checkpoint")
+        raise errors.UserError("give --workdir (its latest checkpoint) or --checkpoint")
     try:
         scales = test_time.parse_scales(FLAGS.scales)
     except ValueError as error:
-        raise cli.UserError(f"--scales={FLAGS.scales}: {error}") from None
+        raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     cli.join_multihost()
     evaluation.evaluate(
         FLAGS.config,

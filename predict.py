@@ -25,7 +25,9 @@ written; 130 interrupted (Ctrl-C).
 
 from absl import flags
 
-from icnet_jax import cli, prediction, test_time
+from icnet_jax import cli, errors
+from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import predict as prediction
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -53,11 +55,11 @@ flags.DEFINE_list(
 
 def main(argv):
     if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         scales = test_time.parse_scales(FLAGS.scales)
     except ValueError as error:
-        raise cli.UserError(f"--scales={FLAGS.scales}: {error}") from None
+        raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     summary = prediction.predict(
         FLAGS.config,
         FLAGS.checkpoint,

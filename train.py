@@ -13,7 +13,9 @@ step); 2 bad input (flags, config, paths, a workdir holding another model), noth
 
 from absl import flags
 
-from icnet_jax import cli, run_control, train_lib
+from icnet_jax import cli
+from icnet_jax.train import loop as train_lib
+from icnet_jax.train import run_control
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)

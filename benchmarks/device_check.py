@@ -525,14 +525,14 @@ def part_prepare(args: argparse.Namespace) -> None:
 
     from configs import quickstart
     from icnet_jax import config as default
-    from icnet_jax import train_lib
+    from icnet_jax.data import datasets
 
     pipeline_throughput.street_source(
         args.pipeline_images, args.data_dir, size=(args.height, args.width)
     )
     config = default.override(quickstart.get_config(), dict(map(parse_override, args.override)))
     for split in (config.dataset.train_split, config.dataset.eval_split):
-        train_lib.data_source(config, split)
+        datasets.config_source(config, split)
 
 
 def part_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -545,8 +545,9 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from configs import cityscapes
     from icnet_jax import config as default
-    from icnet_jax import profiling, train_lib
+    from icnet_jax.benchmarking import profiling
     from icnet_jax.data import pipeline
+    from icnet_jax.train import loop as train_lib
 
     sizes = TINY if args.tiny else FULL
     batch, crop = sizes["train_batch"], sizes["train_crop"]

@@ -19,6 +19,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from icnet_jax.errors import UserError
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but did not succeed (e.g. every input of predict.py failed)
 EXIT_USAGE = 2  # bad input (flags, config, files, paths): nothing was computed or written
@@ -33,10 +35,6 @@ _LIBRARY_LOGGERS = (
     "tensorflow_datasets",
     "grain",
 )
-
-
-class UserError(Exception):
-    """A failure the user can fix; its message says what, where, and what to do."""
 
 
 def quiet_libraries() -> None:
@@ -103,21 +101,6 @@ def define_config(
             raise
         fail(f"{_flag_error_message(error)} (--help lists the flags)")
         raise  # unreachable: fail() exits
-
-
-def check_writable(path, what: str) -> None:
-    """Raises UserError unless `path` (a folder, existing or not) can be created and written."""
-    import os
-    import pathlib
-
-    path = pathlib.Path(path).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: {existing} is not writable; choose another path")
 
 
 def define_multihost_flags() -> None:

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 
 from configs import quickstart
-from icnet_jax import checkpoints, train_lib
 from icnet_jax import config as default
+from icnet_jax.train import loop as train_lib
+from icnet_jax.weights import checkpoints
 
 NUM_CLASSES = 9  # the street dataset's
 

@@ -1,4 +1,4 @@
-"""benchmark.py, icnet_jax.benchmarking and icnet_jax.profiling on tiny models (no wall-clock
+"""benchmark.py, icnet_jax.benchmarking.speed and .profiling on tiny models (no wall-clock
 assertions)."""
 
 import dataclasses
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icnet_jax import benchmarking, profiling
+from icnet_jax.benchmarking import profiling
+from icnet_jax.benchmarking import speed as benchmarking
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = benchmarking.Options(

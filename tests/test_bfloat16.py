@@ -8,7 +8,7 @@ import pytest
 
 from configs import quickstart
 from icnet_jax import config as default
-from icnet_jax import train_lib
+from icnet_jax.train import loop as train_lib
 
 NUM_CLASSES = 5
 SIZE = (65, 129)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import camvid
-from icnet_jax.cli import UserError
 from icnet_jax.data import class_stats, datasets
-from icnet_jax.losses import Ohem
+from icnet_jax.errors import UserError
+from icnet_jax.train.losses import Ohem
 
 
 def test_counts_and_weights_match_their_definitions():

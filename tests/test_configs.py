@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from icnet_jax import config as default
-from icnet_jax import train_lib
+from icnet_jax.train import loop as train_lib
 
 CONFIGS = ["cityscapes", "camvid", "coco_stuff", "custom", "quickstart"]
 

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from configs import cityscapes
-from icnet_jax import cli, finetune, weight_files
+from icnet_jax import cli, errors
 from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
-from icnet_jax.tools import convert_weights as cw
+from icnet_jax.weights import files as weight_files
+from icnet_jax.weights import release as cw
+from icnet_jax.weights import start as finetune
 from tests.conftest import SHARED_DATA
 
 SIZE = (65, 129)
@@ -330,7 +332,7 @@ def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
     ):
         assert name in message, message
     assert "missing" in message and "unexpected" in message and "wrong shape" in message
-    assert "\n" not in message and isinstance(error.value, cli.UserError)
+    assert "\n" not in message and isinstance(error.value, errors.UserError)
     # nothing is written on error
     with pytest.raises(ValueError):
         cw.convert(tmp_path / "bad.npy", tmp_path / "out", cityscapes.get_config())
@@ -341,7 +343,7 @@ def test_wrong_files_are_named_in_one_line(tmp_path):
     def error_of(path) -> str:
         with pytest.raises(cw.WeightsError) as error:
             cw.load_release(path)
-        assert isinstance(error.value, cli.UserError) and "\n" not in str(error.value)
+        assert isinstance(error.value, errors.UserError) and "\n" not in str(error.value)
         return str(error.value)
 
     (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(1000))

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from icnet_jax.cli import UserError
 from icnet_jax.data import labels as L
 from icnet_jax.data.builders import BadFileError, MissingDataError
 from icnet_jax.data.datasets import get_builder, get_data_source, num_examples
-from icnet_jax.data.street import render_street
+from icnet_jax.data.synthetic_street import render_street
+from icnet_jax.errors import UserError
 from tests.data_fakes import (
     CITYSCAPES_FRAMES,
     CITYSCAPES_IDS,

@@ -18,11 +18,16 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
-from icnet_jax import checkpoints, eval_lib, evaluation, inference, test_time, train_lib
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
-from icnet_jax.image_io import read_image
+from icnet_jax.evaluation import evaluate as evaluation
+from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.inference import load as inference
+from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference.image_io import read_image
+from icnet_jax.train import loop as train_lib
+from icnet_jax.weights import checkpoints
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import cli
+from icnet_jax import errors
 from icnet_jax.tools import export
-from icnet_jax.tools.convert_weights import write_training_checkpoint
+from icnet_jax.weights.release import write_training_checkpoint
 
 SIZE = (65, 129)
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -82,14 +82,14 @@ def test_export_speed_benchmark_runs_on_an_export(checkpoint, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):
-    with pytest.raises(cli.UserError, match="tflite"):
+    with pytest.raises(errors.UserError, match="tflite"):
         export.export(tmp_path / "missing", tmp_path, formats=("onnx", "tflite"))
     # Without the extras: the command that installs them; with them: the missing checkpoint.
-    with pytest.raises(cli.UserError, match="requirements-export.txt|--checkpoint=.*missing"):
+    with pytest.raises(errors.UserError, match="requirements-export.txt|--checkpoint=.*missing"):
         export.export(tmp_path / "missing", tmp_path, formats=("onnx",))
     assert export.parse_size("1025,2049") == (1025, 2049)
     for text in ("1025", "a,b", "0,5", "1,2,3"):
-        with pytest.raises(cli.UserError, match="--size"):
+        with pytest.raises(errors.UserError, match="--size"):
             export.parse_size(text)
 
 

@@ -7,7 +7,8 @@ import pytest
 from flax import traverse_util
 
 from configs import quickstart
-from icnet_jax import finetune, train_lib
+from icnet_jax.train import loop as train_lib
+from icnet_jax.weights import start as finetune
 from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
 CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax.image_io import (
+from icnet_jax.inference.image_io import (
     ImageReadError,
     VideoError,
     VideoWriter,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icnet_jax.losses import Ohem, cascade_loss, cross_entropy_sum, ohem_mask
+from icnet_jax.train.losses import Ohem, cascade_loss, cross_entropy_sum, ohem_mask
 from tests import numpy_reference as ref
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icnet_jax.metrics import confusion_matrix, segmentation_metrics
+from icnet_jax.evaluation.metrics import confusion_matrix, segmentation_metrics
 from tests import numpy_reference as ref
 
 

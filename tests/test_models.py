@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icnet_jax.losses import cascade_loss
 from icnet_jax.models import ICNet, PSPNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
+from icnet_jax.train.losses import cascade_loss
 
 RELEASED_TSV = "icnet_cityscapes_released_tensors.tsv"
 SIZES = [(1025, 2049), (1024, 2048), (720, 960), (360, 480), (640, 640), (333, 517)]

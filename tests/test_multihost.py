@@ -25,8 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from icnet_jax import checkpoints
 from icnet_jax.data import datasets
+from icnet_jax.weights import checkpoints
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax import image_io, inference, prediction
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
+from icnet_jax.inference import image_io
+from icnet_jax.inference import load as inference
+from icnet_jax.inference import predict as prediction
 from tests.checkpoint_fakes import NUM_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

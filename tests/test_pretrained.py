@@ -16,12 +16,15 @@ from flax import traverse_util
 from benchmarks.standin_resnet50 import torchvision_resnet50, write_safetensors
 from configs import cityscapes, quickstart
 from icnet_jax import config as default
-from icnet_jax import finetune, pretrained, train_lib, weight_files
-from icnet_jax.cli import UserError
+from icnet_jax.errors import UserError
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.layers import BN_EPSILON, avg_pool_ceil, max_pool_floor, resize_bilinear
 from icnet_jax.state import bn_affine_mask
-from icnet_jax.tools import convert_weights as cw
+from icnet_jax.train import loop as train_lib
+from icnet_jax.weights import files as weight_files
+from icnet_jax.weights import imagenet as pretrained
+from icnet_jax.weights import release as cw
+from icnet_jax.weights import start as finetune
 from tests.test_convert_weights import folded_params, nest, random_release
 
 TORCH_INPUT = {"input.bgr": False, "input.mean": default.TORCH_MEAN, "input.std": default.TORCH_STD}

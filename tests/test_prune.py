@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import cli, finetune
+from icnet_jax import cli, errors
 from icnet_jax.models import ICNet
 from icnet_jax.tools import prune
-from icnet_jax.tools.convert_weights import write_training_checkpoint
+from icnet_jax.weights import start as finetune
+from icnet_jax.weights.release import write_training_checkpoint
 
 
 def to_numpy(tree):
@@ -123,7 +124,7 @@ def test_prune_checkpoint_writes_a_narrower_checkpoint(tmp_path):
 def test_bad_input_is_a_user_error_before_any_work(tmp_path):
     with pytest.raises(prune.PruneError, match="--keep=1.5"):
         prune.prune_checkpoint(tmp_path / "absent", 1.5, tmp_path / "out")
-    with pytest.raises(cli.UserError, match="--checkpoint=.*absent: no such checkpoint"):
+    with pytest.raises(errors.UserError, match="--checkpoint=.*absent: no such checkpoint"):
         prune.prune_checkpoint(tmp_path / "absent", 0.5, tmp_path / "out")
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "icnet_jax.tools.prune", "--checkpoint=absent", "--output=o"]

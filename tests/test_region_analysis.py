@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from icnet_jax.region_analysis import RegionAccuracy, connected_regions, region_accuracy
+from icnet_jax.evaluation.regions import RegionAccuracy, connected_regions, region_accuracy
 
 # Class 1 forms two regions that do not touch (a 2x2 block and a 2x1 bar), class 0 one region of
 # 28 pixels around them, two ignored pixels.

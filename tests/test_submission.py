@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from configs import cityscapes
-from icnet_jax import evaluation
-from icnet_jax.cli import UserError
-from icnet_jax.submission import SubmissionWriter
+from icnet_jax.errors import UserError
+from icnet_jax.evaluation import evaluate as evaluation
+from icnet_jax.evaluation.submission import SubmissionWriter
 from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
 STEM = "frankfurt_000000_000294"

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import checkpoints, cli, train_lib
+from icnet_jax import cli
 from icnet_jax import config as default
+from icnet_jax.train import loop as train_lib
+from icnet_jax.weights import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

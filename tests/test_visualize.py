@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from icnet_jax.data.labels import CITYSCAPES
-from icnet_jax.region_analysis import RegionAccuracy
-from icnet_jax.visualize import (
+from icnet_jax.evaluation.regions import RegionAccuracy
+from icnet_jax.inference.visualize import (
     colorize,
     overlay,
     plot_per_class_iou,

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax.cli import UserError
 from icnet_jax.data import datasets
+from icnet_jax.errors import UserError
 
 _log = logging.getLogger(__name__)
 

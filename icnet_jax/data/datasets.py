@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.cli import UserError
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import file_name_of
 from icnet_jax.data.builders import BUILDERS
+from icnet_jax.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def get_data_source(
       info: class names, palette and ignore label.
 
     Raises:
-      cli.UserError: a file-name filter matches no file name, or leaves no example.
+      errors.UserError: a file-name filter matches no file name, or leaves no example.
       builders.MissingDataError: the manual dir lacks what the dataset needs.
       builders.BadFileError: a bad file, with ``on_bad_file='error'`` (the default).
     """
@@ -182,3 +182,15 @@ def num_examples(
         name, split, data_dir=data_dir, manual_dir=manual_dir, **builder_kwargs
     )
     return len(source)
+
+
+def config_source(config: Any, split: str):
+    """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
+    d = config.dataset
+    return get_data_source(
+        d.name,
+        split,
+        data_dir=str(pathlib.Path(d.data_dir).expanduser()),
+        manual_dir=d.manual_dir or None,
+        **d.builder_kwargs.to_dict(),
+    )

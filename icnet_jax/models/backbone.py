@@ -4,7 +4,7 @@ Layers are created in the caller's scope with the release's names (`conv1_1_3x3_
 `conv3_1/1x1_reduce`, ...), so parameter trees read like the authors' network definitions.
 
 `Trunk` switches the three places where the ImageNet ResNet-50s people download differ from the
-release's trunk, so that their weights load exactly (`icnet_jax.pretrained`); the defaults are
+release's trunk, so that their weights load exactly (`icnet_jax.weights.imagenet`); the defaults are
 the release:
 - `stem`: 'release' (3x3 convs 64/64/128, the first stride 2, then a 3x3/2 max pool in Caffe's
   ceil mode), 'resnet' (one 7x7/2 conv `conv1_7x7_s2` of 64, then a 3x3/2 max pool with pad 1 in

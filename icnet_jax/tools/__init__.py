@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pathlib
 
-from icnet_jax import cli
+from icnet_jax import errors
 
 
 def existing_checkpoint(path: str | pathlib.Path, flag: str = "--checkpoint") -> pathlib.Path:
-    """`path` if it exists, else a `cli.UserError` naming `flag` (before any slow work)."""
+    """`path` if it exists, else a `errors.UserError` naming `flag` (before any slow work)."""
     if not path or not pathlib.Path(path).exists():
-        raise cli.UserError(
+        raise errors.UserError(
             f"{flag}={path}: no such checkpoint (a workdir, its checkpoints/ folder or a step)"
         )
     return pathlib.Path(path)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax import cli
+from icnet_jax import cli, errors
 from icnet_jax.tools import existing_checkpoint
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
@@ -50,8 +50,8 @@ def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any,
     import ml_collections
 
     from icnet_jax import state as state_lib
-    from icnet_jax.finetune import restore_checkpoint
     from icnet_jax.models import fold_batchnorm
+    from icnet_jax.weights.start import restore_checkpoint
 
     state, config_dict, num_classes, _ = restore_checkpoint(checkpoint)
     config = ml_collections.ConfigDict(config_dict)
@@ -166,13 +166,15 @@ def export(
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise cli.UserError(f"--formats: unknown {unknown}; choose from {', '.join(FORMATS)}")
+        raise errors.UserError(f"--formats: unknown {unknown}; choose from {', '.join(FORMATS)}")
     absent = [m for f in formats for m in NEEDS[f] if importlib.util.find_spec(m) is None]
     if absent:
-        raise cli.UserError(f"the export needs {', '.join(absent)}: {EXTRAS}")
+        raise errors.UserError(f"the export needs {', '.join(absent)}: {EXTRAS}")
     unknown = sorted(set(platforms) - set(PLATFORMS))
     if unknown:
-        raise cli.UserError(f"--platforms: unknown {unknown}; choose from {', '.join(PLATFORMS)}")
+        raise errors.UserError(
+            f"--platforms: unknown {unknown}; choose from {', '.join(PLATFORMS)}"
+        )
     existing_checkpoint(checkpoint)
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -188,34 +190,34 @@ def export(
         ),
         "onnx": (export_onnx, load_onnx, "icnet.onnx"),
     }
-    errors = {}
+    max_errors = {}
     for fmt in formats:
         write, load, name = exporters[fmt]
         write(apply_fn, variables, size, output / name)
         run = load(output / name)
-        errors[fmt] = max(
+        max_errors[fmt] = max(
             max_relative_error(run(images), reference)
             for images, reference in zip(batches, references)
         )
         if verbose:
             print(
-                f"{output / name}: max |difference| / max |logit| = {errors[fmt]:.2e} "
+                f"{output / name}: max |difference| / max |logit| = {max_errors[fmt]:.2e} "
                 f"(batches {tuple(check_batches)})"
             )
-        assert errors[fmt] <= TOLERANCE, (
-            f"{fmt} differs from JAX by {errors[fmt]:.2e} > {TOLERANCE}"
+        assert max_errors[fmt] <= TOLERANCE, (
+            f"{fmt} differs from JAX by {max_errors[fmt]:.2e} > {TOLERANCE}"
         )
-    return errors
+    return max_errors
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """`'H,W'` -> `(H, W)`; anything else is a `cli.UserError` naming `--size`."""
+    """`'H,W'` -> `(H, W)`; anything else is a `errors.UserError` naming `--size`."""
     try:
         height, width = (int(s) for s in text.split(","))
     except ValueError:
-        raise cli.UserError(f"--size={text}: expected HEIGHT,WIDTH, e.g. 1025,2049") from None
+        raise errors.UserError(f"--size={text}: expected HEIGHT,WIDTH, e.g. 1025,2049") from None
     if height < 1 or width < 1:
-        raise cli.UserError(f"--size={text}: sizes must be positive")
+        raise errors.UserError(f"--size={text}: sizes must be positive")
     return height, width
 
 

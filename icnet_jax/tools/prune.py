@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax import cli
+from icnet_jax import cli, errors
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS
 from icnet_jax.models.layers import channels
 from icnet_jax.tools import existing_checkpoint
 
 
-class PruneError(ValueError, cli.UserError):
+class PruneError(ValueError, errors.UserError):
     """A keeping rate or checkpoint that cannot be pruned; the message says why."""
 
 
@@ -218,8 +218,8 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     """Prunes an ICNet training checkpoint into `output/checkpoints/0` (see the module doc)."""
     import ml_collections
 
-    from icnet_jax.finetune import restore_checkpoint
-    from icnet_jax.tools.convert_weights import write_training_checkpoint
+    from icnet_jax.weights.release import write_training_checkpoint
+    from icnet_jax.weights.start import restore_checkpoint
 
     if not 0 < keep <= 1:
         raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")

@@ -11,7 +11,7 @@ uses, an image without its label) are all found in one pass: with ``on_bad_file=
 ``BadFileError`` then names every one of them; with ``'skip'`` they are left out, logged and listed
 in ``builder.skipped_files``. Missing archives or folders raise ``MissingDataError`` saying what
 the manual dir must hold, where to get it and which flag points at it. Both are
-``cli.UserError``s: a command-line tool prints them as one ``error:`` line.
+``errors.UserError``s: a command-line tool prints them as one ``error:`` line.
 
 A prepared dataset records a fingerprint of its manual dir (every file's path, size and mtime,
 and the builder options); ``changed_since_prepared`` compares it with the folder as it is now, so
@@ -37,8 +37,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from icnet_jax.cli import UserError
 from icnet_jax.data import labels as L
+from icnet_jax.errors import UserError
 
 OnBadFile = Literal["error", "skip"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

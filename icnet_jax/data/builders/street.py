@@ -1,4 +1,4 @@
-"""Synthetic street scenes (``icnet_jax.data.street.render_street``), the quickstart's data: no
+"""Synthetic street scenes (`data.synthetic_street.render_street`), the quickstart's data: no
 manual dir; splits train, val."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
 from icnet_jax.data.builders.base import PreparedBuilder, encoded_label, tfds_info
-from icnet_jax.data.street import render_street
+from icnet_jax.data.synthetic_street import render_street
 
 
 @dataclasses.dataclass(eq=False)

@@ -5,7 +5,7 @@
 - `.safetensors`, read without torch; PyTorch files (`.pth`, ...), read with torch (an extra).
 `read_weights` picks the reader by the file's suffix.
 
-Anything else raises `WeightsError` (a `cli.UserError`: one `error:` line) saying what the file
+Anything else raises `WeightsError` (a `errors.UserError`: one `error:` line) saying what the file
 is not.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from icnet_jax import cli
+from icnet_jax import errors
 
 
-class WeightsError(ValueError, cli.UserError):
+class WeightsError(ValueError, errors.UserError):
     """The weights file is unreadable or does not match the model the config describes."""
 
 
@@ -249,14 +249,16 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     path = pathlib.Path(path)
     raw = path.read_bytes()
     if len(raw) < 8:
-        raise cli.UserError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+        raise errors.UserError(
+            f"{path}: not a safetensors file (shorter than its 8-byte header size)"
+        )
     (size,) = struct.unpack("<Q", raw[:8])
     try:
         if size > len(raw) - 8:
             raise ValueError("header longer than the file")
         header = json.loads(raw[8 : 8 + size])
     except ValueError as error:
-        raise cli.UserError(f"{path}: not a safetensors file ({error})") from None
+        raise errors.UserError(f"{path}: not a safetensors file ({error})") from None
     data = raw[8 + size :]
     tensors = {}
     for name, info in header.items():
@@ -264,11 +266,13 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
             continue
         dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
         if dtype is None:
-            raise cli.UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+            raise errors.UserError(
+                f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}"
+            )
         begin, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)) or end > len(data):
-            raise cli.UserError(f"{path}: tensor {name} {list(shape)} has a wrong byte range")
+            raise errors.UserError(f"{path}: tensor {name} {list(shape)} has a wrong byte range")
         array = np.frombuffer(data[begin:end], np.dtype(dtype).newbyteorder("<"))
         tensors[name] = array.reshape(shape)
     return tensors
@@ -280,7 +284,7 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise cli.UserError(
+        raise errors.UserError(
             f"{path}: reading a PyTorch file needs torch (pip install -r "
             "requirements-pretrained.txt), or convert it to .safetensors, which is read without it"
         ) from None
@@ -288,11 +292,11 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to fix
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise cli.UserError(f"{path}: torch cannot read it as weights ({reason})") from None
+        raise errors.UserError(f"{path}: torch cannot read it as weights ({reason})") from None
     if hasattr(data, "state_dict") and not isinstance(data, Mapping):  # a pickled nn.Module
         data = data.state_dict()
     if not isinstance(data, Mapping):
-        raise cli.UserError(f"{path}: expected a state dict, found {type(data).__name__}")
+        raise errors.UserError(f"{path}: expected a state dict, found {type(data).__name__}")
     if not any(isinstance(v, torch.Tensor) for v in data.values()):
         data = next((data[k] for k in _WRAPPERS if isinstance(data.get(k), Mapping)), data)
     out = {}
@@ -309,14 +313,14 @@ def read_weights(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 
     path = pathlib.Path(path).expanduser()
     if not path.exists():
-        raise cli.UserError(f"{path}: no such file (config.init_backbone)")
+        raise errors.UserError(f"{path}: no such file (config.init_backbone)")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     if path.suffix in _TORCH_SUFFIXES:
         return read_torch(path)
     if path.suffix in (".npy", ".npz") or path.is_dir() or path.suffix == ".index":
         return load_release(path)  # its errors are one-line UserErrors
-    raise cli.UserError(
+    raise errors.UserError(
         f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth (torch) "
         "or .npy (the PSPNet50 release)"
     )

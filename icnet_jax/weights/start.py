@@ -32,17 +32,18 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from icnet_jax import checkpoints, cli
+from icnet_jax import errors
 from icnet_jax import state as state_lib
-from icnet_jax.cli import UserError
 from icnet_jax.config import get_config as default_config
+from icnet_jax.errors import UserError
 from icnet_jax.models.layers import BN_EPSILON
+from icnet_jax.weights import checkpoints
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
 
 
-class CheckpointDoesNotFitError(cli.UserError, ValueError):
+class CheckpointDoesNotFitError(errors.UserError, ValueError):
     """Tensors other than the classifiers differ in shape (another width or architecture)."""
 
 

@@ -14,12 +14,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import cli, eval_lib, inference, train_lib, visualize
+from icnet_jax import errors
 from icnet_jax import state as state_lib
-from icnet_jax.data import pipeline
-from icnet_jax.image_io import write_png
-from icnet_jax.region_analysis import RegionAccuracy
-from icnet_jax.submission import SubmissionWriter
+from icnet_jax.data import datasets, pipeline
+from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation.regions import RegionAccuracy
+from icnet_jax.evaluation.submission import SubmissionWriter
+from icnet_jax.inference import load as inference
+from icnet_jax.inference import visualize
+from icnet_jax.inference.image_io import write_png
 
 
 def prediction_stem(file_name: str, index: int) -> str:
@@ -64,7 +67,7 @@ def evaluate(
       The summary written to metrics.json, with `'region_accuracy'` and `'output_dir'` added.
     """
     if checkpoint is None and workdir is None:
-        raise cli.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
+        raise errors.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
     main = jax.process_index() == 0
     loaded = inference.load_checkpoint(
         checkpoint if checkpoint is not None else workdir,
@@ -77,17 +80,17 @@ def evaluate(
         print(inference.describe_settings(loaded.settings))
     split = split or cfg.dataset.eval_split
     if not split:
-        raise cli.UserError(
+        raise errors.UserError(
             "no split to evaluate: config.dataset.eval_split is empty; pass --split"
         )
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
-    cli.check_writable(out, "evaluation output")
+    errors.check_writable(out, "evaluation output")
     if submission_dir is not None:
-        cli.check_writable(submission_dir, "--submission_dir")
+        errors.check_writable(submission_dir, "--submission_dir")
     if source is None:
-        source, info = train_lib.data_source(cfg, split)
+        source, info = datasets.config_source(cfg, split)
     if info.num_classes != loaded.num_classes:
-        raise cli.UserError(
+        raise errors.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
             f"{loaded.num_classes}: is --config the dataset the checkpoint was trained on?"
         )

@@ -18,10 +18,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from icnet_jax.metrics import confusion_matrix, segmentation_metrics
+from icnet_jax.evaluation.metrics import confusion_matrix, segmentation_metrics
+from icnet_jax.evaluation.regions import RegionAccuracy
+from icnet_jax.inference.multiscale import average_probabilities, prediction_dtype
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
-from icnet_jax.region_analysis import RegionAccuracy
-from icnet_jax.test_time import average_probabilities, prediction_dtype
 
 # The order of branch columns everywhere (tables, metrics.json): the network's output first.
 BRANCH_ORDER = ("sub124", "sub24", "sub4")

@@ -17,9 +17,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from icnet_jax import checkpoints, cli, eval_lib, finetune, pretrained, run_control
+from icnet_jax import errors
 from icnet_jax.data import class_stats, datasets, pipeline
-from icnet_jax.losses import Ohem, cascade_loss
+from icnet_jax.evaluation import loop as eval_lib
 from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
     TrainState,
     create_model,
@@ -28,6 +28,11 @@ from icnet_jax.state import (  # noqa: F401 - the model and state of a config, u
     inference_model,
     learning_rate_schedule,
 )
+from icnet_jax.train import run_control
+from icnet_jax.train.losses import Ohem, cascade_loss
+from icnet_jax.weights import checkpoints
+from icnet_jax.weights import imagenet as pretrained
+from icnet_jax.weights import start as finetune
 
 Array = jax.Array
 AXIS = "batch"
@@ -120,25 +125,11 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
     return {k: np.asarray(v).reshape(n, size // n, *np.shape(v)[1:]) for k, v in batch.items()}
 
 
-def data_source(config: ml_collections.ConfigDict, split: str):
-    """`(source, DatasetInfo)` of `split` of `config.dataset` (prepared on first use)."""
-    # tensorflow-datasets is imported here, not with the module: predicting needs none of it.
-
-    d = config.dataset
-    return datasets.get_data_source(
-        d.name,
-        split,
-        data_dir=str(pathlib.Path(d.data_dir).expanduser()),
-        manual_dir=d.manual_dir or None,
-        **d.builder_kwargs.to_dict(),
-    )
-
-
 def evaluate_split(
     config: ml_collections.ConfigDict, variables: Any, num_classes: int, class_names, split: str
 ) -> dict[str, dict[str, Any]]:
     """Every branch of the model evaluated on `split` (whole images), by `evaluate.py`'s path."""
-    source, _ = data_source(config, split)
+    source, _ = datasets.config_source(config, split)
     model = inference_model(config, num_classes)
     eval_size = tuple(config.input.eval_size) if config.input.eval_size else None
     step = eval_lib.make_step(
@@ -181,7 +172,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     """What needs no computation, checked before anything is compiled or written."""
     devices = jax.device_count()
     if config.batch_size % devices:
-        raise cli.UserError(
+        raise errors.UserError(
             f"config.batch_size={config.batch_size} does not split over the {devices} devices; "
             f"give a multiple of {devices} (--config.batch_size)"
         )
@@ -204,10 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       NonFiniteLossError: the loss became NaN or infinite.
     """
     workdir = pathlib.Path(workdir)
-    cli.check_writable(workdir, "--workdir")
+    errors.check_writable(workdir, "--workdir")
     _check_config(config)
     config_dict = json.loads(config.to_json())
-    source, info = data_source(config, config.dataset.train_split)
+    source, info = datasets.config_source(config, config.dataset.train_split)
     # Counts the classes' pixels once (stored with the data) and checks explicit weights.
     class_stats.weights_from_config(config, info.num_classes)
     model = create_model(config, info.num_classes, axis_name=AXIS)

@@ -13,16 +13,19 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from icnet_jax import cli, image_io, inference, test_time, visualize
+from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data.augment import normalize
+from icnet_jax.inference import image_io, visualize
+from icnet_jax.inference import load as inference
+from icnet_jax.inference import multiscale as test_time
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
 )  # fmt: skip
 
 
-class MissingInputError(cli.UserError, FileNotFoundError):
+class MissingInputError(errors.UserError, FileNotFoundError):
     """The input path does not exist."""
 
 
@@ -178,11 +181,11 @@ def predict(
     """
     items = collect_inputs(inputs, recursive)
     if not items:
-        raise cli.UserError(
+        raise errors.UserError(
             f"no images or videos in {os.fspath(inputs)}"
             + ("" if recursive else " (--recursive reads its sub-folders)")
         )
-    cli.check_writable(output, "--output")
+    errors.check_writable(output, "--output")
     loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=command_line_wins)
     print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.num_classes} classes)")
     print(inference.describe_settings(loaded.settings))

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from icnet_jax.cli import UserError
+from icnet_jax.errors import UserError
 from icnet_jax.models.layers import resize_nearest
 
 Array = jax.Array

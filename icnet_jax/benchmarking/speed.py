@@ -51,8 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icnet_jax import profiling
-from icnet_jax.cli import UserError
+from icnet_jax.benchmarking import profiling
+from icnet_jax.errors import UserError
 from icnet_jax.models import ICNet, PSPNet, fold_batchnorm
 
 BASELINE = "pspnet50_half"
@@ -60,7 +60,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Parameter shapes are taken on a small input (they do not depend on the input size).
 INIT_SIZE = (129, 257)
 # The memory probe re-runs the entry point in a fresh process (the peak counter cannot be reset).
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmark.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmark.py"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from icnet_jax import cli
+from icnet_jax import errors
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -39,11 +39,11 @@ UNREADABLE = "unreadable_checkpoints"
 _REASON_CHARS = 160
 
 
-class CheckpointMismatchError(cli.UserError):
+class CheckpointMismatchError(errors.UserError):
     """The workdir's checkpoints hold another model than the config describes."""
 
 
-class NoCheckpointError(cli.UserError, FileNotFoundError):
+class NoCheckpointError(errors.UserError, FileNotFoundError):
     """No (readable) checkpoint where one was asked for."""
 
 
@@ -353,7 +353,7 @@ def restore(
                     restored = manager.restore(
                         candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                     )
-            except cli.UserError:
+            except errors.UserError:
                 raise
             except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
                 reasons.append(f"{candidate}: {_reason(error)}")

@@ -35,11 +35,11 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from icnet_jax.cli import UserError
 from icnet_jax.config import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
-from icnet_jax.finetune import check_folded_start, merge_variables, plain_dict
+from icnet_jax.errors import UserError
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
-from icnet_jax.weight_files import mismatch_summary, read_weights
+from icnet_jax.weights.files import mismatch_summary, read_weights
+from icnet_jax.weights.start import check_folded_start, merge_variables, plain_dict
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has
@@ -232,7 +232,7 @@ def _torch_variables(tensors, source, params, stats, layers):
 def _caffe_variables(tensors, params, layers):
     """Our `{'params', 'batch_stats'}` of `layers` from the release's Caffe names (BN kept or
     folded, through the release converter)."""
-    from icnet_jax.tools import convert_weights
+    from icnet_jax.weights import release
 
     template: dict[str, Any] = {}
     for path in layers:
@@ -247,7 +247,7 @@ def _caffe_variables(tensors, params, layers):
             ours[canonical] = value
             used.add(name)
     try:
-        variables, _, _ = convert_weights.release_variables(ours, {"params": template}, skip=())
+        variables, _, _ = release.release_variables(ours, {"params": template}, skip=())
     except ValueError as error:  # its message lists the tensors on several lines: make it one
         raise ValueError("; ".join(line.strip() for line in str(error).splitlines())) from None
     return variables, used, [], []

@@ -17,9 +17,9 @@ import re
 
 import numpy as np
 
-from icnet_jax.cli import UserError
 from icnet_jax.data import labels as L
-from icnet_jax.image_io import write_png
+from icnet_jax.errors import UserError
+from icnet_jax.inference.image_io import write_png
 
 # The stem cityscapesScripts matches a prediction to its ground truth by.
 _CITYSCAPES_STEM = re.compile(r"^([A-Za-z-]+)_(\d+)_(\d+)$")

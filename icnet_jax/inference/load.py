@@ -20,9 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import checkpoints
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
+from icnet_jax.weights import checkpoints
 
 Array = jax.Array
 _log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax.image_io import write_png
+from icnet_jax.inference.image_io import write_png
 
 PathLike = str | os.PathLike
 

@@ -1,0 +1,358 @@
+"""The authors' released ICNet weights as variables of this package's model, written as a
+training checkpoint (the library half of `python -m icnet_jax.tools.convert_weights`).
+
+`convert` writes `DIR/checkpoints/0/{state,data,config}`: a full `TrainState` at step 0 (params
+and BatchNorm statistics from the release, a fresh optimizer state), so that `--checkpoint=DIR`
+works for evaluation and prediction and `config.init_checkpoint=DIR` for fine-tuning. The saved
+config records the release's preprocessing: BGR, minus the ImageNet mean, no scaling, evaluation
+at 1025x2049, align-corners resizing, width 0.5, and whether BatchNorm was folded.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from icnet_jax import errors
+from icnet_jax.data import labels as L
+from icnet_jax.models.layers import BN_EPSILON
+from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release: this tool's API
+    WeightsError,
+    flatten_tensors,
+    load_release,
+    mismatch_summary,
+)
+
+
+class OutputExistsError(FileExistsError, errors.UserError):
+    """The output folder already holds checkpoints (never overwritten)."""
+
+
+# Classes of the datasets whose number is fixed (`config.dataset.name`).
+DATASET_CLASSES = {
+    "cityscapes": L.CITYSCAPES.num_classes,
+    "camvid": L.CAMVID.num_classes,
+    "coco_stuff": L.COCO_STUFF.num_classes,
+    "street": L.STREET.num_classes,
+}
+
+_INIT_SIZE = (9, 9)  # parameter shapes do not depend on the image size
+_BN_ALIASES = {
+    "scale": "scale", "gamma": "scale",
+    "offset": "offset", "beta": "offset",
+    "mean": "mean", "moving_mean": "mean",
+    "variance": "variance", "moving_variance": "variance",
+}  # fmt: skip
+_SLOT_SUFFIXES = ("Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "ExponentialMovingAverage")
+
+
+def _is_bookkeeping(name: str) -> bool:
+    last = name.rsplit("/", 1)[-1]
+    return (
+        name == "global_step"
+        or last in _SLOT_SUFFIXES
+        or last.startswith(("beta1_power", "beta2_power"))
+    )
+
+
+def _layers(params: Mapping[str, Any], path: tuple[str, ...] = ()):
+    """(release name, module path, kind) of every layer: 'convbn' or 'classifier'."""
+    for name, value in params.items():
+        if not isinstance(value, Mapping):
+            continue
+        if "conv" in value:
+            yield "_".join((*path, name)), (*path, name), "convbn"
+        elif "kernel" in value:
+            yield "_".join((*path, name)), (*path, name), "classifier"
+        else:
+            yield from _layers(value, (*path, name))
+
+
+def release_variables(
+    tensors: Mapping[str, np.ndarray],
+    template: Mapping[str, Any],
+    *,
+    skip: tuple[str, ...] = ("conv6_sub4", "conv6_sub2"),
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The released tensors as `{'params', 'batch_stats'}` of our unfolded model.
+
+    Args:
+      tensors: flat `{'layer/param': array}` (folded, BN kept, or a mix, layer by layer).
+      template: variables (or their shapes, `jax.eval_shape`) of the model to fill.
+      skip: layers absent from the release (left out of the result: keep their initialisation).
+    Returns:
+      `(variables, ignored, absent)`: the variables of every layer but `skip`; the tensors ignored
+      as training bookkeeping; the `skip` layers (to initialise randomly).
+    Raises:
+      ValueError listing every missing, extra and mis-shaped tensor.
+    """
+    tensors = dict(tensors)
+    ignored = sorted(n for n in tensors if _is_bookkeeping(n))
+    for name in ignored:
+        del tensors[name]
+    # BN-kept names -> `layer_bn/<canonical>`
+    canonical = {}
+    for name in tensors:
+        layer, _, param = name.rpartition("/")
+        if layer.endswith("_bn") and param in _BN_ALIASES:
+            canonical[f"{layer}/{_BN_ALIASES[param]}"] = name
+        else:
+            canonical[name] = name
+    used: set[str] = set()
+    missing, misshaped = [], []
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+
+    def take(key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if key not in canonical:
+            missing.append(f"{key} {list(shape)}")
+            return None
+        name = canonical[key]
+        used.add(name)
+        array = np.asarray(tensors[name])
+        if tuple(array.shape) != tuple(shape):
+            misshaped.append(f"{name}: file {list(array.shape)}, model expects {list(shape)}")
+            return None
+        return array.astype(np.float32)
+
+    def put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+        for part in path[:-1]:
+            tree = tree.setdefault(part, {})
+        tree[path[-1]] = value
+
+    def node(tree, path):
+        for part in path:
+            tree = tree[part]
+        return tree
+
+    absent = []
+    for name, path, kind in _layers(template["params"]):
+        if name in skip:
+            absent.append(name)
+            continue
+        p = node(template["params"], path)
+        if kind == "classifier":
+            kernel = take(f"{name}/weights", p["kernel"].shape)
+            bias = take(f"{name}/biases", p["bias"].shape)
+            if kernel is not None and bias is not None:
+                put(params, path, {"kernel": kernel, "bias": bias})
+            continue
+        kshape = tuple(p["conv"]["kernel"].shape)
+        n = kshape[-1]
+        kernel = take(f"{name}/weights", kshape)
+        if f"{name}_bn/scale" in canonical or f"{name}_bn/mean" in canonical:  # BN kept
+            bn = {k: take(f"{name}_bn/{k}", (n,)) for k in ("scale", "offset", "mean", "variance")}
+            conv_bias = None
+            if f"{name}/biases" in canonical:  # a conv bias before BN: shifts the mean
+                conv_bias = take(f"{name}/biases", (n,))
+            if kernel is None or any(v is None for v in bn.values()):
+                continue
+            mean = bn["mean"] - (conv_bias if conv_bias is not None else 0.0)
+            put(
+                params,
+                path,
+                {"conv": {"kernel": kernel}, "bn": {"scale": bn["scale"], "bias": bn["offset"]}},
+            )
+            put(stats, path, {"bn": {"mean": mean.astype(np.float32), "var": bn["variance"]}})
+        else:  # BN folded into the convolution
+            bias = take(f"{name}/biases", (n,))
+            if kernel is None or bias is None:
+                continue
+            put(
+                params,
+                path,
+                {"conv": {"kernel": kernel}, "bn": {"scale": np.ones(n, np.float32), "bias": bias}},
+            )
+            put(
+                stats,
+                path,
+                {
+                    "bn": {
+                        "mean": np.zeros(n, np.float32),
+                        "var": np.full(n, 1.0 - BN_EPSILON, np.float32),
+                    }
+                },
+            )
+    extra = sorted(f"{n} {list(np.shape(tensors[n]))}" for n in tensors if n not in used)
+    if missing or extra or misshaped:
+        raise WeightsError(
+            "the weights do not match the ICNet release: "
+            + mismatch_summary(missing, extra, misshaped)
+        )
+    return {"params": params, "batch_stats": stats}, ignored, absent
+
+
+def infer_release_geometry(
+    tensors: Mapping[str, np.ndarray], expected_classes: int | None = None
+) -> tuple[float, int]:
+    """(width, num_classes) of released tensors (from conv1_1 and the classifier).
+
+    Raises `WeightsError` when they are not ICNet's, when the classifier's weights and biases
+    disagree, or when it has another number of classes than `expected_classes` (if given).
+    """
+    shapes = {name: np.shape(array) for name, array in tensors.items()}
+    for name in ("conv1_1_3x3_s2/weights", "conv6_cls/weights"):
+        if name not in shapes or len(shapes[name]) != 4:
+            found = ", ".join(sorted(shapes)[:3]) or "nothing"
+            raise WeightsError(
+                f"not ICNet weights: no 4-d tensor {name} ({len(shapes)} tensors: {found}, ...)"
+            )
+    width = shapes["conv1_1_3x3_s2/weights"][-1] / 64
+    num_classes = int(shapes["conv6_cls/weights"][-1])
+    biases = shapes.get("conv6_cls/biases")
+    if biases is not None and tuple(biases) != (num_classes,):
+        raise WeightsError(
+            f"the classifier is inconsistent: conv6_cls/weights has {num_classes} classes but "
+            f"conv6_cls/biases has shape {list(biases)} (a cut or edited file?)"
+        )
+    if expected_classes is not None and num_classes != expected_classes:
+        raise WeightsError(
+            f"the classifier conv6_cls has {num_classes} classes where the config says "
+            f"{expected_classes}: to convert a model trained on {num_classes} classes, set "
+            f"--num_classes={num_classes} (and --config.dataset.name to its dataset)"
+        )
+    return width, num_classes
+
+
+def expected_classes(config, num_classes: int | None = None) -> int | None:
+    """`num_classes` if given, else that of `config.dataset.name` (None if it has no fixed one)."""
+    return num_classes or DATASET_CLASSES.get(config.dataset.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def release_config(config, *, width: float = 0.5, num_classes: int = 19):
+    """`config` set to the release's preprocessing and model (in place; returned)."""
+    from icnet_jax.config import IMAGENET_MEAN_RGB
+
+    config.model.name = "icnet"
+    config.model.width = float(width)
+    config.model.align_corners = True
+    config.model.cff_upsampling = "bilinear"
+    config.input.bgr = True
+    config.input.mean = tuple(IMAGENET_MEAN_RGB)  # RGB order, subtracted after BGR swap
+    config.input.std = (1.0, 1.0, 1.0)
+    if num_classes == 19:
+        config.dataset.name = "cityscapes"
+        config.input.eval_size = (1025, 2049)
+    return config
+
+
+def merge_into(fresh: Mapping[str, Any], loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """`fresh` with every leaf present in `loaded` replaced (shapes must agree)."""
+    out = {}
+    for key, value in fresh.items():
+        if isinstance(value, Mapping):
+            out[key] = merge_into(value, loaded.get(key, {}))
+        elif key in loaded:
+            if tuple(np.shape(loaded[key])) != tuple(np.shape(value)):
+                raise ValueError(f"{key}: {np.shape(loaded[key])} vs {np.shape(value)}")
+            out[key] = np.asarray(loaded[key], dtype=np.asarray(value).dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def write_training_checkpoint(
+    output: str | pathlib.Path,
+    config,
+    variables: Mapping[str, Any],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+) -> Any:
+    """Writes `output/checkpoints/<step>/{state,data,config}` with a fresh `TrainState` of the model
+    `config` describes, whose params and batch_stats are replaced by `variables` wherever given
+    (layers absent from `variables` keep their random initialisation). Returns the state."""
+    import jax
+    import jax.numpy as jnp
+
+    from icnet_jax import state as state_lib
+    from icnet_jax.weights import checkpoints
+
+    output = pathlib.Path(output)
+    existing = output / "checkpoints"
+    if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
+        raise OutputExistsError(f"{existing} already holds checkpoints; choose another --output")
+    model = state_lib.create_model(config, num_classes)
+    tx = state_lib.create_optimizer(config)
+    # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
+    init = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32))
+    fresh = state_lib.TrainState.create(
+        apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
+    )
+    params = merge_into(jax.device_get(fresh.params), variables.get("params", {}))
+    stats = merge_into(jax.device_get(fresh.batch_stats), variables.get("batch_stats", {}))
+    params = jax.tree.map(jnp.asarray, params)
+    state = fresh.replace(
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, stats),
+        opt_state=tx.init(params),
+        step=jnp.asarray(step, jnp.int32),
+    )
+    config_dict = _json_dict(config)
+    checkpoints.write(output, step, state, config_dict)
+    return state
+
+
+def _json_dict(config) -> dict:
+    import json
+
+    return json.loads(config.to_json())
+
+
+def convert(
+    input_path,
+    output,
+    config,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+):
+    """Converts released weights at `input_path` to a checkpoint in `output` (see module doc).
+
+    `num_classes`: the classifier's expected number of classes (default: the config's dataset's).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from icnet_jax.models import ICNet
+    from icnet_jax.weights import start as finetune
+
+    tensors = load_release(input_path)
+    width, num_classes = infer_release_geometry(tensors, expected_classes(config, num_classes))
+    config = release_config(config, width=width, num_classes=num_classes)
+    model = ICNet(num_classes=num_classes, width=config.model.width)
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
+    variables, ignored, absent = release_variables(tensors, template)
+    # Recorded for fine-tuning, which refuses BN-folded weights unless BatchNorm statistics are
+    # frozen (icnet_jax.weights.start.check_folded_start).
+    config.bn_folded = bool(finetune.folded_layers(variables["batch_stats"]))
+    state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
+    if verbose:
+        count = len(tensors) - len(ignored)
+        print(
+            f"converted {count} tensors of {input_path} (ICNet width {width:g}, "
+            f"{num_classes} classes) -> {pathlib.Path(output) / 'checkpoints' / '0'}"
+        )
+        if ignored:
+            print(f"ignored training bookkeeping: {', '.join(ignored)}")
+        if absent:
+            print(
+                f"not in the release, initialised randomly (training-only heads for cascade label "
+                f"guidance): {', '.join(absent)}"
+            )
+        print(
+            "preprocessing recorded in the config: BGR, minus mean (RGB) "
+            f"{tuple(config.input.mean)}, std {tuple(config.input.std)}, eval size "
+            f"{config.input.eval_size}, align_corners {config.model.align_corners}"
+        )
+    return state
