@@ -20,7 +20,7 @@ ratios are against pspnet50_half of the same dtype, when it is in the run.
 Memory (`--memory`): 'measured' is the device's peak_bytes_in_use in a fresh subprocess running
 one forward of one model (GPU/TPU only); 'xla_estimate' is the compiled executable's memory
 analysis, available everywhere; 'auto' (default) measures where it can. `--json=FILE` writes the
-figures and settings (schema: `icnet_jax/benchmarking.py`).
+figures and settings (schema: `icnet_jax/benchmarking/speed.py`).
 
 Exit status: 0 benchmarked (table printed, JSON written); 2 bad input (an unknown model or flag,
 a value out of range, a --json folder that cannot be written), nothing run; 130 interrupted.

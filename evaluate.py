@@ -14,7 +14,8 @@ Options: `--flip` averages the probabilities with those of the mirrored image,
 `--scales=0.75,1,1.25` over several input scales (of `input.eval_size`, else of the image);
 `--save_predictions=N` writes coloured predictions of this host's first N images;
 `--submission_dir=DIR` writes every image's prediction in the benchmark server's format
-(Cityscapes: labelIds PNGs `<city>_<seq>_<frame>_leftImg8bit.png`; see icnet_jax/submission.py).
+(Cityscapes: labelIds PNGs `<city>_<seq>_<frame>_leftImg8bit.png`; see
+icnet_jax/evaluation/submission.py).
 A split without labelled pixels (Cityscapes' test split) gets predictions and no metrics:
 
     python evaluate.py --config=configs/cityscapes.py:trainval90k --workdir=DIR --split=test \

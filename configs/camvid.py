@@ -1,7 +1,7 @@
 """ICNet on CamVid (SegNet layout, 360x480, 11 classes): 10K steps as in the paper.
 
-`--config=configs/camvid.py:cpu` is the from-scratch recipe for a small machine measured in the
-README's CamVid section (its ablation table chose the options); `:cpu+compress_full` and
+`--config=configs/camvid.py:cpu` is the from-scratch recipe for a small machine measured in
+docs/camvid.md (its ablation table chose the options); `:cpu+compress_full` and
 `:cpu+compress_half` run the compression recipe (README, "Pretrained starts") at that scale.
 """
 

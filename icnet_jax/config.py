@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.freeze_bn_affine = False  # True: BatchNorm scales and offsets are not trained
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
-    # Options against class imbalance (README, CamVid section); both off in the paper's recipe.
+    # Options against class imbalance (docs/camvid.md); both off in the paper's recipe.
     config.loss = ml_collections.ConfigDict()
     # '' | 'median_frequency' (SegNet) | 'enet' (1 / ln(1.02 + p)), from the training split's
     # pixel counts | one weight per class, e.g. '1,1,4,1,2,2,5,5,1,5,8'.

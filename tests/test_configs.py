@@ -69,7 +69,7 @@ def test_unknown_variant_is_named():
 def test_camvid_cpu_recipe():
     config = importlib.import_module("configs.camvid").get_config("cpu")
     assert config.dataset.name == "camvid" and config.loss.ohem
-    assert config.batch_size * config.num_steps <= 12_000  # the image budget
+    assert config.batch_size * config.num_steps <= 12_000  # the recipe's image budget: 12k crops
     assert all((s - 1) % 8 == 0 for s in config.input.crop_size)
 
 

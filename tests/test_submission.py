@@ -1,6 +1,7 @@
-"""Benchmark-server predictions (icnet_jax/submission.py, `evaluate.py --submission_dir`): the
-Cityscapes labelIds and file names, checked against the official files of the real sample frame
-and against cityscapesScripts' own evaluation of what we wrote."""
+"""Benchmark-server predictions (icnet_jax/evaluation/submission.py,
+`evaluate.py --submission_dir`): the Cityscapes labelIds and file names, checked against the
+official files of the real sample frame and against cityscapesScripts' own evaluation of what
+we wrote."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ prepared copy records their fingerprint). Reading needs no TensorFlow.
 Any split can be filtered by the start of its examples' file names (without folders):
 ``train[0006R0]`` keeps the examples whose names start with ``0006R0``, ``train[-0006R0]`` drops
 them, ``train[0001TP,0016E5]`` keeps either prefix. CamVid names start with their sequence, so
-this trains on some street sequences and evaluates on another (see the README's CamVid section).
+this trains on some street sequences and evaluates on another (see docs/camvid.md).
 """
 
 from __future__ import annotations
