@@ -1,5 +1,6 @@
-"""What every dataset builder shares: errors, reading folders and zip archives, decoding and
-checking image/label pairs, and the tfds builder that writes them.
+"""The tfds builder every dataset shares: features, bad-file policy, manual-dir fingerprint.
+
+Reading the manual dir's files is ``files.py``'s, decoding and checking them ``decoding.py``'s.
 
 Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids (255 = ignore),
 'file_name': str}``. Images are stored as their original PNG/JPEG bytes when these decode to 8-bit
@@ -21,27 +22,27 @@ that a folder fixed or extended after preparing is prepared again instead of sil
 from __future__ import annotations
 
 import abc
-import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
 import pathlib
-import zipfile
-from collections.abc import Callable
 from typing import Literal
 
-import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from icnet_jax.data import labels as L
-from icnet_jax.errors import UserError
+from icnet_jax.data.builders.decoding import check_label_values, encoded_label, encoded_rgb
+from icnet_jax.data.builders.files import (
+    MANUAL_DIR_FLAG,
+    BadFileError,
+    File,
+    MissingDataError,
+    Pair,
+)
 
 OnBadFile = Literal["error", "skip"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _log = logging.getLogger(__name__)
 
 
@@ -54,148 +55,7 @@ def _not_custom_config_notice(record: logging.LogRecord) -> bool:
 logging.getLogger("absl").addFilter(_not_custom_config_notice)
 
 
-MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
 FINGERPRINT_KEY = "source_fingerprint"
-
-
-class MissingDataError(FileNotFoundError, UserError):
-    """The manual dir lacks the archives or folders a builder needs."""
-
-
-class BadFileError(ValueError, UserError):
-    """An image or label file is unreadable or inconsistent; the message names it (or all)."""
-
-
-# --- Reading files from folders and zip archives ---------------------------------------------
-
-
-class Tree(abc.ABC):
-    """Read-only files addressed by '/'-separated paths, in a folder or a zip archive."""
-
-    @abc.abstractmethod
-    def paths(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    def read(self, path: str) -> bytes: ...
-
-    @abc.abstractmethod
-    def describe(self, path: str) -> str: ...
-
-
-class DirTree(Tree):
-    def __init__(self, root: pathlib.Path, subdir: str = "") -> None:
-        self.root, self.subdir = root, subdir
-
-    def paths(self) -> list[str]:
-        base = self.root / self.subdir
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-
-    def read(self, path: str) -> bytes:
-        return (self.root / path).read_bytes()
-
-    def describe(self, path: str) -> str:
-        return str(self.root / path)
-
-
-class ZipTree(Tree):
-    def __init__(self, archive: pathlib.Path) -> None:
-        self.archive = archive
-        self._zip = zipfile.ZipFile(archive)
-
-    def paths(self) -> list[str]:
-        return sorted(n for n in self._zip.namelist() if not n.endswith("/"))
-
-    def read(self, path: str) -> bytes:
-        return self._zip.read(path)
-
-    def describe(self, path: str) -> str:
-        return f"{self.archive}:{path}"
-
-
-def tree_paths(root: pathlib.Path, subdir: str) -> list[str]:
-    """Files below ``root/subdir`` as paths relative to ``root`` (empty if it does not exist)."""
-    return DirTree(root, subdir).paths() if (root / subdir).is_dir() else []
-
-
-@dataclasses.dataclass(frozen=True)
-class File:
-    """One file of a tree (or one that should exist, for a better message when it does not)."""
-
-    tree: Tree
-    path: str
-
-    def read(self) -> bytes:
-        try:
-            return self.tree.read(self.path)
-        except (OSError, KeyError) as e:
-            raise BadFileError(f"{self}: cannot read ({e})") from e
-
-    def __str__(self) -> str:
-        return self.tree.describe(self.path)
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """An image and the label file that goes with it; ``key`` is the stored file name."""
-
-    key: str
-    image: File
-    label: File | None
-
-
-# --- Decoding and checking -------------------------------------------------------------------
-
-
-def encoded_rgb(file: File) -> tuple[bytes, tuple[int, int]]:
-    """Returns PNG/JPEG bytes of an 8-bit RGB image and its (H, W); re-encodes other kinds."""
-    data = file.read()
-    buf = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadFileError(f"{file}: cannot decode image")
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        return data, image.shape[:2]
-    # Grey, alpha or 16-bit: store what tfds' decoder turns into 3 uint8 channels.
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return cv2.imencode(".png", bgr)[1].tobytes(), bgr.shape[:2]
-
-
-def label_png(file: File) -> np.ndarray:
-    """Raw label values of a PNG: ``[H, W]`` ints (palette PNGs give their indices), or
-    ``[H, W, 3]`` RGB for colour-coded labels."""
-    try:
-        with Image.open(io.BytesIO(file.read())) as img:
-            if img.mode in ("RGBA", "RGB"):
-                return np.asarray(img.convert("RGB"))
-            return np.asarray(img)
-    except BadFileError:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise BadFileError(f"{file}: cannot decode label ({e})") from e
-
-
-def label_mat(file: File) -> np.ndarray:
-    """Field ``S`` of a COCO-Stuff 10K annotation .mat file, ``[H, W]`` ints."""
-    from scipy import io as sio  # only the 10K release needs scipy
-
-    try:
-        return np.asarray(sio.loadmat(io.BytesIO(file.read()))["S"])
-    except BadFileError:
-        raise
-    except Exception as e:
-        raise BadFileError(f"{file}: cannot read field 'S' ({e})") from e
-
-
-def encoded_label(label: np.ndarray) -> bytes:
-    return cv2.imencode(".png", label)[1].tobytes()
-
-
-def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
-    """Raises BadFileError unless every value is a class id in [0, num_classes) or 255."""
-    bad = (label >= num_classes) & (label != L.IGNORE_LABEL)
-    if bad.any():
-        values = np.unique(label[bad])[:10].tolist()
-        raise BadFileError(f"{where}: label values {values} outside [0, {num_classes}) and not 255")
 
 
 def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.DatasetInfo:
@@ -213,9 +73,6 @@ def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.
         metadata=tfds.core.MetadataDict(),
         homepage=site or None,
     )
-
-
-# --- The shared builder --------------------------------------------------------------------------
 
 
 class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
@@ -418,21 +275,3 @@ class SegmentationBuilder(PreparedBuilder):
             )
         check_label_values(label, num_classes, str(pair.label))
         return {"image": image, "label": encoded_label(label), "file_name": pair.key}
-
-
-def table_reader(read: Callable[[File], np.ndarray], table: np.ndarray):
-    def read_label(self, file: File) -> np.ndarray:
-        raw = read(file)
-        if raw.ndim != 2:
-            raise BadFileError(f"{file}: label has shape {raw.shape}, expected one channel")
-        return L.map_labels(raw, table)
-
-    return read_label
-
-
-def by_stem(tree: Tree, paths: list[str], suffixes=IMAGE_SUFFIXES) -> dict[str, str]:
-    return {
-        pathlib.PurePosixPath(p).stem: p
-        for p in paths
-        if pathlib.PurePosixPath(p).suffix.lower() in suffixes
-    }

@@ -15,16 +15,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import (
-    BadFileError,
-    DirTree,
-    File,
-    Pair,
-    SegmentationBuilder,
-    by_stem,
-    label_png,
-    tree_paths,
-)
+from icnet_jax.data.builders.base import SegmentationBuilder
+from icnet_jax.data.builders.decoding import label_png
+from icnet_jax.data.builders.files import BadFileError, DirTree, File, Pair, by_stem, tree_paths
 
 
 @dataclasses.dataclass(eq=False)

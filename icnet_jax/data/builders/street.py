@@ -10,7 +10,8 @@ import cv2
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import PreparedBuilder, encoded_label, tfds_info
+from icnet_jax.data.builders.base import PreparedBuilder, tfds_info
+from icnet_jax.data.builders.decoding import encoded_label
 from icnet_jax.data.synthetic_street import render_street
 
 
