@@ -3,8 +3,9 @@
 Reading the manual dir's files is ``files.py``'s, decoding and checking them ``decoding.py``'s.
 
 Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids (255 = ignore),
-'file_name': str}``. Images are stored as their original PNG/JPEG bytes when these decode to 8-bit
-RGB, labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``,
+'file_name': str}``. Images are decoded as prediction decodes them (``data.image_decode``:
+upright per their EXIF orientation, as viewers and annotation tools show them) and stored as their
+original PNG/JPEG bytes when these are 8-bit RGB stored upright, else re-encoded; labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``,
 default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
 
 Bad files (undecodable image or label, image/label size mismatch, a label value the release never
@@ -33,7 +34,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.decoding import check_label_values, encoded_label, encoded_rgb
+from icnet_jax.data.builders.decoding import (
+    check_label_values,
+    encoded_label,
+    encoded_rgb,
+    read_image,
+)
 from icnet_jax.data.builders.files import (
     MANUAL_DIR_FLAG,
     BadFileError,
@@ -261,17 +267,25 @@ class SegmentationBuilder(PreparedBuilder):
     def _example(self, pair: Pair, num_classes: int) -> dict:
         if pair.label is None:
             raise BadFileError(f"{pair.image}: no label file for this image")
-        image, size = encoded_rgb(pair.image)
+        image = read_image(pair.image)
         try:
             label = self.read_label(pair.label)
         except ValueError as e:
             if isinstance(e, BadFileError):
                 raise
             raise BadFileError(f"{pair.label}: {e}") from e
+        size = image.pixels.shape[:2]
         if label.shape != size:
+            upright = ""
+            if image.orientation != 1:
+                upright = f" as displayed (upright per its EXIF orientation {image.orientation})"
             raise BadFileError(
                 f"{pair.label}: label size {label.shape} differs from size {size} of the "
-                f"image {pair.image}"
+                f"image {pair.image}{upright}"
             )
         check_label_values(label, num_classes, str(pair.label))
-        return {"image": image, "label": encoded_label(label), "file_name": pair.key}
+        return {
+            "image": encoded_rgb(pair.image, image),
+            "label": encoded_label(label),
+            "file_name": pair.key,
+        }

@@ -11,20 +11,26 @@ from PIL import Image
 
 from icnet_jax.data import labels as L
 from icnet_jax.data.builders.files import BadFileError, File
+from icnet_jax.data.image_decode import DecodedImage, decode_image
 
 
-def encoded_rgb(file: File) -> tuple[bytes, tuple[int, int]]:
-    """Returns PNG/JPEG bytes of an 8-bit RGB image and its (H, W); re-encodes other kinds."""
-    data = file.read()
-    buf = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadFileError(f"{file}: cannot decode image")
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        return data, image.shape[:2]
-    # Grey, alpha or 16-bit: store what tfds' decoder turns into 3 uint8 channels.
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return cv2.imencode(".png", bgr)[1].tobytes(), bgr.shape[:2]
+def read_image(file: File) -> DecodedImage:
+    """The file's pixels, upright per its EXIF orientation (``image_decode.decode_image``)."""
+    try:
+        return decode_image(file.read())
+    except ValueError as e:
+        if isinstance(e, BadFileError):
+            raise
+        raise BadFileError(f"{file}: cannot decode image ({e})") from e
+
+
+def encoded_rgb(file: File, image: DecodedImage) -> bytes:
+    """PNG/JPEG bytes that any decoder reads as ``image.pixels``: the file's own bytes when it is
+    8-bit RGB stored upright, else a PNG of the upright pixels (EXIF-rotated, grey, alpha,
+    16-bit or palette files)."""
+    if image.plain:
+        return file.read()
+    return cv2.imencode(".png", cv2.cvtColor(image.pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
 def label_png(file: File) -> np.ndarray:
