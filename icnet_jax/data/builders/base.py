@@ -5,8 +5,8 @@ Reading the manual dir's files is ``files.py``'s, decoding and checking them ``d
 Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids (255 = ignore),
 'file_name': str}``. Images are decoded as prediction decodes them (``data.image_decode``:
 upright per their EXIF orientation, as viewers and annotation tools show them) and stored as their
-original PNG/JPEG bytes when these are 8-bit RGB stored upright, else re-encoded; labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``,
-default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
+original PNG/JPEG bytes when these are 8-bit RGB stored upright, else re-encoded; labels as PNG.
+Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``, default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
 
 Bad files (undecodable image or label, image/label size mismatch, a label value the release never
 uses, an image without its label) are all found in one pass: with ``on_bad_file='error'`` one
