@@ -6,7 +6,8 @@ Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids
 'file_name': str}``. Images are decoded as prediction decodes them (``data.image_decode``:
 upright per their EXIF orientation, as viewers and annotation tools show them) and stored as their
 original PNG/JPEG bytes when these are 8-bit RGB stored upright, else re-encoded; labels as PNG.
-Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``, default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
+Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``, default
+``<data_dir>/downloads/manual``) laid out as its module's docstring says.
 
 Bad files (undecodable image or label, image/label size mismatch, a label value the release never
 uses, an image without its label) are all found in one pass: with ``on_bad_file='error'`` one
