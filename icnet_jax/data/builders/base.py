@@ -158,6 +158,10 @@ class SegmentationBuilder(PreparedBuilder):
         """What the manual dir must hold and where to get it, for error messages."""
         return f"it must hold {self.MANUAL_FILES}, from {self.SITE}"
 
+    def split_source(self, split: str) -> str:
+        """Where the files of ``split`` come from, for the message saying it has none."""
+        return f"the manual dir {self.manual_root}"
+
     def missing(self, what: str) -> MissingDataError:
         return MissingDataError(
             f"{self.short_name}: {what} not found in the manual dir {self.manual_root}: "
@@ -222,6 +226,8 @@ class SegmentationBuilder(PreparedBuilder):
         self.info.metadata["palette"] = info.palette.tolist()
         # An empty list file gives no split rather than tfds' empty-split error.
         splits = {split: pairs for split, pairs in self.list_pairs(root).items() if pairs}
+        if not splits:  # raised before tfds writes anything: an empty dataset is never kept
+            raise self.missing("any image (of any split)")
         self._bad_files: list[str] = []
         self._splits_left = len(splits)
         return {

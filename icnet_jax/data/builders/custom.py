@@ -61,6 +61,10 @@ class IcnetCustom(SegmentationBuilder):
             palette = np.array([[int(v) for v in r.split()] for r in rows if r.strip()])
         return L.custom_info(self.builder_config.name, names, palette)
 
+    def split_source(self, split: str) -> str:
+        folder = self.manual_root / "images" / split
+        return f"folder {folder} {'has no image' if folder.is_dir() else 'does not exist'}"
+
     def read_label(self, file: File) -> np.ndarray:
         raw = label_png(file)
         if raw.ndim != 2:

@@ -1,0 +1,76 @@
+"""Checks before preparing or training: splits a config names, leftovers of a killed preparation."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from icnet_jax.config import get_config
+from icnet_jax.data.builders import MissingDataError
+from icnet_jax.data.datasets import check_splits
+from icnet_jax.errors import UserError
+from tests.data_fakes import png, random_image, write
+
+
+def _custom(root: pathlib.Path, counts: dict[str, int]) -> None:
+    """A two-class custom dataset with ``counts[split]`` 2x2 images per split folder."""
+    write(root / "classes.txt", b"background\nleaf\n")
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            write(root / f"images/{split}/{i}.png", png(random_image(2, 2, i)))
+            write(root / f"labels/{split}/{i}.png", png(np.eye(2, dtype=np.uint8)))
+
+
+def _config(tmp_path: pathlib.Path, eval_split: str = "val"):
+    config = get_config()
+    config.dataset.name = "custom"
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.dataset.manual_dir = str(tmp_path / "m")
+    config.dataset.eval_split = eval_split
+    return config
+
+
+def _prepared(tmp_path: pathlib.Path) -> list[pathlib.Path]:
+    return list((tmp_path / "tfds").rglob("dataset_info.json"))
+
+
+def test_splits_present_pass(tmp_path):
+    _custom(tmp_path / "m", {"train": 2, "val": 1})
+    check_splits(_config(tmp_path))
+    _custom(tmp_path / "m", {"train": 2})
+    check_splits(_config(tmp_path, eval_split=""))  # no evaluation: no val needed
+
+
+def test_missing_val_folder_names_the_folder_and_the_flag(tmp_path):
+    _custom(tmp_path / "m", {"train": 2})
+    with pytest.raises(UserError) as error:
+        check_splits(_config(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{tmp_path / 'm' / 'images' / 'val'} does not exist" in message
+    assert "--config.dataset.eval_split" in message
+
+
+def test_empty_val_folder_names_the_folder_and_the_flag(tmp_path):
+    _custom(tmp_path / "m", {"train": 2, "val": 0})
+    with pytest.raises(UserError, match=r"images/val has no image.*--config\.dataset\.eval_split"):
+        check_splits(_config(tmp_path))
+
+
+def test_missing_train_split_names_the_train_flag(tmp_path):
+    _custom(tmp_path / "m", {"other": 2, "val": 1})
+    with pytest.raises(UserError, match=r"images/train does not exist.*train_split"):
+        check_splits(_config(tmp_path))
+
+
+def test_empty_dataset_is_never_cached(tmp_path):
+    _custom(tmp_path / "m", {"train": 0, "val": 0})
+    with pytest.raises(MissingDataError, match="any image"):
+        check_splits(_config(tmp_path))
+    assert not _prepared(tmp_path)
+    _custom(tmp_path / "m", {"train": 2, "val": 1})  # the user adds the images
+    check_splits(_config(tmp_path))
+    assert len(_prepared(tmp_path)) == 1
