@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -74,3 +77,37 @@ def test_empty_dataset_is_never_cached(tmp_path):
     _custom(tmp_path / "m", {"train": 2, "val": 1})  # the user adds the images
     check_splits(_config(tmp_path))
     assert len(_prepared(tmp_path)) == 1
+
+
+def _leftover(tmp_path: pathlib.Path) -> pathlib.Path:
+    """What a preparation killed by SIGKILL leaves: tfds' half-written folder."""
+    folder = tmp_path / "tfds/icnet_custom/default/incomplete.K1LLED_1.0.0"
+    write(folder / "icnet_custom-train.array_record-00000-of-00001", b"half")
+    return folder
+
+
+def _marker(tmp_path: pathlib.Path, pid: int) -> pathlib.Path:
+    marker = tmp_path / f"tfds/icnet_custom/default/.preparing.{socket.gethostname()}.{pid}"
+    return write(marker, b"")
+
+
+def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, capsys):
+    _custom(tmp_path / "m", {"train": 2, "val": 1})
+    leftover = _leftover(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = _marker(tmp_path, gone.pid)  # the killed process's registration
+    check_splits(_config(tmp_path))
+    assert not leftover.exists() and not dead.exists()
+    assert f"removed {leftover}, left by an interrupted preparation" in capsys.readouterr().out
+    assert len(_prepared(tmp_path)) == 1
+    assert not list((tmp_path / "tfds").rglob(".preparing.*"))  # ours is gone too
+
+
+def test_leftover_kept_while_another_process_prepares(tmp_path, capsys):
+    _custom(tmp_path / "m", {"train": 2, "val": 1})
+    leftover = _leftover(tmp_path)
+    live = _marker(tmp_path, os.getppid())  # a running process preparing the same dataset
+    check_splits(_config(tmp_path))
+    assert leftover.exists() and live.exists()
+    assert "removed" not in capsys.readouterr().out

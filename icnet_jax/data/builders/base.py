@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
+from icnet_jax.data.builders import leftovers
 from icnet_jax.data.builders.decoding import (
     check_label_values,
     encoded_label,
@@ -100,6 +101,11 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
     def changed_since_prepared(self) -> str | None:
         """Why the prepared copy no longer matches its sources (None: it still does)."""
         return None
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        # Leftovers of a killed preparation are removed first (leftovers.py says when).
+        with leftovers.preparing(pathlib.Path(str(self.data_path)).parent):
+            super().download_and_prepare(*args, **kwargs)
 
 
 class SegmentationBuilder(PreparedBuilder):
