@@ -12,9 +12,10 @@ import pytest
 
 from icnet_jax.config import get_config
 from icnet_jax.data.builders import MissingDataError
-from icnet_jax.data.datasets import check_splits
+from icnet_jax.data.datasets import check_splits, get_data_source
 from icnet_jax.errors import UserError
-from tests.data_fakes import png, random_image, write
+from tests.data_fakes import exif_jpeg, png, random_image, two_colour_photo, write
+from tests.test_datasets import by_name
 
 
 def _custom(root: pathlib.Path, counts: dict[str, int]) -> None:
@@ -111,3 +112,40 @@ def test_leftover_kept_while_another_process_prepares(tmp_path, capsys):
     check_splits(_config(tmp_path))
     assert leftover.exists() and live.exists()
     assert "removed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("image_format", ["raw", "zlib"])
+def test_fast_image_formats_read_back_what_png_storage_does(tmp_path, capsys, image_format):
+    _custom(tmp_path / "m", {"train": 3, "val": 1})
+    write(tmp_path / "m/images/train/phone.jpg", exif_jpeg(two_colour_photo(4, 6), 6))
+    write(tmp_path / "m/labels/train/phone.png", png(np.ones((6, 4), np.uint8)))
+    write(tmp_path / "m/images/train/plain.jpg", exif_jpeg(random_image(8, 8, 5), 1))
+    write(tmp_path / "m/labels/train/plain.png", png(np.ones((8, 8), np.uint8)))
+    kw = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "m"}
+    for split in ("train", "val", "train[-phone]"):
+        expected = by_name(get_data_source("custom", split, **kw)[0])
+        got = by_name(get_data_source("custom", split, **kw, image_format=image_format)[0])
+        assert sorted(got) == sorted(expected)
+        for name, example in expected.items():
+            for key in ("image", "label"):
+                assert got[name][key].dtype == np.uint8
+                np.testing.assert_array_equal(got[name][key], example[key])
+    # Changing the format prepares the dataset again, in that format.
+    assert "changed since it was prepared" in capsys.readouterr().out
+
+
+def test_street_raw_format_reads_back_the_rendered_scenes(tmp_path):
+    kw = {"num_train": 2, "num_val": 1, "height": 32, "width": 64}
+    png_source, _ = get_data_source("street", "train", data_dir=tmp_path, **kw)
+    raw_source, _ = get_data_source("street", "train", data_dir=tmp_path, image_format="raw", **kw)
+    for i in range(2):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(raw_source[i][key], png_source[i][key])
+
+
+def test_unknown_image_format_is_a_user_error(tmp_path):
+    _custom(tmp_path / "m", {"train": 1})
+    with pytest.raises(UserError, match="image_format 'jpeg2000' is not one of png, raw, zlib"):
+        get_data_source(
+            "custom", "train", data_dir=tmp_path, manual_dir=tmp_path / "m", image_format="jpeg2000"
+        )

@@ -35,11 +35,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders import leftovers
+from icnet_jax.data.builders import leftovers, storage
 from icnet_jax.data.builders.decoding import (
     check_label_values,
-    encoded_label,
-    encoded_rgb,
     read_image,
 )
 from icnet_jax.data.builders.files import (
@@ -66,18 +64,12 @@ logging.getLogger("absl").addFilter(_not_custom_config_notice)
 FINGERPRINT_KEY = "source_fingerprint"
 
 
-def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.DatasetInfo:
+def tfds_info(builder: PreparedBuilder, site: str) -> tfds.core.DatasetInfo:
     """The features every builder writes; class names and palette go into ``metadata``."""
     return tfds.core.DatasetInfo(
         builder=builder,
         description=(builder.__doc__ or "").strip().splitlines()[0],
-        features=tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "file_name": tfds.features.Text(),
-            }
-        ),
+        features=storage.features(builder.image_format),
         metadata=tfds.core.MetadataDict(),
         homepage=site or None,
     )
@@ -86,6 +78,11 @@ def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.
 class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
     """A builder whose data is generated here, never downloaded: one line of our own instead of
     tfds' "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"."""
+
+    def __init__(self, *, image_format: storage.ImageFormat = "png", **kwargs) -> None:
+        storage.check_image_format(image_format)
+        self.image_format = image_format  # before tfds' __init__, which reads the features
+        super().__init__(**kwargs)
 
     def is_prepared(self) -> bool:
         # tfds logs "Variant folder ... has no dataset_info.json" for a folder not written yet.
@@ -176,7 +173,7 @@ class SegmentationBuilder(PreparedBuilder):
 
     def _options(self) -> dict:
         """Builder arguments that change the prepared data without changing its folder name."""
-        return {"on_bad_file": self.on_bad_file}
+        return {"on_bad_file": self.on_bad_file, "image_format": self.image_format}
 
     def source_fingerprint(self) -> str:
         """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
@@ -200,7 +197,10 @@ class SegmentationBuilder(PreparedBuilder):
         stored = self.info.metadata.get(FINGERPRINT_KEY)
         if not self.manual_root.is_dir() or stored == self.source_fingerprint():
             return None  # nothing to compare with: the prepared copy is all there is
-        return f"the files in {self.manual_root} (or on_bad_file) changed since it was prepared"
+        return (
+            f"the files in {self.manual_root} (or on_bad_file, image_format) changed since it "
+            "was prepared"
+        )
 
     def download_and_prepare(self, *args, **kwargs) -> None:
         self._check_manual_dir()  # before tfds creates any folder
@@ -297,8 +297,10 @@ class SegmentationBuilder(PreparedBuilder):
                 f"image {pair.image}{upright}"
             )
         check_label_values(label, num_classes, str(pair.label))
+        # A plain PNG/JPEG is kept as it is: smaller than any re-encoding, the same pixels.
+        original = pair.image.read() if image.plain and self.image_format == "png" else None
         return {
-            "image": encoded_rgb(pair.image, image),
-            "label": encoded_label(label),
+            "image": storage.stored_image(self.image_format, image.pixels, original),
+            "label": storage.stored_label(self.image_format, label),
             "file_name": pair.key,
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -22,15 +21,6 @@ def read_image(file: File) -> DecodedImage:
         if isinstance(e, BadFileError):
             raise
         raise BadFileError(f"{file}: cannot decode image ({e})") from e
-
-
-def encoded_rgb(file: File, image: DecodedImage) -> bytes:
-    """PNG/JPEG bytes that any decoder reads as ``image.pixels``: the file's own bytes when it is
-    8-bit RGB stored upright, else a PNG of the upright pixels (EXIF-rotated, grey, alpha,
-    16-bit or palette files)."""
-    if image.plain:
-        return file.read()
-    return cv2.imencode(".png", cv2.cvtColor(image.pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
 def label_png(file: File) -> np.ndarray:
@@ -57,10 +47,6 @@ def label_mat(file: File) -> np.ndarray:
         raise
     except Exception as e:
         raise BadFileError(f"{file}: cannot read field 'S' ({e})") from e
-
-
-def encoded_label(label: np.ndarray) -> bytes:
-    return cv2.imencode(".png", label)[1].tobytes()
 
 
 def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
