@@ -15,15 +15,14 @@ Datasets and their builder keyword arguments (see ``builders.<name>`` for each m
   of ignored pixels, default 255), ``on_bad_file``. Splits: the subfolders of ``images/``.
 - ``street``: ``num_train``, ``num_val``, ``height``, ``width``, ``seed``; no manual dir.
 
-Every dataset also takes ``image_format``: ``'png'`` (default, smallest), ``'raw'`` or ``'zlib'``
-(uint8 arrays, about 4x faster to read, several times larger on disk; ``builders.storage`` gives
-the figures). Changing it prepares the dataset again.
+Every dataset also takes ``image_format``: ``'png'`` (default, smallest) or ``'raw'`` (uint8
+arrays, about 3x cheaper to read, 2-4x the disk; ``builders.storage`` gives the figures).
 
 A dataset is prepared (written as array_record under ``data_dir``) on first use, and again
-whenever its manual dir's files (paths, sizes, mtimes) or ``on_bad_file`` changed since then (the
-prepared copy records their fingerprint). Reading needs no TensorFlow. A manual dir without any
-image is an error and never leaves a prepared copy; ``check_splits(config)`` checks, before
-training, that every split the config names has examples.
+whenever its manual dir's files (paths, sizes, mtimes), ``on_bad_file`` or ``image_format`` changed
+since then (the prepared copy records their fingerprint). Reading needs no TensorFlow. A manual
+dir without any image is an error and never leaves a prepared copy; ``check_splits(config)``
+checks, before training, that every split the config names has examples.
 
 Any split can be filtered by the start of its examples' file names (without folders):
 ``train[0006R0]`` keeps the examples whose names start with ``0006R0``, ``train[-0006R0]`` drops

@@ -173,7 +173,10 @@ class SegmentationBuilder(PreparedBuilder):
 
     def _options(self) -> dict:
         """Builder arguments that change the prepared data without changing its folder name."""
-        return {"on_bad_file": self.on_bad_file, "image_format": self.image_format}
+        options = {"on_bad_file": self.on_bad_file}
+        if self.image_format != "png":  # so that datasets prepared before it existed still match
+            options["image_format"] = self.image_format
+        return options
 
     def source_fingerprint(self) -> str:
         """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
@@ -195,8 +198,18 @@ class SegmentationBuilder(PreparedBuilder):
 
     def changed_since_prepared(self) -> str | None:
         stored = self.info.metadata.get(FINGERPRINT_KEY)
-        if not self.manual_root.is_dir() or stored == self.source_fingerprint():
-            return None  # nothing to compare with: the prepared copy is all there is
+        if not self.manual_root.is_dir():  # nothing to compare with or prepare from
+            if (
+                stored_format := self.info.metadata.get("image_format", "png")
+            ) != self.image_format:
+                raise MissingDataError(
+                    f"{self.short_name} was prepared with image_format={stored_format} and its "
+                    f"manual dir {self.manual_root} is gone: set "
+                    f"--config.dataset.builder_kwargs.image_format={stored_format}"
+                )
+            return None
+        if stored == self.source_fingerprint():
+            return None
         return (
             f"the files in {self.manual_root} (or on_bad_file, image_format) changed since it "
             "was prepared"
@@ -227,6 +240,7 @@ class SegmentationBuilder(PreparedBuilder):
         root = self.manual_root
         self._check_manual_dir()
         self.info.metadata[FINGERPRINT_KEY] = self.source_fingerprint()
+        self.info.metadata["image_format"] = self.image_format
         info = self.dataset_info()
         self.info.metadata["class_names"] = list(info.class_names)
         self.info.metadata["palette"] = info.palette.tolist()

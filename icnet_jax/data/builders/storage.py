@@ -1,16 +1,16 @@
 """How prepared examples store their pixels: ``image_format``, chosen when a dataset is prepared.
 
 - ``'png'`` (default): images as their original PNG/JPEG bytes (re-encoded as PNG when not plain
-  8-bit upright RGB), labels as PNG. Smallest on disk (Cityscapes' 2975 training examples:
-  about 6.5 GiB), slowest to read: decoding a 1024x2048 PNG pair costs about 80 CPU-ms.
-- ``'raw'``: uint8 arrays as they are, image ``[H, W, 3]`` and label ``[H, W, 1]``: 4 bytes a
-  pixel, 8 MiB per 1024x2048 example (Cityscapes train: about 23 GiB); reading is a copy.
-- ``'zlib'``: the same arrays zlib-compressed (tfds' ``Tensor(encoding='zlib')``): smaller than
-  raw (labels shrink most; natural images by a fourth or so), reading costs an inflate (about
-  a fourth of PNG decoding), preparation a slow deflate.
+  8-bit upright RGB), labels as PNG. Smallest on disk, slowest to read: decoding the PNG pair
+  is most of a worker's time at Cityscapes' 1024x2048.
+- ``'raw'``: the uint8 arrays, image ``[H, W, 3]`` and label ``[H, W, 1]``; reading them is
+  about 3x cheaper than decoding PNGs (``benchmarks/pipeline_throughput.py --image-format png
+  raw --cpu-cost``). array_record compresses each record, so on disk they take about half of
+  their 4 bytes a pixel on real photos: CamVid (360x480) 331 KiB an example against 91 KiB as
+  PNG; at Cityscapes' 1024x2048 about 4 MiB an example, some 12 GiB for the 2975 training
+  examples where PNG storage takes about 6.5 GiB.
 
-Every format reads back the same pixels (``image`` uint8 ``[H, W, 3]``, ``label`` uint8
-``[H, W, 1]``).
+Both read back the same pixels: ``image`` uint8 ``[H, W, 3]``, ``label`` uint8 ``[H, W, 1]``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import tensorflow_datasets as tfds
 
 from icnet_jax.errors import UserError
 
-ImageFormat = Literal["png", "raw", "zlib"]
-IMAGE_FORMATS: tuple[str, ...] = ("png", "raw", "zlib")
-_TENSOR_ENCODING = {"raw": "bytes", "zlib": "zlib"}
+ImageFormat = Literal["png", "raw"]
+IMAGE_FORMATS: tuple[str, ...] = ("png", "raw")
 
 
 def check_image_format(image_format: str) -> None:
@@ -42,9 +41,9 @@ def features(image_format: str) -> tfds.features.FeaturesDict:
         image = tfds.features.Image(shape=(None, None, 3))
         label = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
     else:
-        encoding = _TENSOR_ENCODING[image_format]
-        image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding=encoding)
-        label = tfds.features.Tensor(shape=(None, None, 1), dtype=np.uint8, encoding=encoding)
+        # "bytes": one flat buffer a record (tfds' only way to store [None, None, C] arrays).
+        image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="bytes")
+        label = tfds.features.Tensor(shape=(None, None, 1), dtype=np.uint8, encoding="bytes")
     return tfds.features.FeaturesDict(
         {"image": image, "label": label, "file_name": tfds.features.Text()}
     )
