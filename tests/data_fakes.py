@@ -161,3 +161,13 @@ def two_colour_photo(height: int, width: int) -> np.ndarray:
     stored[: height // 2] = (255, 0, 0)
     stored[height // 2 :] = (0, 0, 255)
     return stored
+
+
+def by_name(source) -> dict[str, dict]:
+    """All examples of a source keyed by file name (stored order is tfds' shuffle)."""
+    out = {}
+    for i in range(len(source)):
+        ex = source[i]
+        name = ex["file_name"]
+        out[name.decode() if isinstance(name, bytes) else name] = ex
+    return out

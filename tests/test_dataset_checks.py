@@ -15,8 +15,7 @@ from icnet_jax.config import get_config
 from icnet_jax.data.builders import MissingDataError
 from icnet_jax.data.datasets import check_splits, get_data_source
 from icnet_jax.errors import UserError
-from tests.data_fakes import exif_jpeg, png, random_image, two_colour_photo, write
-from tests.test_datasets import by_name
+from tests.data_fakes import by_name, exif_jpeg, png, random_image, two_colour_photo, write
 
 
 def _custom(root: pathlib.Path, counts: dict[str, int]) -> None:

@@ -18,6 +18,7 @@ from tests.data_fakes import (
     CITYSCAPES_FRAMES,
     CITYSCAPES_IDS,
     CITYSCAPES_TRAIN_IDS,
+    by_name,
     exif_jpeg,
     make_camvid_segnet,
     make_cityscapes,
@@ -29,17 +30,6 @@ from tests.data_fakes import (
     two_colour_photo,
     write,
 )
-
-
-def by_name(source) -> dict[str, dict]:
-    """All examples of a source keyed by file name (stored order is tfds' shuffle)."""
-    out = {}
-    for i in range(len(source)):
-        ex = source[i]
-        name = ex["file_name"]
-        out[name.decode() if isinstance(name, bytes) else name] = ex
-    return out
-
 
 # --- labels ----------------------------------------------------------------------------------
 
