@@ -5,16 +5,21 @@ mirror, normalise) for each worker count, timed after one warm-up batch:
 
     PYTHONPATH=. python benchmarks/pipeline_throughput.py --crop 1025 --workers 0 1 2
     PYTHONPATH=. python benchmarks/pipeline_throughput.py --source street --data-dir /tmp/tfds
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source street --data-dir /tmp/tfds \
+        --image-format png raw --cpu-cost --rounds 3 --json cost.json
     PYTHONPATH=. python benchmarks/pipeline_throughput.py --workers 0 --profile prof.out
 
 Sources: `arrays` (default) holds decoded random images in memory, so it times the augmentation
 alone; `street` is the quickstart's tfds dataset drawn at 1024x2048 and read from array_record
-like Cityscapes (PNG decoding of image and label included), prepared under `--data-dir` on first
-use. `--cpu-cost` does one worker's work for `--num-batches` batches in this thread (read and
-decode each example, augment it, stack the batch) and prints its CPU milliseconds per image by
-stage, a figure a loaded machine does not inflate as it does wall time; `--profile FILE` also
-profiles it (cProfile; grain's read threads are invisible to it) and prints the top functions.
-"""
+like Cityscapes (decoding of image and label included), prepared under `--data-dir` on first use
+in each `--image-format` (`builders.storage`). `--cpu-cost` does one worker's work for
+`--num-batches` batches in this thread (read and decode each example, augment it, stack the
+batch) and prints its CPU milliseconds per image by stage and in all (`cpu_ms_per_image`), and
+the images/s one worker on a core of its own gives (`images_per_s_per_worker`): figures a loaded
+machine does not inflate as it does wall time. With several formats it measures them in turn,
+`--rounds` times, and gives each one's medians and its speed relative to the first.
+`--profile FILE` also profiles it (cProfile; grain's read threads are invisible to it) and prints
+the top functions. `--json FILE` writes the figures, per source (and per worker count)."""
 
 from __future__ import annotations
 
@@ -56,10 +61,12 @@ def synthetic_cityscapes(num_examples: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def street_source(num_examples: int, data_dir: str, size: tuple[int, int] = IMAGE_SIZE) -> Any:
-    """The `street` tfds dataset at `size` (height, width; `num_examples` train images),
-    prepared on first use under `data_dir`; a random-access source whose reads decode PNGs, as
-    Cityscapes' do."""
+def street_source(
+    num_examples: int, data_dir: str, size: tuple[int, int] = IMAGE_SIZE, image_format: str = "png"
+) -> Any:
+    """The `street` tfds dataset at `size` (height, width; `num_examples` train images) stored in
+    `image_format` (`builders.storage`), prepared on first use under `data_dir`; a random-access
+    source whose reads decode what is stored, as Cityscapes' do."""
     from icnet_jax.data import datasets
 
     source, _ = datasets.get_data_source(
@@ -70,6 +77,7 @@ def street_source(num_examples: int, data_dir: str, size: tuple[int, int] = IMAG
         num_val=1,
         height=size[0],
         width=size[1],
+        image_format=image_format,
     )
     return source
 
@@ -135,14 +143,60 @@ def worker_cost(
         profiler.dump_stats(profile)
     images = num_batches * batch_size
     cost = {f"{k}_cpu_ms": 1e3 * v / images for k, v in spent.items()}
-    cost["images_per_cpu_s"] = images / sum(spent.values())
+    cost["cpu_ms_per_image"] = 1e3 * sum(spent.values()) / images
+    # What one worker process on a core of its own delivers.
+    cost["images_per_s_per_worker"] = images / sum(spent.values())
     return cost
+
+
+def compare_costs(
+    sources: dict[str, Any], *, rounds: int, crop: int, batch_size: int, num_batches: int
+) -> dict[str, dict[str, float]]:
+    """`worker_cost` of each source, measured in turn `rounds` times (a shared machine's load
+    then weighs on all alike); per source, each figure's median over the rounds."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    for r in range(rounds):
+        for name, source in sources.items():
+            cost = worker_cost(source, crop=crop, batch_size=batch_size, num_batches=num_batches)
+            runs[name].append(cost)
+            print(f"round {r} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
+    return {
+        name: {k: float(np.median([c[k] for c in costs])) for k in costs[0]}
+        for name, costs in runs.items()
+    }
+
+
+def _report_costs(args: argparse.Namespace, sources: dict[str, Any]) -> dict:
+    costs = compare_costs(
+        sources,
+        rounds=args.rounds,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        num_batches=args.num_batches,
+    )
+    first = next(iter(costs.values()))
+    for name, cost in costs.items():
+        ratio = first["cpu_ms_per_image"] / cost["cpu_ms_per_image"]
+        print(
+            f"{name} crop={args.crop}, one worker, median of {args.rounds}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cost.items())
+            + f"; {ratio:.2f}x the images/s of {next(iter(costs))}"
+        )
+    return costs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", choices=["arrays", "street"], default="arrays")
     parser.add_argument("--data-dir", default="data/tfds", help="street: prepared dataset folder")
+    parser.add_argument(
+        "--image-format",
+        nargs="+",
+        default=["png"],
+        choices=["png", "raw"],
+        help="street: stored formats, compared in turn by --cpu-cost",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--cpu-cost: rounds per format")
     parser.add_argument("--crop", type=int, default=1025, help="square crop side, pixels")
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch")
     parser.add_argument("--num-examples", type=int, default=8, help="source size")
@@ -153,14 +207,19 @@ def main() -> None:
         "--cpu-cost", action="store_true", help="one worker's CPU ms per image, by stage"
     )
     parser.add_argument("--profile", metavar="FILE", help="--cpu-cost, and a cProfile into FILE")
-    parser.add_argument("--json", metavar="FILE", help="write {workers: images/s} to FILE")
+    parser.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     args = parser.parse_args()
 
     if args.source == "street":
-        source = street_source(args.num_examples, args.data_dir)
+        sources = {
+            f"street-{f}": street_source(args.num_examples, args.data_dir, image_format=f)
+            for f in args.image_format
+        }
     else:
-        source = synthetic_cityscapes(args.num_examples)
-    if args.profile or args.cpu_cost:
+        sources = {"arrays": synthetic_cityscapes(args.num_examples)}
+    figures: dict[str, Any] = {}
+    if args.profile:
+        name, source = next(iter(sources.items()))
         cost = worker_cost(
             source,
             crop=args.crop,
@@ -168,16 +227,25 @@ def main() -> None:
             num_batches=args.num_batches,
             profile=args.profile,
         )
-        print(
-            f"source={args.source} crop={args.crop}, one worker per image: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in cost.items())
-        )
-        if args.profile:
-            pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
-        return
-    rates = {}
+        print(f"{name} crop={args.crop}: " + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(12)
+        figures[name] = cost
+    elif args.cpu_cost:
+        figures = _report_costs(args, sources)
+    else:
+        for name, source in sources.items():
+            figures[name] = _report_throughput(args, name, source)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+def _report_throughput(args: argparse.Namespace, name: str, source: Any) -> dict:
+    """Images/s of the real pipeline per worker count, and per worker (0 workers: this process
+    does the work, one worker's worth)."""
+    out = {}
     for workers in args.workers:
-        rates[workers] = throughput(
+        rate = throughput(
             source,
             workers=workers,
             crop=args.crop,
@@ -185,14 +253,16 @@ def main() -> None:
             num_batches=args.num_batches,
             read_threads=args.read_threads,
         )
+        out[str(workers)] = {
+            "images_per_s": rate,
+            "images_per_s_per_worker": rate / max(1, workers),
+        }
         print(
-            f"source={args.source} workers={workers} read_threads={args.read_threads} "
-            f"crop={args.crop} batch={args.batch_size}: {rates[workers]:.1f} images/s",
+            f"{name} workers={workers} read_threads={args.read_threads} "
+            f"crop={args.crop} batch={args.batch_size}: {rate:.1f} images/s",
             flush=True,
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({str(k): v for k, v in rates.items()}, f)
+    return out
 
 
 if __name__ == "__main__":

@@ -140,3 +140,34 @@ def palette_png(indices: np.ndarray, palette: np.ndarray) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def exif_jpeg(stored_rgb: np.ndarray, orientation: int) -> bytes:
+    """JPEG bytes of ``stored_rgb`` (as the sensor stored it) with an EXIF orientation tag, as a
+    phone writes it (6: the viewer turns it 90 degrees clockwise)."""
+    import io
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored_rgb).save(buf, format="JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def two_colour_photo(height: int, width: int) -> np.ndarray:
+    """Stored pixels of a phone photo: top half red, bottom half blue (uint8 ``[H, W, 3]``);
+    with orientation 6 the viewer shows red on the right, blue on the left."""
+    stored = np.zeros((height, width, 3), np.uint8)
+    stored[: height // 2] = (255, 0, 0)
+    stored[height // 2 :] = (0, 0, 255)
+    return stored
+
+
+def by_name(source) -> dict[str, dict]:
+    """All examples of a source keyed by file name (stored order is tfds' shuffle)."""
+    out = {}
+    for i in range(len(source)):
+        ex = source[i]
+        name = ex["file_name"]
+        out[name.decode() if isinstance(name, bytes) else name] = ex
+    return out

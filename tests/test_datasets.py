@@ -13,10 +13,13 @@ from icnet_jax.data.builders import BadFileError, MissingDataError
 from icnet_jax.data.datasets import get_builder, get_data_source, num_examples
 from icnet_jax.data.synthetic_street import render_street
 from icnet_jax.errors import UserError
+from icnet_jax.inference.image_io import read_image
 from tests.data_fakes import (
     CITYSCAPES_FRAMES,
     CITYSCAPES_IDS,
     CITYSCAPES_TRAIN_IDS,
+    by_name,
+    exif_jpeg,
     make_camvid_segnet,
     make_cityscapes,
     make_coco_stuff_10k,
@@ -24,19 +27,9 @@ from tests.data_fakes import (
     palette_png,
     png,
     random_image,
+    two_colour_photo,
     write,
 )
-
-
-def by_name(source) -> dict[str, dict]:
-    """All examples of a source keyed by file name (stored order is tfds' shuffle)."""
-    out = {}
-    for i in range(len(source)):
-        ex = source[i]
-        name = ex["file_name"]
-        out[name.decode() if isinstance(name, bytes) else name] = ex
-    return out
-
 
 # --- labels ----------------------------------------------------------------------------------
 
@@ -275,6 +268,38 @@ def test_changed_manual_dir_is_prepared_again(tmp_path, capsys):
     with pytest.raises(BadFileError, match=r"train/8\.png: no label file"):
         num_examples("custom", "train", **{**kw, "on_bad_file": "error"})
     assert num_examples("custom", "train", **kw) == 8
+
+
+@pytest.mark.parametrize("stored_shape", [(64, 64), (64, 96)])
+def test_custom_exif_rotated_jpeg_is_stored_as_displayed(tmp_path, stored_shape):
+    # A phone photo (orientation 6) labelled on its upright view, as annotation tools show it:
+    # displayed red on the right, so the label marks the right half as class 1.
+    h, w = stored_shape
+    root = tmp_path / "m"
+    (root / "classes.txt").parent.mkdir(parents=True)
+    (root / "classes.txt").write_text("background\nred\n")
+    path = write(root / "images/train/phone.jpg", exif_jpeg(two_colour_photo(h, w), 6))
+    label = np.zeros((w, h), np.uint8)  # upright: w rows, h columns
+    label[:, h // 2 :] = 1
+    write(root / "labels/train/phone.png", png(label))
+    source, _ = get_data_source("custom", "train", data_dir=tmp_path / "tfds", manual_dir=root)
+    image = source[0]["image"].astype(int)
+    assert image.shape == (w, h, 3)
+    # Away from the edge JPEG blurs: red where the label says 1, blue where it says 0.
+    assert np.abs(image[:, h // 2 + 8 :] - (255, 0, 0)).max() < 40
+    assert np.abs(image[:, : h // 2 - 8] - (0, 0, 255)).max() < 40
+    # Prediction decodes the same file to the same pixels.
+    np.testing.assert_array_equal(source[0]["image"], read_image(path))
+
+
+def test_custom_exif_label_drawn_on_stored_pixels_names_the_orientation(tmp_path):
+    root = tmp_path / "m"
+    (root / "classes.txt").parent.mkdir(parents=True)
+    (root / "classes.txt").write_text("background\nred\n")
+    write(root / "images/train/phone.jpg", exif_jpeg(two_colour_photo(64, 96), 6))
+    write(root / "labels/train/phone.png", png(np.zeros((64, 96), np.uint8)))
+    with pytest.raises(BadFileError, match=r"\(96, 64\) .*EXIF orientation 6"):
+        get_data_source("custom", "train", data_dir=tmp_path / "tfds", manual_dir=root)
 
 
 def test_custom_missing_classes_txt(tmp_path):

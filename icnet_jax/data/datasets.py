@@ -15,9 +15,14 @@ Datasets and their builder keyword arguments (see ``builders.<name>`` for each m
   of ignored pixels, default 255), ``on_bad_file``. Splits: the subfolders of ``images/``.
 - ``street``: ``num_train``, ``num_val``, ``height``, ``width``, ``seed``; no manual dir.
 
+Every dataset also takes ``image_format``: ``'png'`` (default, smallest) or ``'raw'`` (uint8
+arrays, about 3x cheaper to read, 2-4x the disk; ``builders.storage`` gives the figures).
+
 A dataset is prepared (written as array_record under ``data_dir``) on first use, and again
-whenever its manual dir's files (paths, sizes, mtimes) or ``on_bad_file`` changed since then (the
-prepared copy records their fingerprint). Reading needs no TensorFlow.
+whenever its manual dir's files (paths, sizes, mtimes), ``on_bad_file`` or ``image_format`` changed
+since then (the prepared copy records their fingerprint). Reading needs no TensorFlow. A manual
+dir without any image is an error and never leaves a prepared copy; ``check_splits(config)``
+checks, before training, that every split the config names has examples.
 
 Any split can be filtered by the start of its examples' file names (without folders):
 ``train[0006R0]`` keeps the examples whose names start with ``0006R0``, ``train[-0006R0]`` drops
@@ -45,6 +50,10 @@ from icnet_jax.errors import UserError
 _log = logging.getLogger(__name__)
 
 
+class MissingSplitError(UserError, ValueError):
+    """A split a config or command names is not in the prepared dataset (or has no example)."""
+
+
 def get_builder(
     name: str,
     *,
@@ -58,7 +67,7 @@ def get_builder(
     if name != "street":
         builder_kwargs["manual_dir"] = manual_dir
     builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
-    if builder.is_prepared() and (reason := builder.changed_since_prepared()):
+    if builder.is_prepared() and (reason := _reason_to_prepare_again(builder)):
         print(f"{name}: {reason}: preparing it again")
         shutil.rmtree(builder.data_dir)
         builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
@@ -70,6 +79,12 @@ def get_builder(
     return builder
 
 
+def _reason_to_prepare_again(builder: tfds.core.GeneratorBasedBuilder) -> str | None:
+    if not builder.info.splits:  # left by an older version that cached empty datasets
+        return "the prepared copy holds no example"
+    return builder.changed_since_prepared()
+
+
 def _split_spec(builder: tfds.core.GeneratorBasedBuilder, split: str) -> str:
     """tfds split string for ``split``; ``trainval`` reads train and val without a copy."""
     splits = builder.info.splits
@@ -77,8 +92,9 @@ def _split_spec(builder: tfds.core.GeneratorBasedBuilder, split: str) -> str:
         return split
     if split == "trainval" and "train" in splits and "val" in splits:
         return "train+val"
-    raise ValueError(
-        f"{builder.name}: no split {split!r}; available: {sorted(splits)} (+ trainval)"
+    where = builder.split_source(split) if hasattr(builder, "split_source") else builder.name
+    raise MissingSplitError(
+        f"{builder.name}: no split {split!r} ({where}); available: {sorted(splits)} (+ trainval)"
     )
 
 
@@ -194,3 +210,27 @@ def config_source(config: Any, split: str):
         manual_dir=d.manual_dir or None,
         **d.builder_kwargs.to_dict(),
     )
+
+
+# What to set instead of a split that is missing or empty.
+_SPLIT_FLAGS = {
+    "train_split": "--config.dataset.train_split=SPLIT",
+    "eval_split": "--config.dataset.eval_split=SPLIT ('' to train without evaluating)",
+}
+
+
+def check_splits(config: Any) -> None:
+    """Raises errors.UserError unless every split ``config.dataset`` names (``train_split``, and
+    ``eval_split`` unless empty) has examples: run before any compilation, so that a missing
+    ``val`` folder fails at once rather than after the whole schedule. Prepares the dataset on
+    first use (as training would)."""
+    for field, flag in _SPLIT_FLAGS.items():
+        split = config.dataset.get(field)
+        if not split:
+            continue
+        try:
+            source, _ = config_source(config, split)
+        except MissingSplitError as e:
+            raise MissingSplitError(f"{e}: add it, or set {flag}") from None
+        if not len(source):
+            raise MissingSplitError(f"{config.dataset.name} split {split!r} is empty; set {flag}")

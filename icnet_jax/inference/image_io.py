@@ -3,20 +3,10 @@
 Conventions:
 
 * Images are numpy ``uint8 [H, W, 3]`` **RGB** arrays (OpenCV's BGR order never leaks out).
-* ``read_image`` accepts whatever a user may point the predictor at and normalises it:
-
-  - **EXIF orientation** is applied (``PIL.ImageOps.exif_transpose``), so a phone photo taken
-    in portrait comes out upright, as image viewers show it.
-  - **Alpha** (RGBA, LA, palette with transparency) is *dropped*: the stored colour of each
-    pixel is kept as is, not composited on any background.
-  - **Grayscale** (L, 1-bit) is replicated to three channels.
-  - **16-bit** images (16-bit grayscale PNG/TIFF) are scaled to 8 bits by ``>> 8`` (the high
-    byte), a fixed scaling that does not depend on the image's content; Pillow already reads
-    16-bit RGB(A) PNGs this way. 32-bit integer images are clipped to ``[0, 65535]`` first;
-    float images are clipped to ``[0, 255]``.
-  - **Palette** (P) images are expanded through their palette.
-  - Multi-frame files (GIF, TIFF) give their first frame.
-
+* ``read_image`` accepts whatever a user may point the predictor at and normalises it with
+  ``data.image_decode.decode_image``, the decoder dataset preparation uses too: EXIF orientation
+  applied (upright, as viewers show it), alpha dropped, grayscale replicated, 16-bit scaled by
+  ``>> 8``, palette expanded, first frame of multi-frame files.
 * Failures raise ``ImageReadError`` / ``VideoError`` (both ``OSError``) naming the file.
 """
 
@@ -30,7 +20,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from icnet_jax.data.image_decode import decode_image
 
 PathLike = str | os.PathLike
 
@@ -72,35 +64,6 @@ class VideoError(OSError):
 # --- Images ----------------------------------------------------------------------------------
 
 
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any Pillow image to uint8 ``[H, W, 3]`` RGB, following the module's conventions."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        values = np.asarray(image)
-        if values.ndim != 2:
-            raise ValueError(f"unexpected array shape {values.shape} for mode {mode}")
-        gray = (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        gray = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # avoids Pillow's warning; alpha dropped below
-        mode = "RGBA"
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        image = image.convert("RGBA" if mode != "LA" else "LA")
-        array = np.asarray(image)
-        if array.shape[2] == 2:  # LA: gray + alpha
-            return np.repeat(array[:, :, :1], 3, axis=2)
-        return np.ascontiguousarray(array[:, :, :3])
-    if mode != "RGB":
-        image = image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"unexpected array {array.dtype} {array.shape} for mode {mode}")
-    return array
-
-
 def read_image(path: PathLike) -> np.ndarray:
     """Reads an image file as uint8 ``[H, W, 3]`` RGB, upright per its EXIF orientation.
 
@@ -115,19 +78,13 @@ def read_image(path: PathLike) -> np.ndarray:
     if os.path.isdir(path_str):
         raise ImageReadError(path, "is a directory")
     try:
-        with Image.open(path_str) as image:
-            image.load()  # Image.open is lazy: decoding errors surface here
-            try:
-                upright = ImageOps.exif_transpose(image)
-            except Exception:  # a broken EXIF block must not lose the pixels
-                upright = image
-            return _to_rgb_array(upright if upright is not None else image)
-    except ImageReadError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file (format not recognised)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        with open(path_str, "rb") as f:
+            data = f.read()
+        return decode_image(data).pixels
+    except OSError as error:
         raise ImageReadError(path, f"{type(error).__name__}: {error}") from error
+    except ValueError as error:
+        raise ImageReadError(path, str(error)) from error
 
 
 def write_png(path: PathLike, array: np.ndarray) -> pathlib.Path:

@@ -197,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = pathlib.Path(workdir)
     errors.check_writable(workdir, "--workdir")
     _check_config(config)
+    datasets.check_splits(config)
     config_dict = json.loads(config.to_json())
     source, info = datasets.config_source(config, config.dataset.train_split)
     # Counts the classes' pixels once (stored with the data) and checks explicit weights.

@@ -1,10 +1,13 @@
-"""What every dataset builder shares: errors, reading folders and zip archives, decoding and
-checking image/label pairs, and the tfds builder that writes them.
+"""The tfds builder every dataset shares: features, bad-file policy, manual-dir fingerprint.
+
+Reading the manual dir's files is ``files.py``'s, decoding and checking them ``decoding.py``'s.
 
 Every example is ``{'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1] train ids (255 = ignore),
-'file_name': str}``. Images are stored as their original PNG/JPEG bytes when these decode to 8-bit
-RGB, labels as PNG. Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``,
-default ``<data_dir>/downloads/manual``) laid out as its module's docstring says.
+'file_name': str}``. Images are decoded as prediction decodes them (``data.image_decode``:
+upright per their EXIF orientation, as viewers and annotation tools show them) and stored as their
+original PNG/JPEG bytes when these are 8-bit RGB stored upright, else re-encoded; labels as PNG.
+Nothing is downloaded: each builder reads a *manual dir* (``manual_dir``, default
+``<data_dir>/downloads/manual``) laid out as its module's docstring says.
 
 Bad files (undecodable image or label, image/label size mismatch, a label value the release never
 uses, an image without its label) are all found in one pass: with ``on_bad_file='error'`` one
@@ -21,27 +24,31 @@ that a folder fixed or extended after preparing is prepared again instead of sil
 from __future__ import annotations
 
 import abc
-import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
 import pathlib
-import zipfile
-from collections.abc import Callable
 from typing import Literal
 
-import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from icnet_jax.data import labels as L
-from icnet_jax.errors import UserError
+from icnet_jax.data.builders import leftovers, storage
+from icnet_jax.data.builders.decoding import (
+    check_label_values,
+    read_image,
+)
+from icnet_jax.data.builders.files import (
+    MANUAL_DIR_FLAG,
+    BadFileError,
+    File,
+    MissingDataError,
+    Pair,
+)
 
 OnBadFile = Literal["error", "skip"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _log = logging.getLogger(__name__)
 
 
@@ -54,173 +61,28 @@ def _not_custom_config_notice(record: logging.LogRecord) -> bool:
 logging.getLogger("absl").addFilter(_not_custom_config_notice)
 
 
-MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
 FINGERPRINT_KEY = "source_fingerprint"
 
 
-class MissingDataError(FileNotFoundError, UserError):
-    """The manual dir lacks the archives or folders a builder needs."""
-
-
-class BadFileError(ValueError, UserError):
-    """An image or label file is unreadable or inconsistent; the message names it (or all)."""
-
-
-# --- Reading files from folders and zip archives ---------------------------------------------
-
-
-class Tree(abc.ABC):
-    """Read-only files addressed by '/'-separated paths, in a folder or a zip archive."""
-
-    @abc.abstractmethod
-    def paths(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    def read(self, path: str) -> bytes: ...
-
-    @abc.abstractmethod
-    def describe(self, path: str) -> str: ...
-
-
-class DirTree(Tree):
-    def __init__(self, root: pathlib.Path, subdir: str = "") -> None:
-        self.root, self.subdir = root, subdir
-
-    def paths(self) -> list[str]:
-        base = self.root / self.subdir
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-
-    def read(self, path: str) -> bytes:
-        return (self.root / path).read_bytes()
-
-    def describe(self, path: str) -> str:
-        return str(self.root / path)
-
-
-class ZipTree(Tree):
-    def __init__(self, archive: pathlib.Path) -> None:
-        self.archive = archive
-        self._zip = zipfile.ZipFile(archive)
-
-    def paths(self) -> list[str]:
-        return sorted(n for n in self._zip.namelist() if not n.endswith("/"))
-
-    def read(self, path: str) -> bytes:
-        return self._zip.read(path)
-
-    def describe(self, path: str) -> str:
-        return f"{self.archive}:{path}"
-
-
-def tree_paths(root: pathlib.Path, subdir: str) -> list[str]:
-    """Files below ``root/subdir`` as paths relative to ``root`` (empty if it does not exist)."""
-    return DirTree(root, subdir).paths() if (root / subdir).is_dir() else []
-
-
-@dataclasses.dataclass(frozen=True)
-class File:
-    """One file of a tree (or one that should exist, for a better message when it does not)."""
-
-    tree: Tree
-    path: str
-
-    def read(self) -> bytes:
-        try:
-            return self.tree.read(self.path)
-        except (OSError, KeyError) as e:
-            raise BadFileError(f"{self}: cannot read ({e})") from e
-
-    def __str__(self) -> str:
-        return self.tree.describe(self.path)
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """An image and the label file that goes with it; ``key`` is the stored file name."""
-
-    key: str
-    image: File
-    label: File | None
-
-
-# --- Decoding and checking -------------------------------------------------------------------
-
-
-def encoded_rgb(file: File) -> tuple[bytes, tuple[int, int]]:
-    """Returns PNG/JPEG bytes of an 8-bit RGB image and its (H, W); re-encodes other kinds."""
-    data = file.read()
-    buf = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadFileError(f"{file}: cannot decode image")
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        return data, image.shape[:2]
-    # Grey, alpha or 16-bit: store what tfds' decoder turns into 3 uint8 channels.
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return cv2.imencode(".png", bgr)[1].tobytes(), bgr.shape[:2]
-
-
-def label_png(file: File) -> np.ndarray:
-    """Raw label values of a PNG: ``[H, W]`` ints (palette PNGs give their indices), or
-    ``[H, W, 3]`` RGB for colour-coded labels."""
-    try:
-        with Image.open(io.BytesIO(file.read())) as img:
-            if img.mode in ("RGBA", "RGB"):
-                return np.asarray(img.convert("RGB"))
-            return np.asarray(img)
-    except BadFileError:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise BadFileError(f"{file}: cannot decode label ({e})") from e
-
-
-def label_mat(file: File) -> np.ndarray:
-    """Field ``S`` of a COCO-Stuff 10K annotation .mat file, ``[H, W]`` ints."""
-    from scipy import io as sio  # only the 10K release needs scipy
-
-    try:
-        return np.asarray(sio.loadmat(io.BytesIO(file.read()))["S"])
-    except BadFileError:
-        raise
-    except Exception as e:
-        raise BadFileError(f"{file}: cannot read field 'S' ({e})") from e
-
-
-def encoded_label(label: np.ndarray) -> bytes:
-    return cv2.imencode(".png", label)[1].tobytes()
-
-
-def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
-    """Raises BadFileError unless every value is a class id in [0, num_classes) or 255."""
-    bad = (label >= num_classes) & (label != L.IGNORE_LABEL)
-    if bad.any():
-        values = np.unique(label[bad])[:10].tolist()
-        raise BadFileError(f"{where}: label values {values} outside [0, {num_classes}) and not 255")
-
-
-def tfds_info(builder: tfds.core.GeneratorBasedBuilder, site: str) -> tfds.core.DatasetInfo:
+def tfds_info(builder: PreparedBuilder, site: str) -> tfds.core.DatasetInfo:
     """The features every builder writes; class names and palette go into ``metadata``."""
     return tfds.core.DatasetInfo(
         builder=builder,
         description=(builder.__doc__ or "").strip().splitlines()[0],
-        features=tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "file_name": tfds.features.Text(),
-            }
-        ),
+        features=storage.features(builder.image_format),
         metadata=tfds.core.MetadataDict(),
         homepage=site or None,
     )
 
 
-# --- The shared builder --------------------------------------------------------------------------
-
-
 class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
     """A builder whose data is generated here, never downloaded: one line of our own instead of
     tfds' "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"."""
+
+    def __init__(self, *, image_format: storage.ImageFormat = "png", **kwargs) -> None:
+        storage.check_image_format(image_format)
+        self.image_format = image_format  # before tfds' __init__, which reads the features
+        super().__init__(**kwargs)
 
     def is_prepared(self) -> bool:
         # tfds logs "Variant folder ... has no dataset_info.json" for a folder not written yet.
@@ -236,6 +98,11 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
     def changed_since_prepared(self) -> str | None:
         """Why the prepared copy no longer matches its sources (None: it still does)."""
         return None
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        # Leftovers of a killed preparation are removed first (leftovers.py says when).
+        with leftovers.preparing(pathlib.Path(str(self.data_path)).parent):
+            super().download_and_prepare(*args, **kwargs)
 
 
 class SegmentationBuilder(PreparedBuilder):
@@ -294,6 +161,10 @@ class SegmentationBuilder(PreparedBuilder):
         """What the manual dir must hold and where to get it, for error messages."""
         return f"it must hold {self.MANUAL_FILES}, from {self.SITE}"
 
+    def split_source(self, split: str) -> str:
+        """Where the files of ``split`` come from, for the message saying it has none."""
+        return f"the manual dir {self.manual_root}"
+
     def missing(self, what: str) -> MissingDataError:
         return MissingDataError(
             f"{self.short_name}: {what} not found in the manual dir {self.manual_root}: "
@@ -302,7 +173,10 @@ class SegmentationBuilder(PreparedBuilder):
 
     def _options(self) -> dict:
         """Builder arguments that change the prepared data without changing its folder name."""
-        return {"on_bad_file": self.on_bad_file}
+        options = {"on_bad_file": self.on_bad_file}
+        if self.image_format != "png":  # so that datasets prepared before it existed still match
+            options["image_format"] = self.image_format
+        return options
 
     def source_fingerprint(self) -> str:
         """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
@@ -324,9 +198,22 @@ class SegmentationBuilder(PreparedBuilder):
 
     def changed_since_prepared(self) -> str | None:
         stored = self.info.metadata.get(FINGERPRINT_KEY)
-        if not self.manual_root.is_dir() or stored == self.source_fingerprint():
-            return None  # nothing to compare with: the prepared copy is all there is
-        return f"the files in {self.manual_root} (or on_bad_file) changed since it was prepared"
+        if not self.manual_root.is_dir():  # nothing to compare with or prepare from
+            if (
+                stored_format := self.info.metadata.get("image_format", "png")
+            ) != self.image_format:
+                raise MissingDataError(
+                    f"{self.short_name} was prepared with image_format={stored_format} and its "
+                    f"manual dir {self.manual_root} is gone: set "
+                    f"--config.dataset.builder_kwargs.image_format={stored_format}"
+                )
+            return None
+        if stored == self.source_fingerprint():
+            return None
+        return (
+            f"the files in {self.manual_root} (or on_bad_file, image_format) changed since it "
+            "was prepared"
+        )
 
     def download_and_prepare(self, *args, **kwargs) -> None:
         self._check_manual_dir()  # before tfds creates any folder
@@ -353,11 +240,14 @@ class SegmentationBuilder(PreparedBuilder):
         root = self.manual_root
         self._check_manual_dir()
         self.info.metadata[FINGERPRINT_KEY] = self.source_fingerprint()
+        self.info.metadata["image_format"] = self.image_format
         info = self.dataset_info()
         self.info.metadata["class_names"] = list(info.class_names)
         self.info.metadata["palette"] = info.palette.tolist()
         # An empty list file gives no split rather than tfds' empty-split error.
         splits = {split: pairs for split, pairs in self.list_pairs(root).items() if pairs}
+        if not splits:  # raised before tfds writes anything: an empty dataset is never kept
+            raise self.missing("any image (of any split)")
         self._bad_files: list[str] = []
         self._splits_left = len(splits)
         return {
@@ -404,35 +294,27 @@ class SegmentationBuilder(PreparedBuilder):
     def _example(self, pair: Pair, num_classes: int) -> dict:
         if pair.label is None:
             raise BadFileError(f"{pair.image}: no label file for this image")
-        image, size = encoded_rgb(pair.image)
+        image = read_image(pair.image)
         try:
             label = self.read_label(pair.label)
         except ValueError as e:
             if isinstance(e, BadFileError):
                 raise
             raise BadFileError(f"{pair.label}: {e}") from e
+        size = image.pixels.shape[:2]
         if label.shape != size:
+            upright = ""
+            if image.orientation != 1:
+                upright = f" as displayed (upright per its EXIF orientation {image.orientation})"
             raise BadFileError(
                 f"{pair.label}: label size {label.shape} differs from size {size} of the "
-                f"image {pair.image}"
+                f"image {pair.image}{upright}"
             )
         check_label_values(label, num_classes, str(pair.label))
-        return {"image": image, "label": encoded_label(label), "file_name": pair.key}
-
-
-def table_reader(read: Callable[[File], np.ndarray], table: np.ndarray):
-    def read_label(self, file: File) -> np.ndarray:
-        raw = read(file)
-        if raw.ndim != 2:
-            raise BadFileError(f"{file}: label has shape {raw.shape}, expected one channel")
-        return L.map_labels(raw, table)
-
-    return read_label
-
-
-def by_stem(tree: Tree, paths: list[str], suffixes=IMAGE_SUFFIXES) -> dict[str, str]:
-    return {
-        pathlib.PurePosixPath(p).stem: p
-        for p in paths
-        if pathlib.PurePosixPath(p).suffix.lower() in suffixes
-    }
+        # A plain PNG/JPEG is kept as it is: smaller than any re-encoding, the same pixels.
+        original = pair.image.read() if image.plain and self.image_format == "png" else None
+        return {
+            "image": storage.stored_image(self.image_format, image.pixels, original),
+            "label": storage.stored_label(self.image_format, label),
+            "file_name": pair.key,
+        }

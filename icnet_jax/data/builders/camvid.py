@@ -20,16 +20,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import (
+from icnet_jax.data.builders.base import SegmentationBuilder
+from icnet_jax.data.builders.decoding import label_png, table_reader
+from icnet_jax.data.builders.files import (
     IMAGE_SUFFIXES,
     BadFileError,
     DirTree,
     File,
     Pair,
-    SegmentationBuilder,
     by_stem,
-    label_png,
-    table_reader,
     tree_paths,
 )
 

@@ -14,17 +14,9 @@ import re
 import zipfile
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import (
-    BadFileError,
-    DirTree,
-    File,
-    Pair,
-    SegmentationBuilder,
-    Tree,
-    ZipTree,
-    label_png,
-    table_reader,
-)
+from icnet_jax.data.builders.base import SegmentationBuilder
+from icnet_jax.data.builders.decoding import label_png, table_reader
+from icnet_jax.data.builders.files import BadFileError, DirTree, File, Pair, Tree, ZipTree
 
 
 class IcnetCityscapes(SegmentationBuilder):

@@ -17,17 +17,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import (
-    DirTree,
-    File,
-    Pair,
-    SegmentationBuilder,
-    by_stem,
-    label_mat,
-    label_png,
-    table_reader,
-    tree_paths,
-)
+from icnet_jax.data.builders.base import SegmentationBuilder
+from icnet_jax.data.builders.decoding import label_mat, label_png, table_reader
+from icnet_jax.data.builders.files import DirTree, File, Pair, by_stem, tree_paths
 
 
 class IcnetCocoStuff(SegmentationBuilder):

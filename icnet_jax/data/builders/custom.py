@@ -15,16 +15,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import (
-    BadFileError,
-    DirTree,
-    File,
-    Pair,
-    SegmentationBuilder,
-    by_stem,
-    label_png,
-    tree_paths,
-)
+from icnet_jax.data.builders.base import SegmentationBuilder
+from icnet_jax.data.builders.decoding import label_png
+from icnet_jax.data.builders.files import BadFileError, DirTree, File, Pair, by_stem, tree_paths
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,6 +60,10 @@ class IcnetCustom(SegmentationBuilder):
             rows = (self.manual_root / "palette.txt").read_text().split("\n")
             palette = np.array([[int(v) for v in r.split()] for r in rows if r.strip()])
         return L.custom_info(self.builder_config.name, names, palette)
+
+    def split_source(self, split: str) -> str:
+        folder = self.manual_root / "images" / split
+        return f"folder {folder} {'has no image' if folder.is_dir() else 'does not exist'}"
 
     def read_label(self, file: File) -> np.ndarray:
         raw = label_png(file)

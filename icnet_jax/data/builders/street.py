@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-import cv2
 import tensorflow_datasets as tfds
 
 from icnet_jax.data import labels as L
-from icnet_jax.data.builders.base import PreparedBuilder, encoded_label, tfds_info
+from icnet_jax.data.builders import storage
+from icnet_jax.data.builders.base import PreparedBuilder, tfds_info
 from icnet_jax.data.synthetic_street import render_street
 
 
@@ -40,6 +40,8 @@ class IcnetStreet(PreparedBuilder):
         **kwargs,
     ) -> None:
         name = f"{height}x{width}_train{num_train}_val{num_val}_seed{seed}"
+        if kwargs.get("image_format", "png") != "png":
+            name += f"_{kwargs['image_format']}"
         config = StreetConfig(
             name=name, num_train=num_train, num_val=num_val, height=height, width=width, seed=seed
         )
@@ -64,6 +66,12 @@ class IcnetStreet(PreparedBuilder):
         cfg = self.builder_config
         for i in indices:
             image, label = render_street(i, cfg.height, cfg.width, cfg.seed)
-            encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
             key = f"street_{i:06d}"
-            yield key, {"image": encoded, "label": encoded_label(label), "file_name": key}
+            yield (
+                key,
+                {
+                    "image": storage.stored_image(self.image_format, image),
+                    "label": storage.stored_label(self.image_format, label),
+                    "file_name": key,
+                },
+            )
