@@ -25,7 +25,7 @@ written; 130 interrupted (Ctrl-C).
 
 from absl import flags
 
-from icnet_jax import cli, errors
+from icnet_jax import cli, config_checks, errors
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference import predict as prediction
 from icnet_jax.models.icnet import BRANCHES
@@ -56,6 +56,7 @@ flags.DEFINE_list(
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_checks.check(FLAGS.config)
     try:
         scales = test_time.parse_scales(FLAGS.scales)
     except ValueError as error:
