@@ -4,12 +4,17 @@ image, the automatic switch above the pixel budget, and out of memory as one err
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax import errors
+from icnet_jax import cli, errors
 from icnet_jax import state as state_lib
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
@@ -18,6 +23,7 @@ from icnet_jax.inference import sliding_window as sw
 from tests.checkpoint_fakes import NUM_CLASSES
 from tests.test_predict import RedBandModel, cli_config
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 MIX, GLOBAL = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
 
@@ -200,3 +206,22 @@ def test_labels_are_of_the_classes(loaded, monkeypatch):
     segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(8, 8)))
     labels = segmenter(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     assert labels.dtype == np.uint8 and labels.max() < NUM_CLASSES
+
+
+@pytest.mark.slow  # a subprocess
+def test_predict_cli_refuses_bad_tile_flags_before_writing(tiny_checkpoint, tmp_path):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "predict.py", f"--checkpoint={tiny_checkpoint[0]}", f"--input={image}",
+        f"--output={out}", "--tile_stride=40,40",
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == cli.EXIT_USAGE, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --tile_stride=40,40: larger than the window 33x65 would leave pixels no window "
+        "covers; give a stride no larger than the window (--tile)"
+    ]
+    assert not out.exists()

@@ -74,7 +74,7 @@ class TilePolicy:
             raise errors.UserError(
                 f"--tile_stride={policy.stride[0]},{policy.stride[1]}: larger than the window "
                 f"{window[0]}x{window[1]} would leave pixels no window covers; give a stride no "
-                "larger than --tile"
+                "larger than the window (--tile)"
             )
         return policy
 
