@@ -41,7 +41,7 @@ interrupted (Ctrl-C).
 import jax
 from absl import flags
 
-from icnet_jax import cli, errors
+from icnet_jax import cli, config_checks, errors
 from icnet_jax.evaluation import evaluate as evaluation
 from icnet_jax.inference import multiscale as test_time
 
@@ -73,6 +73,7 @@ cli.define_multihost_flags()
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_checks.check(FLAGS.config)
     if not FLAGS.workdir and not FLAGS.checkpoint:
         raise errors.UserError("give --workdir (its latest checkpoint) or --checkpoint")
     try:

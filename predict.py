@@ -15,6 +15,12 @@ The palette and class names are those of the checkpoint's dataset (`config.datas
 cityscapes, camvid, coco_stuff, street), else a generated palette with as many colours as the
 checkpoint's classifier has classes. `--branch` picks ICNet's output (sub4, sub24, sub124).
 
+An image above `--max_pixels` (default 4096x4096) is segmented in overlapping windows of the
+checkpoint's training crop (`--tile=H,W` for other windows, or for every image), every two thirds
+of a window (`--tile_stride=H,W`), their probabilities averaged (icnet_jax/inference/
+sliding_window.py), in bounded memory. Running out of memory stops with one `error:` line naming
+the flag that avoids it (exit status 2; the inputs before it keep their outputs).
+
 A file that cannot be read or segmented is named, skipped, and the rest processed; a summary at
 the end counts the failures. Exit status: 0 when at least one input was segmented (with
 `--strict`: and none failed), 1 when every input failed (or `--strict` and any failed), 2 when
@@ -25,9 +31,10 @@ written; 130 interrupted (Ctrl-C).
 
 from absl import flags
 
-from icnet_jax import cli, errors
+from icnet_jax import cli, config_checks, errors
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference import predict as prediction
+from icnet_jax.inference import sliding_window
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -47,6 +54,11 @@ flags.DEFINE_string("scales", "1.0", "Comma-separated input scales whose probabi
 flags.DEFINE_float("alpha", 0.5, "Weight of the colours in the overlays.")
 flags.DEFINE_bool("recursive", False, "Also read the input folder's sub-folders.")
 flags.DEFINE_bool("strict", False, "Exit with status 1 if any input failed.")
+flags.DEFINE_string("tile", "", "Segment every image in windows of H,W pixels.")
+flags.DEFINE_string("tile_stride", "", "Window step H,W (default: two thirds of the window).")
+flags.DEFINE_integer(
+    "max_pixels", sliding_window.MAX_PIXELS, "Images above this many pixels are tiled (0: never)."
+)
 flags.DEFINE_list(
     "command_line_wins", [],
     "Config keys (e.g. input.eval_size) whose command-line value beats the checkpoint's.",
@@ -56,10 +68,12 @@ flags.DEFINE_list(
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_checks.check(FLAGS.config)
     try:
         scales = test_time.parse_scales(FLAGS.scales)
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
+    tiles = sliding_window.make_policy(FLAGS.tile, FLAGS.tile_stride, FLAGS.max_pixels)
     summary = prediction.predict(
         FLAGS.config,
         FLAGS.checkpoint,
@@ -71,6 +85,7 @@ def main(argv):
         alpha=FLAGS.alpha,
         recursive=FLAGS.recursive,
         command_line_wins=FLAGS.command_line_wins,
+        tiles=tiles,
     )
     return summary.exit_code(FLAGS.strict)
 

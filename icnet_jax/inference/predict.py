@@ -16,7 +16,7 @@ from tqdm import tqdm
 from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, visualize
+from icnet_jax.inference import image_io, sliding_window, visualize
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
@@ -83,7 +83,9 @@ def collect_inputs(path: str | os.PathLike, recursive: bool = False) -> list[Ite
 
 
 class Segmenter:
-    """A checkpoint's model as `uint8 RGB [H, W, 3] -> class ids [H, W]`, any H and W."""
+    """A checkpoint's model as `uint8 RGB [H, W, 3] -> class ids [H, W]`, any H and W: whole, or
+    in windows as `tiles` says (default: above `sliding_window.MAX_PIXELS` pixels, windows of the
+    checkpoint's training crop); running out of memory is a `sliding_window.OutOfMemoryError`."""
 
     def __init__(
         self,
@@ -92,10 +94,15 @@ class Segmenter:
         branch: str = "sub124",
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
+        tiles: sliding_window.TilePolicy | None = None,
     ) -> None:
         cfg = loaded.config
         self.config = cfg
         self.variables = loaded.variables
+        self.dtype = test_time.prediction_dtype(loaded.num_classes)
+        crop = loaded.saved_config.get("input", {}).get("crop_size") or cfg.input.crop_size
+        self.tiles = (tiles or sliding_window.TilePolicy()).for_checkpoint(crop)
+        self._told = False
         model = state_lib.inference_model(cfg, loaded.num_classes, branch)
         eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._predict = test_time.make_predict_fn(
@@ -106,12 +113,37 @@ class Segmenter:
             scales=scales,
             flip=flip,
         )
+        self._window = sliding_window.make_window_fn(
+            model, self.variables, self._prepare, align_corners=cfg.model.align_corners,
+            scales=scales, flip=flip,
+        )  # fmt: skip
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        c = self.config.input
+        return normalize(image, c.mean, c.std, c.bgr)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        c = self.config.input
-        x = normalize(image, c.mean, c.std, c.bgr)
-        (labels,) = self._predict(self.variables, x[None]).values()
-        return np.asarray(labels)[0]
+        tiling = self.tiles.tiling_for(image.shape)
+        try:
+            if tiling is not None:
+                self._tell(image.shape, tiling)
+                return sliding_window.segment(image, self._window, tiling, self.dtype)
+            (labels,) = self._predict(self.variables, self._prepare(image)[None]).values()
+            return np.asarray(labels)[0]
+        except Exception as error:
+            if not sliding_window.is_out_of_memory(error):
+                raise
+            raise sliding_window.out_of_memory_error(image.shape, tiling, self.tiles) from None
+
+    def _tell(self, shape, tiling: sliding_window.Tiling) -> None:
+        if not self._told:
+            why = "--tile" if self.tiles.size else f"above --max_pixels={self.tiles.max_pixels}"
+            eval_size = self.config.input.eval_size
+            tqdm.write(
+                f"a {shape[0]}x{shape[1]} image ({why}): segmented in {tiling.describe()}"
+                + (f" (input.eval_size={eval_size} is for whole images)" if eval_size else "")
+            )
+            self._told = True
 
 
 def _segment_image(segmenter, item, output, palette, alpha) -> list[pathlib.Path]:
@@ -173,6 +205,7 @@ def predict(
     recursive: bool = False,
     command_line_wins: Iterable[str] = (),
     progress: bool = True,
+    tiles: sliding_window.TilePolicy | None = None,
 ) -> Summary:
     """Segments every item of `inputs` into `output` (see the module docstring).
 
@@ -191,7 +224,7 @@ def predict(
     print(inference.describe_settings(loaded.settings))
     name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
     info = inference.dataset_info_for(name, loaded.num_classes)
-    segmenter = Segmenter(loaded, branch=branch, flip=flip, scales=scales)
+    segmenter = Segmenter(loaded, branch=branch, flip=flip, scales=scales, tiles=tiles)
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
@@ -201,8 +234,8 @@ def predict(
                 paths = _segment_video(segmenter, item, output, info.palette, alpha, progress)
             else:
                 paths = _segment_image(segmenter, item, output, info.palette, alpha)
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
+            raise  # out of memory: the next large input would be too; the message says what to do
         except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
             reason = (
                 str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

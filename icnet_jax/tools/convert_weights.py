@@ -32,12 +32,13 @@ randomly (and the tool says so).
 
 from __future__ import annotations
 
-from icnet_jax import cli
+from icnet_jax import cli, config_checks
 from icnet_jax.weights.release import convert
 
 
 def main(argv):
     del argv
+    config_checks.check(FLAGS.config)
     convert(
         FLAGS.input,
         FLAGS.output,

@@ -38,7 +38,20 @@ class PruneError(ValueError, errors.UserError):
 
 
 IMAGE, CLASSES = "image", "classes"  # channel groups never pruned
+# The paper keeps 0.5 and 0.25 of the filters (Table 1). Below 1/20 the narrowest layers (32 and
+# 64 filters at full width) are left with a channel or two, rounded up from nothing: a network
+# that cannot segment (0.001 leaves a few hundred parameters).
+MIN_KEEP = 0.05
 Path = tuple[str, ...]
+
+
+def check_keep(keep: float) -> None:
+    """Raises PruneError unless `keep` is in [MIN_KEEP, 1]."""
+    if not MIN_KEEP <= keep <= 1:
+        raise PruneError(
+            f"--keep={keep:g}: the keeping rate must be in [{MIN_KEEP:g}, 1] (paper Table 1: 0.5, "
+            f"0.25); below {MIN_KEEP:g} the narrowest layers keep a channel or two"
+        )
 
 
 def icnet_channel_graph(stem: str = "release") -> dict[Path, tuple[str, str]]:
@@ -118,8 +131,7 @@ def select_channels(
       width: the width of `params`' model; the result is that of width * keep.
       stem: the model's `config.model.stem`.
     """
-    if not 0 < keep <= 1:
-        raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")
+    check_keep(keep)
     graph = icnet_channel_graph(stem)
     present = set(_layer_paths(params))
     unknown = sorted("/".join(p) for p in present - set(graph))
@@ -221,8 +233,7 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     from icnet_jax.weights.release import write_training_checkpoint
     from icnet_jax.weights.start import restore_checkpoint
 
-    if not 0 < keep <= 1:
-        raise PruneError(f"--keep={keep}: the keeping rate must be in (0, 1], e.g. 0.5")
+    check_keep(keep)
     state, config_dict, num_classes, step = restore_checkpoint(existing_checkpoint(checkpoint))
     config = ml_collections.ConfigDict(json.loads(json.dumps(config_dict)))
     if config.model.name != "icnet" or config.model.cff_upsampling != "bilinear":

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from icnet_jax import errors
+from icnet_jax import config_checks, errors
 from icnet_jax.data import class_stats, datasets, pipeline
 from icnet_jax.evaluation import loop as eval_lib
 from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
@@ -170,6 +170,7 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
     """What needs no computation, checked before anything is compiled or written."""
+    config_checks.check(config)
     devices = jax.device_count()
     if config.batch_size % devices:
         raise errors.UserError(
