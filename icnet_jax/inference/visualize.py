@@ -60,6 +60,9 @@ def colorize(
     return table[labels.astype(np.intp)]
 
 
+_BAND_ROWS = 256
+
+
 def overlay(
     image: np.ndarray,
     colour_map: np.ndarray,
@@ -90,8 +93,13 @@ def overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    blended = (1.0 - alpha) * image.astype(np.float64) + alpha * colour_map.astype(np.float64)
-    out = np.clip(np.floor(blended + 0.5), 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, np.uint8)
+    # Bands of rows: float64 copies of a whole 8000x8000 image would take 3 GiB.
+    for top in range(0, image.shape[0], _BAND_ROWS):
+        rows = slice(top, top + _BAND_ROWS)
+        blended = (1.0 - alpha) * image[rows].astype(np.float64)
+        blended += alpha * colour_map[rows].astype(np.float64)
+        out[rows] = np.clip(np.floor(blended + 0.5), 0, 255)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape[:2]:
