@@ -56,6 +56,14 @@ def test_overlay_values():
         overlay(image, colour[:, :1])
 
 
+def test_overlay_of_an_image_taller_than_a_band():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (600, 7, 3), dtype=np.uint8)
+    colour = rng.integers(0, 256, (600, 7, 3), dtype=np.uint8)
+    expected = np.floor(0.7 * image.astype(np.float64) + 0.3 * colour + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(overlay(image, colour, alpha=0.3), expected)
+
+
 def test_save_prediction_files(tmp_path):
     labels = np.array([[0, 1, 2, 2], [2, 1, 0, 0]], np.int32)
     image = np.full((2, 4, 3), 100, np.uint8)
