@@ -7,7 +7,8 @@ checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--nu
 
 Exit status: 0 trained and evaluated; 1 training failed (a non-finite loss, named with its
 step); 2 bad input (flags, config, paths, a workdir holding another model, a workdir in use by
-another training run: `workdir/train.lock` names it), nothing written;
+another training run: `workdir/train.lock` names it), nothing written, or a full disk while
+saving a checkpoint (the last good one is named and kept; an unfinished save is removed);
 130 stopped by SIGTERM or SIGINT (Ctrl-C) after saving a checkpoint at the step reached
 ("stopped at step N, checkpoint saved"): run the same command again to resume.
 """

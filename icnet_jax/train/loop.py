@@ -309,8 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise
     finally:
         bar.close()
-        manager.wait_until_finished()
-        manager.close()
+        checkpoints.finish(manager)
 
     results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
     writer.close()
