@@ -219,6 +219,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_state = None
     if restored:
         start, state, data_state = restored
+        if start >= config.num_steps:  # nothing to train: nothing written, no metrics relabelled
+            manager.close()
+            print(run_control.trained_already(start, config.num_steps, manager.directory))
+            return {}
         print(f"resuming from step {start} in {manager.directory}")
     else:
         if config.init_checkpoint:  # before compiling anything
