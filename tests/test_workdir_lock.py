@@ -7,6 +7,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -123,3 +124,35 @@ def test_a_workdir_that_cannot_be_created_is_one_error(tmp_path):
     file.write_text("")
     with pytest.raises(errors.UserError, match="is a file"), workdir_lock.hold(file / "run"):
         pytest.fail("held a lock under a file")
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, capsys):
+    # The pid is alive (this test's parent) but started after the lock was written: a pid reused
+    # after a reboot or many processes later.
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    reused = {"pid": os.getppid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
+    reused["process"] = "a-boot-before/12345"
+    (workdir / workdir_lock.LOCK_NAME).write_text(json.dumps(reused))
+    with workdir_lock.hold(workdir):
+        pass
+    assert "no longer running" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_lock_of_a_killed_but_unreaped_process_is_taken_over(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        process.kill()
+        stat = pathlib.Path(f"/proc/{process.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z":  # a zombie until waited for
+            time.sleep(0.01)
+        zombie = {"pid": process.pid, "host": socket.gethostname(), "since": "2026-01-01T00:00"}
+        (workdir / workdir_lock.LOCK_NAME).write_text(json.dumps(zombie))
+        with workdir_lock.hold(workdir):
+            pass
+    finally:
+        process.wait()
+    assert f"process {process.pid}" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """One training run per workdir: a lock file that train.py takes before it writes anything.
 
-`workdir/train.lock` holds `{"pid", "host", "since"}` of the run that holds it. It is created with
-O_EXCL, so that of two runs started together exactly one gets it. A second run is refused with one
-line naming the first; a lock whose process is gone (killed on this host) is taken over with a
-line saying so. With several processes only process 0 takes it: the workdir is shared.
+`workdir/train.lock` holds `{"pid", "host", "since", "process"}` of the run that holds it. It
+appears whole and only if absent (a hard link), so that of two runs started together exactly one
+gets it. A second run is refused with one line naming the first; a lock whose process is gone (killed on this host, or
+before a reboot) is taken over with a line saying so. With several processes only process 0 takes
+it: the workdir is shared.
 """
 
 from __future__ import annotations
@@ -24,14 +25,31 @@ from icnet_jax import errors
 LOCK_NAME = "train.lock"
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int | str) -> str | None:
+    """'<boot id>/<start time>' of a process on this host (None without /proc): tells a live
+    holder from a later process that got its pid (after a reboot, or many processes later)."""
+    try:
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name: state, ppid, ...
+    return "exited" if fields[0] == "Z" else f"{boot}/{fields[19]}"
+
+
+def _alive(holder: dict) -> bool:
+    pid = holder["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
-    return True
+        pass
+    identity = _identity(pid)
+    if identity == "exited":  # killed, not yet reaped by its parent
+        return False
+    recorded = holder.get("process")
+    return recorded is None or identity is None or identity == recorded
 
 
 def _read(path: pathlib.Path) -> dict:
@@ -43,18 +61,31 @@ def _read(path: pathlib.Path) -> dict:
 
 
 def _create(path: pathlib.Path) -> bool:
-    """Creates the lock file holding this process's record; False if it exists."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
+    """Creates the lock file holding this process's record; False if it exists.
+
+    The record is written to a file of its own, then hard-linked as the lock: the lock appears
+    whole, so a run never reads another's half-written lock as stale.
+    """
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "process": _identity("self"),
     }
-    with os.fdopen(fd, "w") as file:
-        json.dump(record, file)
+    draft = path.with_name(f"{LOCK_NAME}.{os.getpid()}.new")
+    draft.write_text(json.dumps(record))
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: exclusive creation
+        try:
+            with open(path, "x") as file:
+                file.write(json.dumps(record))
+        except FileExistsError:
+            return False
+    finally:
+        draft.unlink()
     return True
 
 
@@ -70,7 +101,7 @@ def _stale(holder: dict) -> bool:
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return True
-    return holder.get("host") == socket.gethostname() and not _alive(pid)
+    return holder.get("host") == socket.gethostname() and not _alive(holder)
 
 
 def _acquire(workdir: pathlib.Path) -> pathlib.Path:
