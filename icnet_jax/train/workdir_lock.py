@@ -2,9 +2,9 @@
 
 `workdir/train.lock` holds `{"pid", "host", "since", "process"}` of the run that holds it. It
 appears whole and only if absent (a hard link), so that of two runs started together exactly one
-gets it. A second run is refused with one line naming the first; a lock whose process is gone (killed on this host, or
-before a reboot) is taken over with a line saying so. With several processes only process 0 takes
-it: the workdir is shared.
+gets it. A second run is refused with one line naming the first; a lock whose process is gone
+(killed on this host, or before a reboot) is taken over with a line saying so. With several
+processes only process 0 takes it: the workdir is shared.
 """
 
 from __future__ import annotations

@@ -62,16 +62,7 @@ def create_manager(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
     )
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    interrupted.quiet_full_disk_logs()
-    if jax.process_index() == 0:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # orbax's own makedirs would end in a traceback
-            raise errors.UserError(
-                f"cannot create {directory} ({error.strerror or error}); choose another folder"
-            ) from None
-        for leftover in interrupted.remove_interrupted_saves(directory):
-            _report(f"removed {leftover}: the leftover of a checkpoint save that was interrupted")
+    interrupted.prepare(directory)
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 

@@ -11,6 +11,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 
 import jax
@@ -46,6 +47,27 @@ def quiet_full_disk_logs() -> None:
 
 def no_space_text(text: str) -> bool:
     return "no space left on device" in text.lower() or "os_error_code='28'" in text
+
+
+def prepare(directory: pathlib.Path) -> None:
+    """Before a manager opens `directory`: quiets orbax's full-disk logs; process 0 creates the
+    folder (one error line where it cannot be, where orbax's makedirs ends in a traceback) and
+    removes the unfinished saves of an interrupted run, saying so."""
+    quiet_full_disk_logs()
+    if jax.process_index() != 0:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise errors.UserError(
+            f"cannot create {directory} ({error.strerror or error}); choose another folder"
+        ) from None
+    for leftover in remove_interrupted_saves(directory):
+        print(
+            f"removed {leftover}: the leftover of a checkpoint save that was interrupted",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def remove_interrupted_saves(directory: pathlib.Path) -> list[pathlib.Path]:
