@@ -35,7 +35,7 @@ Several hosts: pass `--coordinator_address`, `--num_processes`, `--process_id` (
 
 Exit status: 0 evaluated; 2 bad input (flags, config, no or no readable checkpoint, a dataset of
 another number of classes, an output folder that cannot be written), nothing written; 130
-interrupted (Ctrl-C).
+interrupted (Ctrl-C or SIGTERM).
 """
 
 import jax

@@ -26,7 +26,7 @@ the end counts the failures. Exit status: 0 when at least one input was segmente
 `--strict`: and none failed), 1 when every input failed (or `--strict` and any failed), 2 when
 nothing could start (missing input, a folder without images or videos, a missing or unreadable
 checkpoint, a bad `--scales`, an unknown or missing flag), with one `error:` line and nothing
-written; 130 interrupted (Ctrl-C).
+written; 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from absl import flags

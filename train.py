@@ -6,7 +6,9 @@ checkpoint in the workdir. For several hosts pass `--coordinator_address`, `--nu
 `--process_id`, or `--distributed` where JAX detects them itself (SLURM, TPU pods).
 
 Exit status: 0 trained and evaluated; 1 training failed (a non-finite loss, named with its
-step); 2 bad input (flags, config, paths, a workdir holding another model), nothing written;
+step); 2 bad input (flags, config, paths, a workdir holding another model, a workdir in use by
+another training run: `workdir/train.lock` names it), nothing written, or a full disk while
+saving a checkpoint (the last good one is named and kept; an unfinished save is removed);
 130 stopped by SIGTERM or SIGINT (Ctrl-C) after saving a checkpoint at the step reached
 ("stopped at step N, checkpoint saved"): run the same command again to resume.
 """
@@ -15,7 +17,7 @@ from absl import flags
 
 from icnet_jax import cli
 from icnet_jax.train import loop as train_lib
-from icnet_jax.train import run_control
+from icnet_jax.train import run_control, workdir_lock
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
@@ -26,13 +28,14 @@ cli.define_multihost_flags()
 def main(argv):
     del argv
     cli.join_multihost()
-    try:
-        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except train_lib.NonFiniteLossError as error:
-        cli.fail(str(error), cli.EXIT_FAILED)
-    except run_control.Stopped as stopped:
-        print(stopped, flush=True)
-        return cli.EXIT_INTERRUPTED
+    with workdir_lock.hold(FLAGS.workdir):
+        try:
+            train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        except train_lib.NonFiniteLossError as error:
+            cli.fail(str(error), cli.EXIT_FAILED)
+        except run_control.Stopped as stopped:
+            print(stopped, flush=True)
+            return cli.EXIT_INTERRUPTED
     return cli.EXIT_OK
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterable
 
 from absl import app, flags
@@ -57,17 +61,41 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    chain = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _where_in(config_file: str, error: BaseException) -> str:
+    """' (raised at FILE, line N)': the last line of `config_file` in the tracebacks of `error`'s
+    chain (a syntax error: its own line); '' when the error did not come from that file."""
+    path = os.path.realpath(config_file.split(":", 1)[0])
+    line = None
+    for link in reversed(_chain(error)):
+        syntax = isinstance(link, SyntaxError) and link.filename and link.lineno
+        if syntax and os.path.realpath(link.filename) == path:
+            line = link.lineno
+        for frame in traceback.extract_tb(link.__traceback__):
+            if os.path.realpath(frame.filename) == path:
+                line = frame.lineno
+        if line is not None:
+            return f" (raised at {config_file.split(':', 1)[0]}, line {line})"
+    return ""
+
+
 def _flag_error_message(error: BaseException) -> str:
     """One line out of a (possibly chained, multi-line) flag parsing error."""
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
+    texts = [str(link) for link in _chain(error)]
     text = " ".join(texts)
     if "Error whilst parsing config file" in texts[0] and texts[-1].strip():
-        # An error raised by the config file's get_config (an unknown variant): its own words.
+        # An error raised by the config file's get_config (an unknown variant): its own words,
+        # and where in the file.
         flag = texts[0].split(": Error whilst", 1)[0]
-        return f"{flag}: {texts[-1].strip().splitlines()[-1]}"
+        where = _where_in(flag.split("=", 1)[-1], error)
+        return f"{flag}: {texts[-1].strip().splitlines()[-1]}{where}"
     hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     if hint:
         return f"no config field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"
@@ -143,13 +171,24 @@ def _check_config_loads() -> None:
     except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
         path = flags.FLAGS["config"].config_filename
         reason = str(error).strip().splitlines()[-1].strip()
-        fail(f"cannot load --config={path}: {reason}")
+        fail(f"cannot load --config={path}: {reason}{_where_in(path, error)}")
+
+
+def _interrupt(signum, frame) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-    """`absl.app.run(main)` with one-line errors and quiet libraries (see the module docstring)."""
+    """`absl.app.run(main)` with one-line errors and quiet libraries (see the module docstring).
+
+    SIGTERM ends like Ctrl-C (`error: interrupted`, status 130); training installs its own
+    handlers around its loop, which save a checkpoint first.
+    """
 
     def wrapped(argv: list[str]) -> int | None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
         if not flags.FLAGS["verbosity"].present:
             quiet_libraries()
         _check_config_loads()

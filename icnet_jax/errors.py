@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 
 class UserError(Exception):
@@ -24,3 +25,12 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
         raise UserError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: {existing} is not writable; choose another path")
+    # os.access says yes to root everywhere, also where nothing can be created (a read-only
+    # mount, /proc): a folder made and removed at once settles it.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write_check_", dir=existing))
+    except OSError as error:
+        raise UserError(
+            f"{what} {path}: cannot create anything in {existing} ({error.strerror or error}); "
+            "choose another path"
+        ) from None

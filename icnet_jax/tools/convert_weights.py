@@ -32,12 +32,13 @@ randomly (and the tool says so).
 
 from __future__ import annotations
 
-from icnet_jax import cli, config_checks
+from icnet_jax import cli, config_checks, errors
 from icnet_jax.weights.release import convert
 
 
 def main(argv):
     del argv
+    errors.check_writable(FLAGS.output, "--output")
     config_checks.check(FLAGS.config)
     convert(
         FLAGS.input,

@@ -223,6 +223,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv):
     del argv
+    errors.check_writable(FLAGS.output, "--output")
     size = parse_size(FLAGS.size)
     export(
         FLAGS.checkpoint,

@@ -265,6 +265,7 @@ def _to_numpy(tree: Any) -> Any:
 
 def main(argv):
     del argv
+    errors.check_writable(FLAGS.output, "--output")
     prune_checkpoint(FLAGS.checkpoint, FLAGS.keep, FLAGS.output, seed=FLAGS.seed)
 
 

@@ -221,6 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_state = None
     if restored:
         start, state, data_state = restored
+        if start >= config.num_steps:  # nothing to train: nothing written, no metrics relabelled
+            manager.close()
+            print(run_control.trained_already(start, config.num_steps, manager.directory))
+            return {}
         print(f"resuming from step {start} in {manager.directory}")
     else:
         if config.init_checkpoint:  # before compiling anything
@@ -311,8 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise
     finally:
         bar.close()
-        manager.wait_until_finished()
-        manager.close()
+        checkpoints.finish(manager)
 
     results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
     writer.close()

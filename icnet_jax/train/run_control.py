@@ -21,6 +21,14 @@ class Stopped(Exception):
         self.step = step
 
 
+def trained_already(step: int, num_steps: int, directory) -> str:
+    """What a resumed run whose checkpoint is at or past `num_steps` says instead of training."""
+    return (
+        f"the checkpoint in {directory} is at step {step}, config.num_steps={num_steps}: nothing "
+        f"to train, nothing written; to train longer, raise --config.num_steps above {step}"
+    )
+
+
 class StopSignals:
     """SIGTERM/SIGINT set a flag that the loop reads between steps (a second signal stops at once).
 

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from icnet_jax import errors
+from icnet_jax.weights import saving as interrupted
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -47,15 +48,29 @@ class NoCheckpointError(errors.UserError, FileNotFoundError):
     """No (readable) checkpoint where one was asked for."""
 
 
+DiskFullError = interrupted.DiskFullError  # what save, write and finish raise on a full disk
+
+
 def create_manager(
     workdir: str | pathlib.Path, *, max_to_keep: int = 3, asynchronous: bool = True
 ) -> ocp.CheckpointManager:
-    """A manager of `workdir/checkpoints/<step>/{state,data,config}` keeping the last few."""
+    """A manager of `workdir/checkpoints/<step>/{state,data,config}` keeping the last few.
+
+    The leftovers of saves a crash or a full disk interrupted are removed first (and reported).
+    """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
     )
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    interrupted.prepare(directory)
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Waits for the manager's asynchronous save and closes it (a full disk: DiskFullError)."""
+    with interrupted.saving(manager.directory, manager.latest_step()):
+        manager.wait_until_finished()
+    manager.close()
 
 
 def _as_global(x: Any) -> Any:
@@ -78,23 +93,26 @@ def save(
     """
     if jax.process_count() > 1:
         state = jax.tree.map(_as_global, state)
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state or {}),
-            config=ocp.args.JsonSave(config),
-        ),
-        force=True,
-    )
+    # The previous asynchronous save's errors (its full disk) come out of this wait.
+    with interrupted.saving(manager.directory, manager.latest_step()):
+        manager.wait_until_finished()
+    with interrupted.saving(manager.directory, step):
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state or {}),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=True,
+        )
 
 
 def write(workdir: str | pathlib.Path, step: int, state: Any, config: dict) -> None:
     """Writes one checkpoint synchronously (conversion, pruning: no data iterator position)."""
     manager = create_manager(workdir, asynchronous=False)
     save(manager, step, state, {}, config)
-    manager.wait_until_finished()
-    manager.close()
+    finish(manager)
 
 
 # --- Reading ----------------------------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""What a user meets in the first week around runs, tools and signals: a resume past the schedule,
+tool outputs that cannot be written, SIGTERM, config files that raise, workdirs that cannot be
+created. Each is one `error:` line (or the right result) and nothing written."""
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from icnet_jax import cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_DATA = [
+    "--config.dataset.builder_kwargs.num_train=4",
+    "--config.dataset.builder_kwargs.num_val=2",
+    "--config.dataset.builder_kwargs.height=33",
+    "--config.dataset.builder_kwargs.width=65",
+]
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def run(*command, env=ENV):
+    return subprocess.run(
+        [sys.executable, *map(str, command)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def one_error_line(done) -> str:
+    output = done.stdout + done.stderr
+    assert done.returncode == cli.EXIT_USAGE, output
+    assert "Traceback" not in output, output
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+# --- A resume at or past config.num_steps -------------------------------------------------------
+
+
+def test_a_resume_at_or_past_num_steps_says_so_and_writes_nothing(tmp_path, tiny_checkpoint):
+    workdir = shutil.copytree(tiny_checkpoint[0], tmp_path / "run")  # a checkpoint at step 7
+    before = snapshot(workdir)
+    for num_steps in (4, 7):
+        done = run(
+            "train.py",
+            f"--workdir={workdir}",
+            f"--config.num_steps={num_steps}",
+            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+            *TINY_DATA,
+        )
+        assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
+        assert "at step 7" in done.stdout and f"num_steps={num_steps}" in done.stdout
+        assert "nothing to train" in done.stdout and "raise --config.num_steps" in done.stdout
+        assert "resuming" not in done.stdout
+        # No metrics relabel the step-7 weights with another step; nothing else changes.
+        assert snapshot(workdir) == before
+
+
+# --- Tool outputs checked before any work -------------------------------------------------------
+
+TOOLS = {
+    "convert_weights": ["--input={checkpoint}"],
+    "prune": ["--checkpoint={checkpoint}"],
+    "export": ["--checkpoint={checkpoint}", "--size=33,65"],
+}
+# Runs a tool as `python -m` does; as root, where a read-only folder is still writable, the
+# folder named by READ_ONLY is made to look read-only to the writability check (os.access).
+TOOL = """
+import os, runpy, sys
+read_only = os.environ.get("READ_ONLY")
+if read_only and os.geteuid() == 0:
+    real = os.access
+    def access(path, mode, **kwargs):
+        if mode & os.W_OK and os.path.abspath(path).startswith(read_only):
+            return False
+        return real(path, mode, **kwargs)
+    os.access = access
+tool = sys.argv[1]
+sys.argv = [tool, *sys.argv[2:]]
+runpy.run_module("icnet_jax.tools." + tool, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_a_tool_output_under_a_file_is_refused_before_any_work(tool, tmp_path, tiny_checkpoint):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    args = [a.format(checkpoint=tiny_checkpoint[0]) for a in TOOLS[tool]]
+    error = one_error_line(run("-c", TOOL, tool, *args, f"--output={file}/out"))
+    assert f"--output {file}/out" in error and "is a file, not a folder" in error
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_a_read_only_tool_output_is_refused_before_any_work(tool, tmp_path, tiny_checkpoint):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    args = [a.format(checkpoint=tiny_checkpoint[0]) for a in TOOLS[tool]]
+    env = {**ENV, "READ_ONLY": str(read_only)}
+    done = run("-c", TOOL, tool, *args, f"--output={read_only}/out", env=env)
+    error = one_error_line(done)
+    assert f"--output {read_only}/out" in error and "is not writable" in error
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("script", ["train.py", "-m icnet_jax.tools.prune"])
+def test_a_folder_whose_parent_cannot_be_created_is_one_error_line(script, tiny_checkpoint):
+    # /proc looks writable to root, yet nothing can be created in it.
+    flag = "--workdir" if script == "train.py" else "--output"
+    args = [] if script == "train.py" else [f"--checkpoint={tiny_checkpoint[0]}"]
+    error = one_error_line(run(*script.split(), *args, f"{flag}=/proc/no_such/run"))
+    assert "/proc/no_such/run" in error and "cannot create" in error
+
+
+# --- SIGTERM ------------------------------------------------------------------------------------
+
+
+def test_sigterm_during_evaluate_is_interrupted_like_ctrl_c(tmp_path, tiny_checkpoint):
+    command = [
+        sys.executable, "evaluate.py", f"--checkpoint={tiny_checkpoint[0]}",
+        f"--workdir={tmp_path / 'eval'}", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+        *TINY_DATA,
+    ]  # fmt: skip
+    env = {**ENV, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in process.stdout:  # main has started once the checkpoint is named
+        if line.startswith("checkpoint "):
+            break
+    process.send_signal(signal.SIGTERM)
+    output, errors = process.communicate(timeout=600)
+    assert process.returncode == cli.EXIT_INTERRUPTED, output + errors
+    assert errors.strip().splitlines()[-1] == "error: interrupted", errors
+    assert "Traceback" not in errors
+
+
+# --- Config files that raise --------------------------------------------------------------------
+
+RAISING_CONFIG = """import ml_collections
+
+
+def check(config):
+    raise ValueError("crop_size must be odd")
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    check(config)
+    return config
+"""
+
+
+def test_a_config_file_that_raises_is_named_with_its_line(tmp_path):
+    config = tmp_path / "my_config.py"
+    config.write_text(RAISING_CONFIG)
+    error = one_error_line(run("evaluate.py", f"--config={config}", f"--workdir={tmp_path}/x"))
+    assert "crop_size must be odd" in error
+    assert f"raised at {config}, line 5" in error
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_config_file_with_a_syntax_error_is_named_with_its_line(tmp_path):
+    config = tmp_path / "my_config.py"
+    config.write_text("def get_config(:\n    pass\n")
+    error = one_error_line(run("train.py", f"--config={config}", f"--workdir={tmp_path}/x"))
+    assert "my_config.py" in error and "line 1" in error
+    assert not (tmp_path / "x").exists()
