@@ -56,9 +56,9 @@ KEYS = {
 # a dilated network may be fine-tuned at another output stride or resize convention.
 START_FREE = ("num_classes", "bn_folded", "frozen_bn", "align_corners", "output_stride")
 # The saved settings inference takes from the checkpoint by default: the spec's config entries
-# that a model reads, and the inference protocol recorded with the run.
+# that an inference model reads, and the inference protocol recorded with the run.
 INFERENCE_KEYS = (
-    *(key for key in KEYS.values() if key.startswith(("model.", "input."))),
+    *(k for k in KEYS.values() if k.startswith(("model.", "input.")) and k != KEYS["frozen_bn"]),
     "model.branch",
     "input.eval_size",
     "ignore_label",

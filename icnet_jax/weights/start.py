@@ -8,15 +8,21 @@ initialisation of `state` for the classifiers whose shapes differ (another numbe
 Any other mismatch is an error naming the tensors. The optimizer state and the step of `state`
 are kept (fine-tuning starts at step 0 with a fresh momentum).
 
+Before anything is compiled, `check_fits` compares the checkpoint's `WeightsSpec` with the
+config's (the trunk switches and the input must agree; `spec.START_FREE` may change), and
+`check_resume` refuses to resume a workdir whose saved spec differs from the config's at all.
+
 Frozen-statistics BatchNorm. The release's BN-folded weights load into our unfolded model as
 kernel = folded kernel, BN scale 1, offset = folded bias, mean 0, variance 1 - eps: exact with
 running statistics, but BatchNorm in training normalises with the batch's statistics and would
 make every layer's output differ from the release's. Training from such weights therefore needs
-`config.model.freeze_bn_stats=True` (BatchNorm uses and keeps its running statistics; mmseg's
-`norm_eval`), optionally with `config.optim.freeze_bn_affine=True` (scales and offsets are not
-trained either). `check_folded_start` refuses the other case: a checkpoint is BN-folded when its
-config says so (`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm
-layers holds the placeholder statistics (which also catches runs fine-tuned from such weights).
+`config.model.freeze_bn_stats=True`: the layers whose statistics were loaded (the whole network
+from `init_checkpoint`, the trunk from `init_backbone`: `state.frozen_bn`) use and keep their
+running statistics (mmseg's `norm_eval`), fresh layers learn theirs; optionally with
+`config.optim.freeze_bn_affine=True` (scales and offsets are not trained either).
+`check_folded_start` refuses the other case: a checkpoint is BN-folded when its config says so
+(`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm layers holds the
+placeholder statistics (which also catches runs fine-tuned from such weights).
 """
 
 from __future__ import annotations
@@ -130,8 +136,8 @@ def _newest_config(path: str | pathlib.Path) -> tuple[dict, int | None]:
 
 def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume training in `workdir` with a config whose `WeightsSpec` differs from the
-    one saved with its newest checkpoint (one line naming each setting and both values; nothing
-    read but configs and metadata, nothing written). Settings outside the spec stay free."""
+    one saved with its newest checkpoint: one line naming each setting with both values (reads
+    configs and metadata only, writes nothing). Settings outside the spec stay free."""
     if not (pathlib.Path(workdir) / "checkpoints").is_dir():
         return
     try:
@@ -140,15 +146,17 @@ def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
         return
     if not saved:
         return
-    theirs = spec_lib.WeightsSpec.from_config(saved)
-    rows = theirs.differences(spec_lib.WeightsSpec.from_config(config), ignore=("num_classes",))
+    theirs = spec_lib.WeightsSpec.from_config(saved, num_classes)
+    ours = spec_lib.WeightsSpec.from_config(config)
+    rows = theirs.differences(ours)
     if rows:
         raise checkpoints.CheckpointMismatchError(
-            f"{workdir} holds a run whose weights mean something else than the config says ("
+            f"{workdir} holds a run of {theirs.describe()} trained with other weights settings "
+            f"than the config's ({ours.describe()}): "
             + spec_lib.format_differences(rows, "saved", "new")
-            + "); resume with the saved values, train in a new --workdir, or start a new run "
-            f"from these weights with --config.init_checkpoint={workdir} and a new --workdir; "
-            "nothing was written"
+            + "; resume with the saved values, train in a new --workdir, or start a new run from "
+            f"these weights with --config.init_checkpoint={workdir} and a new --workdir; nothing "
+            "was written"
         )
 
 
@@ -156,17 +164,6 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
     """Raises CheckpointDoesNotFitError when the newest checkpoint at `checkpoint_path` differs
     from `abstract_state`'s model outside the classifiers, or (given `config`) has another
     `WeightsSpec` outside `spec.START_FREE` (reads configs and metadata only, no arrays)."""
-    saved_config, _ = _newest_config(checkpoint_path)
-    if config is not None and saved_config:
-        theirs = spec_lib.WeightsSpec.from_config(saved_config)
-        rows = theirs.differences(spec_lib.WeightsSpec.from_config(config), spec_lib.START_FREE)
-        if rows:
-            raise CheckpointDoesNotFitError(
-                f"init_checkpoint {checkpoint_path} holds weights of other settings than the "
-                f"config ({spec_lib.format_differences(rows, 'checkpoint', 'config')}): set "
-                + " ".join(f"'--config.{key}={_flag(value)}'" for key, value, _ in rows)
-                + " (the network and input its weights expect)"
-            )
     manager, step = checkpoints.open_for_reading(checkpoint_path)
     step = step if step is not None else manager.latest_step()
     state_dir = pathlib.Path(manager.directory) / str(step) / "state"
@@ -174,7 +171,7 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
     try:
         saved = checkpoints.saved_shapes(state_dir)
     except Exception:  # noqa: BLE001 - unreadable: restoring reports it (and falls back)
-        return
+        saved = {}
     ours = checkpoints.model_shapes(abstract_state)
     errors = [
         f"{k}: checkpoint {saved[k]}, model {shape}"
@@ -190,12 +187,18 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
             f"({_describe(config)}) outside the classifiers ({'; '.join(errors[:2])}{more}); "
             "give a checkpoint of the same model.name and model.width"
         )
-
-
-def _flag(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "(" + ", ".join(f"{v:g}" for v in value) + ")"
-    return str(value)
+    saved_config, _ = _newest_config(checkpoint_path)
+    if config is None or not saved_config:
+        return
+    theirs = spec_lib.WeightsSpec.from_config(saved_config)
+    rows = theirs.differences(spec_lib.WeightsSpec.from_config(config), spec_lib.START_FREE)
+    if rows:
+        raise CheckpointDoesNotFitError(
+            f"init_checkpoint {checkpoint_path} holds weights of other settings than the "
+            f"config ({spec_lib.format_differences(rows, 'checkpoint', 'config')}): set "
+            + " ".join(f"'--config.{key}={value}'" for key, value, _ in rows)
+            + " (the network and input its weights expect)"
+        )
 
 
 def _describe(config) -> str:
