@@ -15,6 +15,7 @@ from icnet_jax.data import labels
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.backbone import SegmentationNetwork, trunk_layer_names
 from icnet_jax.models.layers import ConvBN, resize_bilinear
+from icnet_jax.weights import checkpoints
 from icnet_jax.weights import imagenet as pretrained
 from icnet_jax.weights import release as cw
 from icnet_jax.weights import start as finetune
@@ -165,6 +166,10 @@ def test_finetuning_from_bn_kept_weights_runs_live_batchnorm(tmp_path):
     kept, _ = bn_kept(random_release())
     np.save(tmp_path / "kept.npy", kept, allow_pickle=True)
     cw.convert(tmp_path / "kept.npy", tmp_path / "out", cityscapes.get_config(), verbose=False)
+    manager, _ = checkpoints.open_for_reading(tmp_path / "out")
+    recorded = WeightsSpec.from_config(checkpoints.read_config(manager, 0), 19)
+    manager.close()
+    assert not recorded.bn_folded and recorded.bgr and recorded.std == (1.0, 1.0, 1.0)
     config = cityscapes.get_config()  # no frozen statistics: accepted for BN-kept weights
     state, report = finetune.load_pretrained(
         fresh_state(config), tmp_path / "out", config=config, verbose=False

@@ -181,7 +181,8 @@ def upgrade(saved: Mapping[str, Any]) -> dict[str, Any]:
 def restore_target(saved: Mapping[str, Any], num_classes: int) -> Any:
     """The abstract `TrainState` (`jax.eval_shape`) of a saved config's model and optimiser: the
     target every reader restores a checkpoint with (the optimiser state is part of it)."""
-    config = ml_collections.ConfigDict(upgrade(saved))
+    # A section the saved config lacks (a hand-written one without `optim`) takes the defaults.
+    config = ml_collections.ConfigDict({**get_config().to_dict(), **upgrade(saved)})
     model = state_lib.create_model(config, num_classes)
     tx = state_lib.create_optimizer(config)
     # Parameter shapes do not depend on the image size: a small one traces fast.
