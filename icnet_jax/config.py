@@ -115,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.ohem = False  # online hard pixel mining, per image and branch
     config.loss.ohem_thresh = 0.7  # keep pixels whose probability of the true class is below
     config.loss.ohem_min_kept = 100_000  # ... but at least this many per image (label resolution)
+    config.loss.ohem_normalize = "kept"  # divide by the kept pixels (ports) | 'labelled' (mmseg)
 
     # Start from this checkpoint when the workdir has none (fine-tuning; see README).
     config.init_checkpoint = ""

@@ -38,11 +38,10 @@ def create_model(
         bn_momentum=m.bn_momentum,
         axis_name=axis_name,
         dtype=jnp.dtype(m.dtype),
-        # .get: configs saved before these switches existed describe the release's trunk.
-        freeze_bn_stats=m.get("freeze_bn_stats", False),
-        stem=m.get("stem", "release"),
-        stride_on=m.get("stride_on", "1x1"),
-        shortcut=m.get("shortcut", "conv"),
+        frozen_bn=frozen_bn(config),
+        stem=m.stem,
+        stride_on=m.stride_on,
+        shortcut=m.shortcut,
     )
     if m.name == "icnet":
         model = ICNet(branch=m.branch, cff_upsampling=m.cff_upsampling, **common)
@@ -51,6 +50,18 @@ def create_model(
     else:
         raise ValueError(f"config.model.name must be 'icnet' or 'pspnet', got {m.name!r}")
     return model.clone(**overrides)
+
+
+def frozen_bn(config: ml_collections.ConfigDict) -> str:
+    """The layers whose BatchNorm statistics `config.model.freeze_bn_stats` freezes: those the
+    loaded weights held, 'all' from `init_checkpoint` (a whole network), 'trunk' from
+    `init_backbone` (an ImageNet ResNet-50); fresh layers learn theirs. Without either (a run
+    started otherwise) 'all', as the switch always meant. 'none' when the switch is off."""
+    if not config.model.freeze_bn_stats:
+        return "none"
+    if config.get("init_backbone") and not config.get("init_checkpoint"):
+        return "trunk"
+    return "all"
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -305,7 +305,7 @@ def test_bn_kept_flat_npy_and_tf_checkpoint_equal_hand_folding(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, from_npy, from_tf)
 
     fresh = ICNet(num_classes=19).init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3)))
-    variables = {c: cw.merge_into(fresh[c], from_npy[c]) for c in ("params", "batch_stats")}
+    variables, _ = finetune.merge_variables(fresh, from_npy)
     x = images()
     ours = ICNet(num_classes=19).apply(variables, x)
     reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(folded)}, x)

@@ -212,3 +212,47 @@ def test_pmap_over_four_devices_equals_one_device(options):
     np.testing.assert_allclose(p_loss[0], loss, rtol=1e-6)
     for name in weights:
         np.testing.assert_allclose(p_grads[name][:, 0], grads[name], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("class_weights", [None, CLASS_WEIGHTS])
+@pytest.mark.parametrize("normalize", ["kept", "labelled"])
+def test_ohem_normalisation_matches_numpy(normalize, class_weights):
+    # 'kept' divides the kept pixels' loss by their (class weighted) count, as the ports'
+    # OhemCrossEntropy2d; 'labelled' by that of every labelled pixel, as mmsegmentation.
+    logits, labels = make_batch(7)
+    weights = {"sub4": 0.4, "sub24": 0.4, "sub124": 1.0}
+    thresh, min_kept = 0.3, 40
+    loss, per_branch = cascade_loss(
+        {k: jnp.asarray(v) for k, v in logits.items()},
+        jnp.asarray(labels),
+        weights,
+        class_weights=None if class_weights is None else jnp.asarray(class_weights),
+        ohem=Ohem(thresh, min_kept, normalize),
+    )
+    expected = 0.0
+    for name, weight in weights.items():
+        small = ref.resize_nearest(labels, logits[name].shape[1:3])
+        area = logits[name].shape[1] * logits[name].shape[2]
+        kept = int(np.ceil(min_kept * area / labels[0].size))
+        keep = ref.ohem_keep(logits[name], small, thresh, kept)
+        nll, kept_weight = ref.weighted_cross_entropy(logits[name], small, class_weights, keep)
+        _, labelled_weight = ref.weighted_cross_entropy(logits[name], small, class_weights)
+        assert 0 < kept_weight < labelled_weight  # some pixels dropped: the two differ
+        branch = nll / (kept_weight if normalize == "kept" else labelled_weight)
+        np.testing.assert_allclose(per_branch[name], branch, rtol=1e-5)
+        expected += weight * branch
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_ohem_normalisation_comes_from_the_config():
+    from icnet_jax.config import get_config
+    from icnet_jax.errors import UserError
+
+    config = get_config()
+    config.loss.ohem = True
+    assert Ohem.from_config(config.loss).normalize == "kept"
+    config.loss.ohem_normalize = "labelled"
+    assert Ohem.from_config(config.loss).normalize == "labelled"
+    config.loss.ohem_normalize = "all"
+    with pytest.raises(UserError, match="ohem_normalize"):
+        Ohem.from_config(config.loss)

@@ -116,10 +116,10 @@ def test_frozen_bn_training_forward_of_converted_folded_weights_equals_inference
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     converted, _, _ = cw.release_variables(release, template)
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-    variables = cw.merge_into(fresh, converted)  # training-only heads: zeros
+    variables, _ = finetune.merge_variables(fresh, converted)  # training-only heads: zeros
     x = jnp.asarray(np.random.default_rng(1).uniform(-120, 130, (2, 65, 129, 3)), jnp.float32)
 
-    frozen = ICNet(num_classes=19, freeze_bn_stats=True)
+    frozen = ICNet(num_classes=19, frozen_bn="all")
     logits, updates = frozen.apply(variables, x, train=True, mutable=["batch_stats"])
     train_sub124 = resize_bilinear(logits["sub124"], x.shape[1:3])
     # Independent reference: the release's inference form (BN folded into the convolutions).

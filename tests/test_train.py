@@ -304,3 +304,36 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
         checkpoints.restore_latest(manager, wider, expected="icnet width 0.5, 9 classes")
     assert "width 0.5" in str(error.value) and "\n" not in str(error.value)
     assert manager.all_steps() == [2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flag, key, saved, new",
+    [
+        ("--config.model.stride_on=3x3", "model.stride_on", "'1x1'", "'3x3'"),
+        ("--config.input.mean=(1, 2, 3)", "input.mean", "(", "(1, 2, 3)"),
+        ("--config.model.freeze_bn_stats=True", "model.freeze_bn_stats", "'none'", "'all'"),
+    ],
+)
+def test_a_resume_with_other_weights_settings_is_refused_and_nothing_written(
+    tmp_path, unbroken, flag, key, saved, new
+):
+    workdir, data_dir = unbroken
+    run = copy_run(workdir, tmp_path / "run")
+    before = snapshot(run)
+    code, output = run_train(run, data_dir, flag, "--config.num_steps=8")
+    assert code == cli.EXIT_USAGE, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert f"{key}: saved {saved}" in errors[0] and f"new {new}" in errors[0], errors
+    assert "--workdir" in errors[0] and f"--config.init_checkpoint={run}" in errors[0]
+    assert snapshot(run) == before  # byte-identical
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_schedule_goes_on(tmp_path, unbroken):
+    workdir, data_dir = unbroken
+    run = copy_run(workdir, tmp_path / "run")
+    code, output = run_train(run, data_dir, "--config.num_steps=7", "--config.optim.lr=0.001")
+    assert code == 0, output
+    assert "resuming from step 6" in output and final_params(run)[0] == 7

@@ -303,6 +303,9 @@ CITYSCAPES = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
 CAMVID = DatasetInfo("camvid", CAMVID_CLASSES, CAMVID_PALETTE)
 COCO_STUFF = DatasetInfo("coco_stuff", COCO_STUFF_CLASSES, COCO_STUFF_PALETTE)
 STREET = DatasetInfo("street", STREET_CLASSES, STREET_PALETTE)
+# The built-in datasets by `config.dataset.name`: classes, names and palettes without preparing
+# the data (inference, the weights converter).
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (CITYSCAPES, CAMVID, COCO_STUFF, STREET)}
 
 
 def custom_info(

@@ -2,15 +2,15 @@
 saved with it, the model and class names it needs (test-time augmentation: `test_time.py`; the
 evaluation loop: `eval_lib.py`).
 
-Settings that describe the weights (`CHECKPOINT_KEYS`: `model.*`, the input normalisation,
-`input.eval_size`, `ignore_label`) are taken from the config saved with the checkpoint; a
-converted release checkpoint, for instance, records BGR, the ImageNet mean and 1025x2049.
+The settings that describe the weights (`spec.INFERENCE_KEYS`: the `WeightsSpec`'s config
+entries, `model.branch`, `input.eval_size`, `ignore_label`) are taken from the config saved with
+the checkpoint; a converted release checkpoint, for instance, records BGR, the ImageNet mean and
+1025x2049.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,30 +20,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
-from icnet_jax.weights import checkpoints
+from icnet_jax.weights import checkpoints, spec
 
 Array = jax.Array
 _log = logging.getLogger(__name__)
 
 # Config entries that describe the weights: the checkpoint's saved values win over the command
-# line's. "model" stands for every field of config.model.
-CHECKPOINT_KEYS: tuple[str, ...] = (
-    "model",
-    "input.mean",
-    "input.std",
-    "input.bgr",
-    "input.eval_size",
-    "ignore_label",
-)
-# Built-in datasets' class names and palettes, by config.dataset.name.
-DATASET_INFOS: dict[str, L.DatasetInfo] = {
-    "cityscapes": L.CITYSCAPES,
-    "camvid": L.CAMVID,
-    "coco_stuff": L.COCO_STUFF,
-    "street": L.STREET,
-}
+# line's.
+CHECKPOINT_KEYS: tuple[str, ...] = spec.INFERENCE_KEYS
 
 
 # --- Config and checkpoint ---------------------------------------------------------------------
@@ -79,13 +64,10 @@ def _checkpoint_keys(saved: Mapping[str, Any]) -> list[str]:
     keys = []
     for key in CHECKPOINT_KEYS:
         try:
-            value = _get(saved, key)
+            _get(saved, key)
         except KeyError:
             continue
-        if isinstance(value, Mapping):  # "model": each of its fields
-            keys.extend(f"{key}.{k}" for k in value)
-        else:
-            keys.append(key)
+        keys.append(key)
     return keys
 
 
@@ -169,28 +151,6 @@ class LoadedCheckpoint:
     saved_config: dict[str, Any]
 
 
-def _abstract_state(config: ml_collections.ConfigDict, saved: Mapping[str, Any], num_classes):
-    """The restore target of a saved TrainState for the (merged) config's model."""
-    model = state_lib.create_model(config, num_classes)
-    # The optimiser state is restored too (it is part of the saved TrainState): its structure
-    # follows the optimiser settings the checkpoint was trained with.
-    optim_config = ml_collections.ConfigDict(config.to_dict())
-    if "optim" in saved:
-        optim_config.optim = ml_collections.ConfigDict(_tuples(saved["optim"]))
-    if "num_steps" in saved:
-        optim_config.num_steps = saved["num_steps"]
-    tx = state_lib.create_optimizer(optim_config)
-    return jax.eval_shape(
-        functools.partial(
-            state_lib.create_train_state,
-            model=model,
-            tx=tx,
-            image_size=tuple(config.input.crop_size),
-        ),
-        jax.random.PRNGKey(0),
-    )
-
-
 def load_checkpoint(
     path: str | pathlib.Path,
     config: ml_collections.ConfigDict,
@@ -211,7 +171,8 @@ def load_checkpoint(
         if not saved:
             _log.warning("checkpoint at %s has no readable config; using the command line's", path)
         merged, settings = merge_checkpoint_config(config, saved, command_line_wins)
-        return _abstract_state(merged, saved, num_classes), (merged, settings)
+        target = spec.restore_target(saved or merged.to_dict(), num_classes)
+        return target, (merged, settings)
 
     restored = checkpoints.restore(path, make_abstract)
     merged, settings = restored.extra
@@ -234,7 +195,7 @@ def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
     Falls back to numbered classes and `labels.generated_palette` for other datasets (custom) or
     when the checkpoint's number of classes differs from the dataset's.
     """
-    info = DATASET_INFOS.get(name)
+    info = L.DATASETS.get(name)
     if info is not None and info.num_classes == num_classes:
         return info
     if info is not None:

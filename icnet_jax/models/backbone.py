@@ -72,6 +72,21 @@ class Trunk(NamedTuple):
 
 
 RELEASE = Trunk()
+FROZEN_BN = ("none", "trunk", "all")
+
+
+def trunk_layer_names(trunk: Trunk) -> tuple[str, ...]:
+    """Top-level names of the trunk's layers: the stem's convs and the bottlenecks."""
+    stem_names = tuple(name for name, _, _ in STEM_LAYERS[trunk.stem])
+    blocks = tuple(f"conv{s}_{i}" for s, n in STAGE_BLOCKS.items() for i in range(1, n + 1))
+    return stem_names + blocks
+
+
+def frozen_layers(frozen_bn: str, trunk: Trunk) -> tuple[str, ...]:
+    """`ConvBN.frozen_layers` of a network whose `frozen_bn` is one of `FROZEN_BN`."""
+    if frozen_bn not in FROZEN_BN:
+        raise ValueError(f"frozen_bn must be one of {FROZEN_BN}, got {frozen_bn!r}")
+    return {"none": (), "trunk": trunk_layer_names(trunk), "all": ("*",)}[frozen_bn]
 
 
 class SegmentationNetwork(nn.Module):
@@ -85,7 +100,8 @@ class SegmentationNetwork(nn.Module):
       bn_momentum: decay of BatchNorm's running averages.
       axis_name: pmap axis over which BatchNorm statistics are averaged in training.
       dtype: computation dtype (parameters stay float32).
-      freeze_bn_stats: BatchNorm uses and keeps its running statistics in training too.
+      frozen_bn: which layers' BatchNorm uses and keeps its running statistics in training too
+        (those loaded from a file): 'none', 'trunk' (the stem and conv2_1 ... conv5_3) or 'all'.
       stem, stride_on, shortcut: the trunk's architecture (`Trunk`); defaults: the release.
     """
 
@@ -93,10 +109,10 @@ class SegmentationNetwork(nn.Module):
     width: float = 1.0
     align_corners: bool = True
     fold_bn: bool = False
-    bn_momentum: float = 0.9
+    bn_momentum: float = 0.95  # the release's (config.model.bn_momentum)
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    freeze_bn_stats: bool = False
+    frozen_bn: str = "none"
     stem: str = "release"
     stride_on: str = "1x1"
     shortcut: str = "conv"
@@ -109,7 +125,7 @@ class SegmentationNetwork(nn.Module):
             bn_momentum=self.bn_momentum,
             axis_name=self.axis_name,
             dtype=self.dtype,
-            freeze_bn_stats=self.freeze_bn_stats,
+            frozen_layers=frozen_layers(self.frozen_bn, self.trunk),
         )
 
     @property

@@ -121,10 +121,11 @@ class ConvBN(nn.Module):
 
     With `fold_bn=True` the layer is the inference form of the release: a convolution with bias
     and no BatchNorm (see `icnet_jax.models.folding`). `transpose=True` makes it a stride-2
-    deconvolution of output size `2 * in - 1` (paper Table 3). `freeze_bn_stats=True` makes
-    BatchNorm normalise with its running statistics in training too and never update them
-    (mmseg's `norm_eval`): the only correct way to train from BN-folded weights, whose
-    statistics are placeholders (mean 0, variance 1 - eps) rather than the data's.
+    deconvolution of output size `2 * in - 1` (paper Table 3). `frozen_layers` names the
+    top-level layers (the first name of a module's path; '*': every layer) whose BatchNorm
+    normalises with its running statistics in training too and never updates them (mmseg's
+    `norm_eval`): statistics loaded from a file, above all the placeholders of BN-folded weights
+    (mean 0, variance 1 - eps), which batch statistics would replace by different ones.
     """
 
     features: int
@@ -134,10 +135,16 @@ class ConvBN(nn.Module):
     relu: bool = True
     transpose: bool = False
     fold_bn: bool = False
-    bn_momentum: float = 0.9
+    bn_momentum: float = 0.95  # the release's (config.model.bn_momentum)
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    freeze_bn_stats: bool = False
+    frozen_layers: tuple[str, ...] = ()
+
+    @property
+    def frozen(self) -> bool:
+        """Whether this layer's BatchNorm statistics are frozen (see the class docstring)."""
+        top = self.path[0] if self.path else self.name
+        return "*" in self.frozen_layers or top in self.frozen_layers
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -169,7 +176,7 @@ class ConvBN(nn.Module):
             )(x)
         if not self.fold_bn:
             x = nn.BatchNorm(
-                use_running_average=not train or self.freeze_bn_stats,
+                use_running_average=not train or self.frozen,
                 momentum=self.bn_momentum,
                 epsilon=BN_EPSILON,
                 axis_name=self.axis_name,

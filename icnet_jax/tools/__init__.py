@@ -5,18 +5,3 @@ Each is a module with a command line: `python -m icnet_jax.tools.<name> --help`;
 (a missing checkpoint, a file that is not weights, a bad flag value, an `--output` that cannot be
 written: checked before any work) ends in one `error:` line and exit status 2 (`cli.run`).
 """
-
-from __future__ import annotations
-
-import pathlib
-
-from icnet_jax import errors
-
-
-def existing_checkpoint(path: str | pathlib.Path, flag: str = "--checkpoint") -> pathlib.Path:
-    """`path` if it exists, else a `errors.UserError` naming `flag` (before any slow work)."""
-    if not path or not pathlib.Path(path).exists():
-        raise errors.UserError(
-            f"{flag}={path}: no such checkpoint (a workdir, its checkpoints/ folder or a step)"
-        )
-    return pathlib.Path(path)

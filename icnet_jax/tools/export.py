@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import cli, errors
-from icnet_jax.tools import existing_checkpoint
+from icnet_jax.weights.checkpoints import existing_checkpoint
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")

@@ -30,7 +30,7 @@ import numpy as np
 from icnet_jax import cli, errors
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS
 from icnet_jax.models.layers import channels
-from icnet_jax.tools import existing_checkpoint
+from icnet_jax.weights.checkpoints import existing_checkpoint
 
 
 class PruneError(ValueError, errors.UserError):
@@ -244,7 +244,7 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     width = float(config.model.width)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables = {k: _to_numpy(v) for k, v in variables.items()}
-    pruned = prune_variables(variables, keep, width=width, stem=config.model.get("stem", "release"))
+    pruned = prune_variables(variables, keep, width=width, stem=config.model.stem)
     config.model.width = width * keep
     new_state = write_training_checkpoint(output, config, pruned, num_classes, seed=seed)
     if verbose:

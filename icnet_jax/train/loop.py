@@ -33,6 +33,7 @@ from icnet_jax.train.losses import Ohem, cascade_loss
 from icnet_jax.weights import checkpoints
 from icnet_jax.weights import imagenet as pretrained
 from icnet_jax.weights import start as finetune
+from icnet_jax.weights.spec import WeightsSpec
 
 Array = jax.Array
 AXIS = "batch"
@@ -183,7 +184,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _model_description(config: ml_collections.ConfigDict, num_classes: int) -> str:
-    return checkpoints.describe_model(config.to_dict(), num_classes)
+    return WeightsSpec.from_config(config, num_classes).describe()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -198,6 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = pathlib.Path(workdir)
     errors.check_writable(workdir, "--workdir")
     _check_config(config)
+    finetune.check_resume(workdir, config)  # the saved weights settings, before any write
     datasets.check_splits(config)
     config_dict = json.loads(config.to_json())
     source, info = datasets.config_source(config, config.dataset.train_split)

@@ -1,7 +1,8 @@
 """Cascade label guidance (paper Eq. 2): softmax cross entropy on every branch.
 
 Two options for small, imbalanced datasets: per-class weights (a weighted mean over the labelled
-pixels) and online hard pixel mining (OHEM, as mmsegmentation's OHEMPixelSampler, per image).
+pixels) and online hard pixel mining (OHEM: mmsegmentation's OHEMPixelSampler's choice of pixels,
+per image, with a choice of normalisation, see `Ohem`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from icnet_jax.models.layers import resize_nearest
 Array = jax.Array
 
 
+OHEM_NORMALIZE = ("kept", "labelled")
+
+
 @dataclasses.dataclass(frozen=True)
 class Ohem:
     """Online hard pixel mining: per image, keep the labelled pixels whose softmax probability of
@@ -28,10 +32,19 @@ class Ohem:
 
     `min_kept` counts pixels at the resolution of the labels given to `cascade_loss`; each branch
     keeps the same fraction of its (smaller) map, rounded up.
+
+    `normalize` says what the sum over the kept pixels is divided by (`config.loss.ohem_normalize`):
+    - 'kept' (the default; the ICNet/PSPNet PyTorch ports' `OhemCrossEntropy2d`): the (class
+      weighted) count of the KEPT pixels, a mean over the hard pixels; the loss keeps its scale
+      however few pixels are kept;
+    - 'labelled' (mmsegmentation: the sampler's 0/1 pixel weights, then the cross entropy's mean
+      over every labelled pixel): the (class weighted) count of ALL labelled pixels, as without
+      OHEM; the easy pixels contribute 0, so the loss shrinks as the network gets them right.
     """
 
     thresh: float = 0.7
     min_kept: int = 100_000
+    normalize: str = "kept"
 
     @classmethod
     def from_config(cls, loss_config: Any) -> Ohem | None:
@@ -43,7 +56,13 @@ class Ohem:
                 "config.loss.ohem_thresh must be in (0, 1] and config.loss.ohem_min_kept >= 0, "
                 f"got {loss_config.ohem_thresh} and {loss_config.ohem_min_kept}"
             )
-        return cls(thresh=loss_config.ohem_thresh, min_kept=loss_config.ohem_min_kept)
+        normalize = loss_config.get("ohem_normalize", "kept")
+        if normalize not in OHEM_NORMALIZE:
+            raise UserError(
+                f"config.loss.ohem_normalize={normalize!r}: choose one of {OHEM_NORMALIZE} "
+                "('kept': the ports' mean over the hard pixels, 'labelled': mmsegmentation's)"
+            )
+        return cls(loss_config.ohem_thresh, loss_config.ohem_min_kept, normalize)
 
 
 def ohem_mask(nll: Array, valid: Array, thresh: float, min_kept: int) -> Array:
@@ -79,7 +98,8 @@ def cross_entropy_sum(
 
     A pixel's weight is `class_weights[label]` (1 without class weights), times 0 for a pixel that
     OHEM drops; unlabelled pixels weigh 0. Without either option this is `(sum of -log p(label),
-    number of labelled pixels)`.
+    number of labelled pixels)`. With OHEM normalising by 'labelled', the second sum counts the
+    dropped pixels' class weights too (see `Ohem`).
 
     Args:
       logits: `[N, h, w, C]`.
@@ -98,10 +118,16 @@ def cross_entropy_sum(
     keep = valid
     if ohem is not None:
         keep = ohem_mask(nll, valid, ohem.thresh, ohem.min_kept if min_kept is None else min_kept)
-    weight = keep.astype(jnp.float32)
-    if class_weights is not None:
-        weight = weight * jnp.asarray(class_weights, jnp.float32)[safe_labels]
-    return jnp.sum(jnp.where(keep, weight * nll, 0.0)), jnp.sum(weight)
+
+    def weigh(mask: Array) -> Array:
+        weight = mask.astype(jnp.float32)
+        if class_weights is not None:
+            weight = weight * jnp.asarray(class_weights, jnp.float32)[safe_labels]
+        return weight
+
+    weight = weigh(keep)
+    normaliser = weigh(valid) if ohem is not None and ohem.normalize == "labelled" else weight
+    return jnp.sum(jnp.where(keep, weight * nll, 0.0)), jnp.sum(normaliser)
 
 
 def cascade_loss(
@@ -122,7 +148,8 @@ def cascade_loss(
 
     With `class_weights` each branch's mean is `sum(w[y] * ce) / sum(w[y])` over the labelled
     pixels of the whole batch (so the scale of `w` does not matter); with `ohem` only each
-    image's hard pixels enter both sums, chosen per branch.
+    image's hard pixels, chosen per branch, enter the first sum, and the second too when
+    `ohem.normalize` is 'kept' (every labelled pixel does when it is 'labelled').
 
     Under `pmap`, pass `axis_name`: each branch's mean then divides the local sum by the GLOBAL
     sum of weights (the labelled-pixel count without options), so the psum over devices of the

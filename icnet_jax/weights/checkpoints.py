@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from icnet_jax import errors
 from icnet_jax.weights import saving as interrupted
+from icnet_jax.weights import spec
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -179,20 +180,10 @@ def num_classes_of(state_dir: str | pathlib.Path) -> int:
     )
 
 
-def describe_model(config: Mapping[str, Any], num_classes: int | None) -> str:
-    """'icnet width 0.25, 9 classes' from a config (dict) and a number of classes."""
-    model = config.get("model", {}) if isinstance(config, Mapping) else {}
-    parts = [str(model.get("name", "?")), f"width {model.get('width', '?')}"]
-    if model.get("name") == "icnet" and model.get("cff_upsampling", "bilinear") != "bilinear":
-        parts.append(f"cff {model['cff_upsampling']}")
-    text = " ".join(parts)
-    return f"{text}, {num_classes} classes" if num_classes is not None else text
-
-
 def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The resolved config saved with a checkpoint."""
+    """The resolved config saved with a checkpoint, upgraded (`spec.upgrade`)."""
     restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return json.loads(json.dumps(restored["config"]))
+    return spec.upgrade(json.loads(json.dumps(restored["config"])))
 
 
 def saved_config_or_empty(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -241,7 +232,7 @@ def _refuse(
         classes = num_classes_of(state_dir)
     except ValueError:
         classes = None
-    theirs = describe_model(saved_config_or_empty(manager, step), classes)
+    theirs = spec.WeightsSpec.from_config(saved_config_or_empty(manager, step), classes).describe()
     workdir = pathlib.Path(manager.directory).parent
     raise CheckpointMismatchError(
         f"{workdir} holds checkpoints of another model ({theirs}, step {step}) than the config "
@@ -285,6 +276,15 @@ def restore_latest(
         data = restored["data"] if with_data else None
         return step, restored["state"], (data or None)
     return None
+
+
+def existing_checkpoint(path: str | pathlib.Path, flag: str = "--checkpoint") -> pathlib.Path:
+    """`path` if it exists, else a `errors.UserError` naming `flag` (before any slow work)."""
+    if not path or not pathlib.Path(path).exists():
+        raise errors.UserError(
+            f"{flag}={path}: no such checkpoint (a workdir, its checkpoints/ folder or a step)"
+        )
+    return pathlib.Path(path)
 
 
 def open_for_reading(path: str | pathlib.Path) -> tuple[ocp.CheckpointManager, int | None]:

@@ -39,6 +39,7 @@ from icnet_jax.config import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
 from icnet_jax.errors import UserError
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
 from icnet_jax.weights.files import mismatch_summary, read_weights
+from icnet_jax.weights.spec import WeightsSpec
 from icnet_jax.weights.start import check_folded_start, merge_variables, plain_dict
 
 # ----------------------------------------------------------------------------------------------
@@ -103,19 +104,27 @@ def detect_source(names: set[str], path: str = "") -> Source:
     )
 
 
+def source_spec(source: Source, config) -> WeightsSpec:
+    """The `WeightsSpec` a model needs to hold `source`'s trunk: the config's, with the source's
+    trunk switches and input, at width 1.0 (a ResNet-50's channels)."""
+    ours = WeightsSpec.from_config(config)
+    trunk = source.trunk._asdict()
+    return dataclasses.replace(
+        ours, width=1.0, bgr=source.bgr, mean=source.mean, std=source.std, **trunk
+    )
+
+
 def required_settings(source: Source, config) -> list[str]:
     """The flags the config needs for `source` (empty when it already fits)."""
-    m, i, flags = config.model, config.input, []
-    for key, want in zip(("stem", "stride_on", "shortcut"), source.trunk):
-        if m.get(key, Trunk._field_defaults[key]) != want:
-            flags.append(f"--config.model.{key}={want}")
-    if float(m.width) != 1.0:
-        flags.append("--config.model.width=1.0 (configs/cityscapes.py:width1 or :pspnet50)")
-    if bool(i.bgr) != source.bgr:
-        flags.append(f"--config.input.bgr={source.bgr}")
-    for key, want in (("mean", source.mean), ("std", source.std)):
-        if not np.allclose(np.asarray(i[key], np.float64), want, atol=1e-3):
-            flags.append(f"'--config.input.{key}=({', '.join(f'{v:g}' for v in want)})'")
+    needed = source_spec(source, config)
+    flags = []
+    for key, _, want in WeightsSpec.from_config(config).differences(needed):
+        if key == "model.width":
+            flags.append("--config.model.width=1.0 (configs/cityscapes.py:width1 or :pspnet50)")
+        elif isinstance(want, tuple):
+            flags.append(f"'--config.{key}=({', '.join(f'{v:g}' for v in want)})'")
+        else:
+            flags.append(f"--config.{key}={want}")
     return flags
 
 

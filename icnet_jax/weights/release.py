@@ -31,14 +31,6 @@ class OutputExistsError(FileExistsError, errors.UserError):
     """The output folder already holds checkpoints (never overwritten)."""
 
 
-# Classes of the datasets whose number is fixed (`config.dataset.name`).
-DATASET_CLASSES = {
-    "cityscapes": L.CITYSCAPES.num_classes,
-    "camvid": L.CAMVID.num_classes,
-    "coco_stuff": L.COCO_STUFF.num_classes,
-    "street": L.STREET.num_classes,
-}
-
 _INIT_SIZE = (9, 9)  # parameter shapes do not depend on the image size
 _BN_ALIASES = {
     "scale": "scale", "gamma": "scale",
@@ -219,7 +211,8 @@ def infer_release_geometry(
 
 def expected_classes(config, num_classes: int | None = None) -> int | None:
     """`num_classes` if given, else that of `config.dataset.name` (None if it has no fixed one)."""
-    return num_classes or DATASET_CLASSES.get(config.dataset.name)
+    info = L.DATASETS.get(config.dataset.name)
+    return num_classes or (info.num_classes if info is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,21 +237,6 @@ def release_config(config, *, width: float = 0.5, num_classes: int = 19):
     return config
 
 
-def merge_into(fresh: Mapping[str, Any], loaded: Mapping[str, Any]) -> dict[str, Any]:
-    """`fresh` with every leaf present in `loaded` replaced (shapes must agree)."""
-    out = {}
-    for key, value in fresh.items():
-        if isinstance(value, Mapping):
-            out[key] = merge_into(value, loaded.get(key, {}))
-        elif key in loaded:
-            if tuple(np.shape(loaded[key])) != tuple(np.shape(value)):
-                raise ValueError(f"{key}: {np.shape(loaded[key])} vs {np.shape(value)}")
-            out[key] = np.asarray(loaded[key], dtype=np.asarray(value).dtype)
-        else:
-            out[key] = value
-    return out
-
-
 def write_training_checkpoint(
     output: str | pathlib.Path,
     config,
@@ -275,7 +253,7 @@ def write_training_checkpoint(
     import jax.numpy as jnp
 
     from icnet_jax import state as state_lib
-    from icnet_jax.weights import checkpoints
+    from icnet_jax.weights import checkpoints, start
 
     output = pathlib.Path(output)
     existing = output / "checkpoints"
@@ -288,12 +266,13 @@ def write_training_checkpoint(
     fresh = state_lib.TrainState.create(
         apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
     )
-    params = merge_into(jax.device_get(fresh.params), variables.get("params", {}))
-    stats = merge_into(jax.device_get(fresh.batch_stats), variables.get("batch_stats", {}))
-    params = jax.tree.map(jnp.asarray, params)
+    target = {"params": fresh.params, "batch_stats": fresh.batch_stats}
+    source = {c: variables.get(c, {}) for c in ("params", "batch_stats")}
+    merged, _ = start.merge_variables(jax.device_get(target), source)
+    params = jax.tree.map(jnp.asarray, merged["params"])
     state = fresh.replace(
         params=params,
-        batch_stats=jax.tree.map(jnp.asarray, stats),
+        batch_stats=jax.tree.map(jnp.asarray, merged.get("batch_stats", {})),
         opt_state=tx.init(params),
         step=jnp.asarray(step, jnp.int32),
     )

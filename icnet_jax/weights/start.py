@@ -8,21 +8,26 @@ initialisation of `state` for the classifiers whose shapes differ (another numbe
 Any other mismatch is an error naming the tensors. The optimizer state and the step of `state`
 are kept (fine-tuning starts at step 0 with a fresh momentum).
 
+Before anything is compiled, `check_fits` compares the checkpoint's `WeightsSpec` with the
+config's (the trunk switches and the input must agree; `spec.START_FREE` may change), and
+`check_resume` refuses to resume a workdir whose saved spec differs from the config's at all.
+
 Frozen-statistics BatchNorm. The release's BN-folded weights load into our unfolded model as
 kernel = folded kernel, BN scale 1, offset = folded bias, mean 0, variance 1 - eps: exact with
 running statistics, but BatchNorm in training normalises with the batch's statistics and would
 make every layer's output differ from the release's. Training from such weights therefore needs
-`config.model.freeze_bn_stats=True` (BatchNorm uses and keeps its running statistics; mmseg's
-`norm_eval`), optionally with `config.optim.freeze_bn_affine=True` (scales and offsets are not
-trained either). `check_folded_start` refuses the other case: a checkpoint is BN-folded when its
-config says so (`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm
-layers holds the placeholder statistics (which also catches runs fine-tuned from such weights).
+`config.model.freeze_bn_stats=True`: the layers whose statistics were loaded (the whole network
+from `init_checkpoint`, the trunk from `init_backbone`: `state.frozen_bn`) use and keep their
+running statistics (mmseg's `norm_eval`), fresh layers learn theirs; optionally with
+`config.optim.freeze_bn_affine=True` (scales and offsets are not trained either).
+`check_folded_start` refuses the other case: a checkpoint is BN-folded when its config says so
+(`bn_folded`, written by `tools/convert_weights.py`) or when any of its BatchNorm layers holds the
+placeholder statistics (which also catches runs fine-tuned from such weights).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -33,11 +38,10 @@ import numpy as np
 from flax import traverse_util
 
 from icnet_jax import errors
-from icnet_jax import state as state_lib
-from icnet_jax.config import get_config as default_config
 from icnet_jax.errors import UserError
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import checkpoints
+from icnet_jax.weights import spec as spec_lib
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -81,12 +85,6 @@ class PretrainedReport:
         return "\n".join(lines)
 
 
-def _to_config(config: Mapping | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    if isinstance(config, ml_collections.ConfigDict):
-        return config
-    return ml_collections.ConfigDict(dict(config))
-
-
 def plain_dict(tree: Any) -> Any:
     """Nested mappings (orbax metadata trees, FrozenDicts, TrainStates) as plain dicts."""
     if hasattr(tree, "tree"):  # orbax TreeMetadata
@@ -101,62 +99,79 @@ def plain_dict(tree: Any) -> Any:
 def restore_checkpoint(
     path: str | pathlib.Path, *, step: int | None = None
 ) -> tuple[Any, dict, int, int]:
-    """Restores a training checkpoint with an abstract target built from its own config.
+    """Restores a training checkpoint with the target its own saved config describes.
 
     Args:
       path: a workdir, its `checkpoints/` folder or one step folder (`.../checkpoints/<step>`).
       step: the step to read (default: the one `path` names, else the newest readable one).
     Returns:
       `(state, config_dict, num_classes, step)`: the restored `TrainState` (arrays on one local
-      device), the checkpoint's resolved config, its number of classes, the step.
+      device), the checkpoint's saved config (upgraded, `spec.upgrade`), its number of classes,
+      the step.
     """
-
-    def make_abstract(saved: dict, num_classes: int):
-        config = _to_config(saved)
-        model = state_lib.create_model(config, num_classes)
-        tx = state_lib.create_optimizer(config)
-        abstract = jax.eval_shape(
-            functools.partial(
-                state_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)
-            ),
-            jax.random.PRNGKey(0),
-        )
-        return abstract, None
-
-    restored = checkpoints.restore(path, make_abstract, step=step)
+    restored = checkpoints.restore(
+        path, lambda saved, n: (spec_lib.restore_target(saved, n), None), step=step
+    )
     return restored.state, restored.saved_config, restored.num_classes, restored.step
 
 
-# What the weights were trained with that no tensor shape shows: another trunk switch runs the
-# same tensors as another network (stride_on), other input settings feed them other values.
-TRAINED_WITH = ("model.stem", "model.stride_on", "model.shortcut", "input.bgr", "input.mean",
-                "input.std")  # fmt: skip
+def _newest_config(path: str | pathlib.Path) -> tuple[dict, int | None]:
+    """The config saved with the newest checkpoint at `path` that has one ({} if none), and the
+    number of classes of its state (None if unreadable); reads no arrays, writes nothing."""
+    manager, step = checkpoints.open_for_reading(path)
+    try:
+        steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+        for candidate in steps:
+            saved = checkpoints.saved_config_or_empty(manager, candidate)
+            if saved:
+                state_dir = pathlib.Path(manager.directory) / str(candidate) / "state"
+                try:
+                    return saved, checkpoints.num_classes_of(state_dir)
+                except Exception:  # noqa: BLE001 - unreadable: the shape checks report it
+                    return saved, None
+    finally:
+        manager.close()
+    return {}, None
 
 
-def _trained_with(config: Mapping[str, Any]) -> dict[str, Any]:
-    """`{key: value}` of `TRAINED_WITH` in a config dict; keys from before a setting existed get
-    the default, the release's value."""
-    defaults, out = default_config().to_dict(), {}
-    for key in TRAINED_WITH:
-        section, name = key.split(".")
-        value = config.get(section, {}).get(name, defaults[section][name])
-        out[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return out
+def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume training in `workdir` with a config whose `WeightsSpec` differs from the
+    one saved with its newest checkpoint: one line naming each setting with both values (reads
+    configs and metadata only, writes nothing). Settings outside the spec stay free."""
+    if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+        return
+    try:
+        saved, num_classes = _newest_config(pathlib.Path(workdir) / "checkpoints")
+    except checkpoints.NoCheckpointError:
+        return
+    if not saved:
+        return
+    theirs = spec_lib.WeightsSpec.from_config(saved, num_classes)
+    ours = spec_lib.WeightsSpec.from_config(config)
+    rows = theirs.differences(ours)
+    if rows:
+        raise checkpoints.CheckpointMismatchError(
+            f"{workdir} holds a run of {theirs.describe()} trained with other weights settings "
+            f"than the config's ({ours.describe()}): "
+            + spec_lib.format_differences(rows, "saved", "new")
+            + "; resume with the saved values, train in a new --workdir, or start a new run from "
+            f"these weights with --config.init_checkpoint={workdir} and a new --workdir; nothing "
+            "was written"
+        )
 
 
 def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=None) -> None:
     """Raises CheckpointDoesNotFitError when the newest checkpoint at `checkpoint_path` differs
-    from `abstract_state`'s model outside the classifiers, or (given `config`) was trained with
-    other `TRAINED_WITH` settings (reads metadata only, no arrays)."""
+    from `abstract_state`'s model outside the classifiers, or (given `config`) has another
+    `WeightsSpec` outside `spec.START_FREE` (reads configs and metadata only, no arrays)."""
     manager, step = checkpoints.open_for_reading(checkpoint_path)
     step = step if step is not None else manager.latest_step()
     state_dir = pathlib.Path(manager.directory) / str(step) / "state"
-    saved_config = checkpoints.saved_config_or_empty(manager, step)
     manager.close()
     try:
         saved = checkpoints.saved_shapes(state_dir)
     except Exception:  # noqa: BLE001 - unreadable: restoring reports it (and falls back)
-        return
+        saved = {}
     ours = checkpoints.model_shapes(abstract_state)
     errors = [
         f"{k}: checkpoint {saved[k]}, model {shape}"
@@ -167,27 +182,27 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
     ]
     if errors:
         more = f" and {len(errors) - 2} more" if len(errors) > 2 else ""
-        ours_text = (
-            "the model" if config is None else checkpoints.describe_model(config.to_dict(), None)
-        )
         raise CheckpointDoesNotFitError(
-            f"init_checkpoint {checkpoint_path} does not fit the config's model ({ours_text}) "
-            f"outside the classifiers ({'; '.join(errors[:2])}{more}); give a checkpoint of the "
-            "same model.name and model.width"
+            f"init_checkpoint {checkpoint_path} does not fit the config's model "
+            f"({_describe(config)}) outside the classifiers ({'; '.join(errors[:2])}{more}); "
+            "give a checkpoint of the same model.name and model.width"
         )
-    if config is not None and saved_config:
-        theirs, ours = _trained_with(saved_config), _trained_with(config.to_dict())
-        differ = [k for k in TRAINED_WITH if theirs[k] != ours[k]]
-        if differ:
-            raise CheckpointDoesNotFitError(
-                f"init_checkpoint {checkpoint_path} was trained with "
-                + ", ".join(f"{k}={theirs[k]}" for k in differ)
-                + ", the config has "
-                + ", ".join(f"{ours[k]}" for k in differ)
-                + ": set "
-                + " ".join(f"'--config.{k}={theirs[k]}'" for k in differ)
-                + " (the trunk and input its weights expect)"
-            )
+    saved_config, _ = _newest_config(checkpoint_path)
+    if config is None or not saved_config:
+        return
+    theirs = spec_lib.WeightsSpec.from_config(saved_config)
+    rows = theirs.differences(spec_lib.WeightsSpec.from_config(config), spec_lib.START_FREE)
+    if rows:
+        raise CheckpointDoesNotFitError(
+            f"init_checkpoint {checkpoint_path} holds weights of other settings than the "
+            f"config ({spec_lib.format_differences(rows, 'checkpoint', 'config')}): set "
+            + " ".join(f"'--config.{key}={value}'" for key, value, _ in rows)
+            + " (the network and input its weights expect)"
+        )
+
+
+def _describe(config) -> str:
+    return "the model" if config is None else spec_lib.WeightsSpec.from_config(config).describe()
 
 
 def merge_variables(
@@ -262,10 +277,10 @@ def load_pretrained(
     try:
         merged, lists = merge_variables(target, source)
     except CheckpointDoesNotFitError as error:
-        ours = "the model" if config is None else checkpoints.describe_model(config.to_dict(), None)
-        theirs = checkpoints.describe_model(ckpt_config, ckpt_classes)
+        theirs = spec_lib.WeightsSpec.from_config(ckpt_config, ckpt_classes).describe()
         raise CheckpointDoesNotFitError(
-            f"init_checkpoint {checkpoint_path} holds {theirs}, the config builds {ours}: {error}; "
+            f"init_checkpoint {checkpoint_path} holds {theirs}, the config builds "
+            f"{_describe(config)}: {error}; "
             "give a checkpoint of the same model.width and model.name"
         ) from None
     report = PretrainedReport(checkpoint=str(checkpoint_path), step=int(step), **lists)
