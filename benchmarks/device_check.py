@@ -547,6 +547,7 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     from icnet_jax import config as default
     from icnet_jax.benchmarking import profiling
     from icnet_jax.data import pipeline
+    from icnet_jax.data.input_spec import InputSpec
     from icnet_jax.train import loop as train_lib
 
     sizes = TINY if args.tiny else FULL
@@ -619,16 +620,10 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     result["pipeline_workers"] = args.workers
     iterator = pipeline.train_dataset(
         source,
+        InputSpec.from_config(config),
         global_batch_size=batch,
         process_index=0,
         process_count=1,
-        crop_size=(crop, crop),
-        scale_range=config.input.scale_range,
-        mirror=True,
-        mean=config.input.mean,
-        std=config.input.std,
-        bgr=config.input.bgr,
-        ignore_label=255,
         seed=0,
         worker_count=args.workers,
     )

@@ -17,6 +17,7 @@ import numpy as np
 from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data import datasets, pipeline
+from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop as eval_lib
 from icnet_jax.evaluation.regions import RegionAccuracy
 from icnet_jax.evaluation.submission import SubmissionWriter
@@ -108,9 +109,7 @@ def evaluate(
         flip=flip,
     )
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    examples = pipeline.eval_dataset(
-        source, mean=cfg.input.mean, std=cfg.input.std, bgr=cfg.input.bgr, **kw
-    )
+    examples = pipeline.eval_dataset(source, InputSpec.from_config(cfg), **kw)
     if main:
         tta = f", flip, scales {list(scales)}" if flip or scales != (1.0,) else ""
         print(f"evaluating {info.name} {split}: {len(source)} images{tta}; writing to {out}")
