@@ -88,9 +88,10 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
     )
     config, workdir, manual = cityscapes_run
     out = tmp_path / "submission"
-    ours = evaluation.evaluate(
-        config, workdir=workdir, split="val", submission_dir=out, progress=False
+    options = evaluation.EvalOptions(
+        workdir=workdir, split="val", submission_dir=out, progress=False
     )
+    ours = evaluation.evaluate(config, options)
     ours = ours["branches"]["sub124"]
     predicted = read(out / f"{STEM}_leftImg8bit.png")
     assert len(np.unique(predicted)) >= 4, "a prediction of few classes would test little"
@@ -122,9 +123,10 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
 def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, capsys):
     config, workdir, _ = cityscapes_run
     out = tmp_path / "submission"
-    result = evaluation.evaluate(
-        config, workdir=workdir, split="test", submission_dir=out, progress=False
+    options = evaluation.EvalOptions(
+        workdir=workdir, split="test", submission_dir=out, progress=False
     )
+    result = evaluation.evaluate(config, options)
     assert [p.name for p in out.iterdir()] == ["berlin_000000_000019_leftImg8bit.png"]
     written = read(out / "berlin_000000_000019_leftImg8bit.png")
     assert written.shape == (128, 256) and set(np.unique(written)) <= {
