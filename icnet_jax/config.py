@@ -1,9 +1,9 @@
 """Defaults shared by every config: the paper's recipe (Sec. 5.1) for ICNet on Cityscapes.
 
-The files in the repository's `configs/` start from `get_config()` and apply a named variant of
-`VARIANTS` with `apply_variant`; the package itself never imports `configs/`, so it works
-installed (`pip install -e .`) from any directory. Every field can be overridden on the command
-line, e.g. `--config.batch_size=8`.
+The files in the repository's `configs/` start from `get_config()` and apply named variants
+(`ABLATIONS`, `RECIPES` and their own recipes) with `apply_variant`; the package itself never
+imports `configs/`, so it works installed (`pip install -e .`) from any directory. Every field can
+be overridden on the command line, e.g. `--config.batch_size=8`.
 """
 
 from collections.abc import Mapping
@@ -29,9 +29,10 @@ _TORCH_TRUNK = {
     "input.std": TORCH_STD,
 }
 
-# Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`; join several
-# with '+' (`configs/camvid.py:cpu+compress_full`), applied left to right.
-VARIANTS = {
+# Named variants: `--config=configs/cityscapes.py:<variant>`; join several with '+'
+# (`configs/camvid.py:cpu+compress_full`), applied left to right. Ablations are paper Tables 1-3
+# (and the ports' loss weights); recipes are ways to train (and each config file's own).
+ABLATIONS = {
     "sub4": {"model.branch": "sub4"},
     "sub24": {"model.branch": "sub24"},
     "sub124": {"model.branch": "sub124"},
@@ -46,6 +47,8 @@ VARIANTS = {
     "pspnet50_os16": {**_PSPNET50, "model.output_stride": 16},
     "pspnet50_os32": {**_PSPNET50, "model.output_stride": 32},
     "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
+}
+RECIPES = {
     "compress_full": {**_TORCH_TRUNK, "model.width": 1.0},
     "compress_half": {**_TORCH_TRUNK, "model.width": 0.5},
 }
@@ -142,15 +145,38 @@ def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections
 def apply_variant(
     config: ml_collections.ConfigDict,
     variant: str | None,
-    extra: Mapping[str, dict] | None = None,
+    recipes: Mapping[str, dict] | None = None,
 ) -> ml_collections.ConfigDict:
-    """Applies named variants (`'a'` or `'a+b'`, left to right) of `VARIANTS` and of a config
-    file's own `extra` ones (dotted keys) to `config`."""
-    known = {**VARIANTS, **(extra or {})}
-    for name in (variant or "").split("+"):
-        if not name:
-            continue
+    """Applies named variants (`'a'` or `'a+b'`, left to right) of `ABLATIONS`, `RECIPES` and a
+    config file's own `recipes` (dotted keys) to `config`.
+
+    Raises:
+      ValueError: (one line) a name that is none of them, or two joined variants that set one key
+        to different values.
+    """
+    own = dict(recipes or {})
+    known = {**ABLATIONS, **RECIPES, **own}
+    names = [name for name in (variant or "").split("+") if name]
+    for name in names:
         if name not in known:
-            raise ValueError(f"unknown variant {name!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown variant {name!r}; ablations: {', '.join(sorted(ABLATIONS))}; "
+                f"recipes: {', '.join(sorted({**RECIPES, **own}))}"
+            )
+    _check_agree(names, known)
+    for name in names:
         override(config, known[name])
     return config
+
+
+def _check_agree(names: list[str], known: Mapping[str, dict]) -> None:
+    """Raises ValueError when two of the variants `names` set one key to different values."""
+    first: dict[str, tuple[str, object]] = {}
+    for name in names:
+        for key, value in known[name].items():
+            other, theirs = first.setdefault(key, (name, value))
+            if theirs != value:
+                raise ValueError(
+                    f"variants {other!r} and {name!r} both set {key} ({theirs!r} and {value!r}): "
+                    f"join variants that agree, or set --config.{key} on the command line"
+                )
