@@ -93,17 +93,7 @@ def evaluate(
         source, info = datasets.config_source(cfg, split)
     _check_classes(info, target.loaded)
     spec = InputSpec.from_config(cfg)
-    model = state_lib.inference_model(cfg, target.loaded.num_classes)
-    branches = eval_lib.branch_names(model)
-    step = eval_lib.make_step(
-        model,
-        target.loaded.num_classes,
-        eval_size=spec.eval_size,
-        align_corners=cfg.model.align_corners,
-        ignore_label=spec.ignore_label,
-        scales=tuple(float(s) for s in options.scales),
-        flip=options.flip,
-    )
+    step, branches = _make_step(target.loaded, spec, options)
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     examples = pipeline.eval_dataset(source, spec, **kw)
     if jax.process_index() == 0:
@@ -139,6 +129,22 @@ def evaluate(
         if line and (writer is submission or jax.process_index() == 0):
             print(line)
     return {**summary, "region_accuracy": region_result, "output_dir": str(target.out)}
+
+
+def _make_step(loaded: inference.LoadedCheckpoint, spec: InputSpec, options: EvalOptions):
+    """The jitted evaluation step of the checkpoint's model, and its branch names."""
+    cfg = loaded.config
+    model = state_lib.inference_model(cfg, loaded.num_classes)
+    step = eval_lib.make_step(
+        model,
+        loaded.num_classes,
+        eval_size=spec.eval_size,
+        align_corners=cfg.model.align_corners,
+        ignore_label=spec.ignore_label,
+        scales=tuple(float(s) for s in options.scales),
+        flip=options.flip,
+    )
+    return step, eval_lib.branch_names(model)
 
 
 def _tta(options: EvalOptions) -> str:
