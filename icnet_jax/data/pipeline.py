@@ -174,6 +174,12 @@ def train_dataset(
     # position to `map_with_index`, which maps it to the global stream.
     ds = grain.MapDataset.range(steps_per_epoch * batch).repeat().map_with_index(example_at)
     ds = ds.batch(batch, drop_remainder=True)
+    return _iterate(ds, worker_count=worker_count, read_threads=read_threads)
+
+
+def _iterate(ds: grain.MapDataset, *, worker_count: int, read_threads: int):
+    """An iterator over `ds` read by `read_threads` threads in each of `worker_count` worker
+    processes (0: this process)."""
     # grain's default read options (16 threads, 500 elements ahead) would hold hundreds of
     # full-size batches in memory.
     read_options = grain.ReadOptions(
