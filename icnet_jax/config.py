@@ -58,47 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "icnet"  # icnet | pspnet
-    config.model.width = 0.5  # the released network; 1.0 is the full width it was pruned from
-    config.model.branch = "sub124"  # inference output (Table 2); training uses every branch
-    config.model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
-    config.model.output_stride = 8  # PSPNet only (Table 1 left)
-    config.model.align_corners = True
-    # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
-    config.model.bn_momentum = 0.95
-    config.model.dtype = "float32"  # computation; parameters stay float32
-    # BatchNorm uses and keeps its running statistics in training (needed from BN-folded weights).
-    config.model.freeze_bn_stats = False
-    # Trunk architecture (icnet_jax/models/backbone.py); the defaults are the release's. Other
-    # values load ImageNet ResNet-50s exactly (config.init_backbone, README "Pretrained starts").
-    config.model.stem = "release"  # release | resnet (7x7, torchvision) | deep (resnet50c/d, V1c)
-    config.model.stride_on = "1x1"  # 1x1 (Caffe, the release) | 3x3 (torchvision, timm, mmseg)
-    config.model.shortcut = "conv"  # conv | avgpool (timm resnet50d, mmseg ResNetV1d)
-
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "cityscapes"
-    config.dataset.data_dir = "data/tfds"  # where prepared array_record files go
-    config.dataset.manual_dir = ""  # where the downloaded archives are
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "val"
-    config.dataset.builder_kwargs = ml_collections.ConfigDict()
-
-    config.input = ml_collections.ConfigDict()
-    # 32k+1 crops keep the release geometry: every x2 zoom and shrink is exact (the 1/8 map of the
-    # medium branch meets the high one's), labels shrink exactly to 1/4, 1/8, 1/16.
-    config.input.crop_size = (1025, 1025)
-    config.input.scale_range = (0.5, 2.0)
-    config.input.mirror = True
-    # Random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion); not in
-    # the paper's recipe.
-    config.input.photometric = False
-    config.input.mean = IMAGENET_MEAN_RGB
-    config.input.std = (1.0, 1.0, 1.0)
-    config.input.bgr = True  # as the release
-    config.input.worker_count = 0
-    # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
-    config.input.eval_size = None
+    config.model = _model_config()
+    config.dataset = _dataset_config()
+    config.input = _input_config()
 
     config.batch_size = 16  # global, across devices and hosts
     config.num_steps = 30_000
@@ -129,6 +91,60 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.eval_every = 0  # 0: only at the end
     return config
+
+
+def _model_config() -> ml_collections.ConfigDict:
+    """The network: `models/icnet.py`, `models/pspnet.py`, `models/backbone.py`."""
+    model = ml_collections.ConfigDict()
+    model.name = "icnet"  # icnet | pspnet
+    model.width = 0.5  # the released network; 1.0 is the full width it was pruned from
+    model.branch = "sub124"  # inference output (Table 2); training uses every branch
+    model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
+    model.output_stride = 8  # PSPNet only (Table 1 left)
+    model.align_corners = True
+    # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
+    model.bn_momentum = 0.95
+    model.dtype = "float32"  # computation; parameters stay float32
+    # BatchNorm uses and keeps its running statistics in training (needed from BN-folded weights).
+    model.freeze_bn_stats = False
+    # Trunk architecture (icnet_jax/models/backbone.py); the defaults are the release's. Other
+    # values load ImageNet ResNet-50s exactly (config.init_backbone, README "Pretrained starts").
+    model.stem = "release"  # release | resnet (7x7, torchvision) | deep (resnet50c/d, V1c)
+    model.stride_on = "1x1"  # 1x1 (Caffe, the release) | 3x3 (torchvision, timm, mmseg)
+    model.shortcut = "conv"  # conv | avgpool (timm resnet50d, mmseg ResNetV1d)
+    return model
+
+
+def _dataset_config() -> ml_collections.ConfigDict:
+    """The tfds dataset and its splits (`data/datasets.py`)."""
+    dataset = ml_collections.ConfigDict()
+    dataset.name = "cityscapes"
+    dataset.data_dir = "data/tfds"  # where prepared array_record files go
+    dataset.manual_dir = ""  # where the downloaded archives are
+    dataset.train_split = "train"
+    dataset.eval_split = "val"
+    dataset.builder_kwargs = ml_collections.ConfigDict()
+    return dataset
+
+
+def _input_config() -> ml_collections.ConfigDict:
+    """Augmentation, normalisation and evaluation size (`data/input_spec.py`)."""
+    inputs = ml_collections.ConfigDict()
+    # 32k+1 crops keep the release geometry: every x2 zoom and shrink is exact (the 1/8 map of the
+    # medium branch meets the high one's), labels shrink exactly to 1/4, 1/8, 1/16.
+    inputs.crop_size = (1025, 1025)
+    inputs.scale_range = (0.5, 2.0)
+    inputs.mirror = True
+    # Random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion); not in
+    # the paper's recipe.
+    inputs.photometric = False
+    inputs.mean = IMAGENET_MEAN_RGB
+    inputs.std = (1.0, 1.0, 1.0)
+    inputs.bgr = True  # as the release
+    inputs.worker_count = 0
+    # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
+    inputs.eval_size = None
+    return inputs
 
 
 def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:
