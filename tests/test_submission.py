@@ -56,6 +56,14 @@ def test_names_the_server_cannot_match_and_collisions_are_refused(tmp_path):
     assert read(tmp_path / "camvid" / "0016E5_07959.png").max() == 3
 
 
+def test_as_a_loop_writer_it_writes_its_branch_and_reports(tmp_path):
+    writer = SubmissionWriter("camvid", tmp_path, branch="sub24")
+    predictions = {b: np.full((2, 3), i, np.uint8) for i, b in enumerate(("sub4", "sub24"))}
+    writer.add({"file_name": "val/0016E5_07959.png", "label": None}, predictions)
+    assert read(tmp_path / "0016E5_07959.png").tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert writer.close() == f"1 predictions (sub24, train ids) in {tmp_path}"
+
+
 @pytest.fixture
 def cityscapes_run(shared_data, tmp_path):
     """A random 19-class ICNet checkpoint and a Cityscapes manual dir holding the sample frame
