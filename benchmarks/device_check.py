@@ -119,16 +119,15 @@ class Runner:
         return entry
 
 
+ME = str(pathlib.Path(__file__).resolve())
+
+
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     sizes = TINY if args.tiny else FULL
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="device_check_"))
     work.mkdir(parents=True, exist_ok=True)
     packages = ensure_packages(args.wheels, work / "site")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "xla_cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    _set_environment(work)
     document: dict[str, Any] = {
         "tiny": args.tiny,
         "host": {
@@ -143,72 +142,75 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     }
     runner = Runner(args, document)
     runner.save()
-    me = str(pathlib.Path(__file__).resolve())
     data_dir = work / "tfds"
     workers = args.workers or max(1, min(14, (os.cpu_count() or 2) - 2))
     document["pipeline_workers"] = workers
     qs_overrides = [*sizes["quickstart"], f"dataset.data_dir={data_dir}"]
 
     # The datasets are drawn on the CPU while the GPU runs the inference part.
-    cpu_env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    prepare = subprocess.Popen(
-        [
-            sys.executable,
-            me,
-            "--part",
-            "prepare",
-            "--data-dir",
-            str(data_dir),
-            "--pipeline-images",
-            str(sizes["pipeline_images"]),
-            "--height",
-            str(sizes["height"]),
-            "--width",
-            str(sizes["width"]),
-            *[f"--override={o}" for o in qs_overrides],
-        ],
-        cwd=REPO,
-        env=cpu_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    prepare = _start_prepare(sizes, data_dir, qs_overrides)
     prepare_start = time.perf_counter()
-
-    def bench_argv(batch: int, models: list[str], dtype: str, out: pathlib.Path) -> list[str]:
-        return [
-            "benchmark.py",
-            f"--models={','.join(models)}",
-            f"--dtype={dtype}",
-            f"--batch={batch}",
-            f"--height={sizes['height']}",
-            f"--width={sizes['width']}",
-            f"--width_scale={sizes['width_scale']}",
-            f"--runs={sizes['runs']}",
-            f"--min_runs={sizes['min_runs']}",
-            f"--warmup={sizes['warmup']}",
-            f"--time_budget={sizes['time_budget']}",
-            "--noprogress",
-            f"--json={out}",
-        ]
-
     # One process per dtype: benchmark.py writes its JSON at the end, so a part cut short by its
     # time box loses only its own dtype.
     for dtype in ("float32", "bfloat16"):
         if "inference" in args.parts:
             out = work / f"inference_{dtype}.json"
-            runner.run(
-                f"inference_{dtype}",
-                bench_argv(1, [*ICNET_BRANCHES, BASE], dtype, out),
-                110,
-                out,
-            )
+            argv = _bench_argv(sizes, 1, [*ICNET_BRANCHES, BASE], dtype, out)
+            runner.run(f"inference_{dtype}", argv, 110, out)
+    _wait_for_prepare(prepare, prepare_start, runner)
 
+    for dtype in ("float32", "bfloat16") if "training" in args.parts else ():
+        result = work / f"training_{dtype}.json"
+        argv = [ME, "--part", "train", "--dtype", dtype, "--data-dir", str(data_dir)]
+        argv += ["--workers", str(workers), "--result", str(result)]
+        runner.run(f"training_{dtype}", [*argv, *(["--tiny"] if args.tiny else [])], 110, result)
+
+    _quickstart(runner, work / "quickstart", qs_overrides)
+    if "inference_batch4" in args.parts:
+        out = work / "inference_batch4.json"
+        argv = _bench_argv(sizes, 4, ["icnet_sub124", BASE], "both", out)
+        runner.run("inference_batch4", argv, 150, out)
+    document["targets"] = check_targets(document)
+    runner.save()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return document
+
+
+def _set_environment(work: pathlib.Path) -> None:
+    """What the children inherit: no preallocation, a shared persistent compilation cache."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "xla_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def _start_prepare(
+    sizes: dict[str, Any], data_dir: pathlib.Path, qs_overrides: list[str]
+) -> subprocess.Popen:
+    """Starts drawing the datasets (`--part prepare`) on the CPU, in the background."""
+    argv = [sys.executable, ME, "--part", "prepare", "--data-dir", str(data_dir)]
+    argv += ["--pipeline-images", str(sizes["pipeline_images"])]
+    argv += ["--height", str(sizes["height"]), "--width", str(sizes["width"])]
+    return subprocess.Popen(
+        [*argv, *[f"--override={o}" for o in qs_overrides]],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_prepare(prepare: subprocess.Popen, start: float, runner: Runner) -> None:
+    """Waits for the datasets (until a minute before the budget ends) and records how it went."""
+    document = runner.document
     try:
         out, _ = prepare.communicate(timeout=max(1.0, runner.left() - 60))
         document["prepare"] = {
             "status": "ok" if prepare.returncode == 0 else f"failed (rc {prepare.returncode})",
-            "seconds": time.perf_counter() - prepare_start,
+            "seconds": time.perf_counter() - start,
         }
         if prepare.returncode != 0:
             document["prepare"]["log_tail"] = out[-3000:]
@@ -218,43 +220,38 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         document["prepare"] = {"status": "timed out"}
     runner.save()
 
-    for dtype in ("float32", "bfloat16") if "training" in args.parts else ():
-        result = work / f"training_{dtype}.json"
-        runner.run(
-            f"training_{dtype}",
-            [
-                me,
-                "--part",
-                "train",
-                "--dtype",
-                dtype,
-                "--data-dir",
-                str(data_dir),
-                "--workers",
-                str(workers),
-                "--result",
-                str(result),
-                *(["--tiny"] if args.tiny else []),
-            ],
-            110,
-            result,
-        )
 
-    qs_workdir = work / "quickstart"
-    entry = {}
-    if "quickstart" in args.parts:
+def _bench_argv(
+    sizes: dict[str, Any], batch: int, models: list[str], dtype: str, out: pathlib.Path
+) -> list[str]:
+    """`benchmark.py`'s command line for `models` at the check's sizes."""
+    return [
+        "benchmark.py",
+        f"--models={','.join(models)}",
+        f"--dtype={dtype}",
+        f"--batch={batch}",
+        f"--height={sizes['height']}",
+        f"--width={sizes['width']}",
+        f"--width_scale={sizes['width_scale']}",
+        f"--runs={sizes['runs']}",
+        f"--min_runs={sizes['min_runs']}",
+        f"--warmup={sizes['warmup']}",
+        f"--time_budget={sizes['time_budget']}",
+        "--noprogress",
+        f"--json={out}",
+    ]
+
+
+def _quickstart(runner: Runner, workdir: pathlib.Path, qs_overrides: list[str]) -> None:
+    """`train.py` on the quickstart config (if asked for), then its final metrics."""
+    document = runner.document
+    entry: dict[str, Any] = {}
+    if "quickstart" in runner.args.parts:
+        argv = ["train.py", "--config=configs/quickstart.py", f"--workdir={workdir}"]
         entry = runner.run(
-            "quickstart",
-            [
-                "train.py",
-                "--config=configs/quickstart.py",
-                f"--workdir={qs_workdir}",
-                *[f"--config.{o}" for o in qs_overrides],
-            ],
-            150,
-            None,
+            "quickstart", [*argv, *[f"--config.{o}" for o in qs_overrides]], 150, None
         )
-    metrics = qs_workdir / "eval" / "val" / "metrics.json"
+    metrics = workdir / "eval" / "val" / "metrics.json"
     if metrics.exists():
         summary = json.loads(metrics.read_text())
         entry["step"] = summary["step"]
@@ -264,20 +261,6 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         }
         entry["dataset_prepare_s"] = document.get("prepare", {}).get("seconds")
     runner.save()
-
-    if "inference_batch4" in args.parts:
-        out = work / "inference_batch4.json"
-        runner.run(
-            "inference_batch4",
-            bench_argv(4, ["icnet_sub124", BASE], "both", out),
-            150,
-            out,
-        )
-    document["targets"] = check_targets(document)
-    runner.save()
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return document
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
