@@ -124,9 +124,9 @@ def evaluate(
     region_result = regions.close()
     summary = _summary(target, options, spec, results, regions.num_images)
     _report(target, results, summary, regions, info.class_names, seconds)
-    for writer in (pictures, submission):
+    for writer in (pictures, submission):  # pictures: host 0 only; a submission: every host
         line = writer.close() if writer is not None else None
-        if line and (writer is submission or jax.process_index() == 0):
+        if line:
             print(line)
     return {**summary, "region_accuracy": region_result, "output_dir": str(target.out)}
 
