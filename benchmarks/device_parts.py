@@ -90,28 +90,13 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "benchmarks"))
     import jax
-    import numpy as np
     import pipeline_throughput
 
-    from configs import cityscapes
-    from icnet_jax import config as default
     from icnet_jax.benchmarking import profiling
-    from icnet_jax.data import pipeline
-    from icnet_jax.data.input_spec import InputSpec
-    from icnet_jax.train import loop as train_lib
 
     sizes = TINY if args.tiny else FULL
     batch, crop = sizes["train_batch"], sizes["train_crop"]
-    config = default.override(
-        cityscapes.get_config(),
-        {
-            "model.dtype": args.dtype,
-            "model.width": sizes["model_width"],
-            "batch_size": batch,
-            "input.crop_size": (crop, crop),
-        },
-    )
-    num_classes = 19
+    config = _train_config(args.dtype, sizes)
     device = jax.local_devices()[0]
     result: dict[str, Any] = {
         "dtype": args.dtype,
@@ -123,40 +108,10 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     def save() -> None:
         pathlib.Path(args.result).write_text(json.dumps(result))
 
-    model = train_lib.create_model(config, num_classes, axis_name=train_lib.AXIS)
-    state = train_lib.create_train_state(
-        jax.random.PRNGKey(0), model, train_lib.create_optimizer(config), (crop, crop)
-    )
-    step = train_lib.make_train_step(config, devices=[device])
-    state = train_lib.replicate(state, [device])
-    rng = np.random.default_rng(0)
-    preloaded = [
-        jax.device_put(
-            train_lib.shard(
-                {
-                    "image": rng.normal(0, 50, (batch, crop, crop, 3)).astype(np.float32),
-                    "label": rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32),
-                },
-                1,
-            ),
-            device,
-        )
-        for _ in range(2)
-    ]
-
-    def timed(steps: int, next_batch) -> float:
-        nonlocal state
-        for _ in range(2):  # warm-up: compilation, the pipeline's first batches
-            state, metrics = step(state, next_batch())
-        jax.block_until_ready(metrics)
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step(state, next_batch())
-        jax.block_until_ready(metrics)
-        return steps * batch / (time.perf_counter() - start)
-
+    timer = _StepTimer(config, device, batch, crop)
+    preloaded = timer.random_batches(2)
     counter = iter(range(10**9))
-    result["preloaded_images_per_s"] = timed(
+    result["preloaded_images_per_s"] = timer.images_per_s(
         sizes["preloaded_steps"], lambda: preloaded[next(counter) % 2]
     )
     peak = profiling.peak_memory_bytes(device)
@@ -168,21 +123,7 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
         sizes["pipeline_images"], args.data_dir, size=(sizes["height"], sizes["width"])
     )
     result["pipeline_workers"] = args.workers
-    iterator = pipeline.train_dataset(
-        source,
-        InputSpec.from_config(config),
-        global_batch_size=batch,
-        process_index=0,
-        process_count=1,
-        seed=0,
-        worker_count=args.workers,
-    )
-    try:
-        result["pipeline_fed_images_per_s"] = timed(
-            sizes["pipeline_steps"], lambda: train_lib.shard(next(iterator), 1)
-        )
-    finally:
-        iterator.close()
+    result["pipeline_fed_images_per_s"] = timer.pipeline_fed(source, args.workers, sizes)
     save()
     result["pipeline_alone_images_per_s"] = pipeline_throughput.throughput(
         source,
@@ -196,3 +137,97 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
     result["bottleneck"] = "step" if fed >= 0.9 * pre else "input pipeline"
     save()
     return result
+
+
+def _train_config(dtype: str, sizes: dict[str, Any]):
+    """The Cityscapes recipe at the check's batch, crop, width and `dtype`."""
+    from configs import cityscapes
+    from icnet_jax import config as default
+
+    crop = sizes["train_crop"]
+    return default.override(
+        cityscapes.get_config(),
+        {
+            "model.dtype": dtype,
+            "model.width": sizes["model_width"],
+            "batch_size": sizes["train_batch"],
+            "input.crop_size": (crop, crop),
+        },
+    )
+
+
+class _StepTimer:
+    """The recipe's pmapped training step on one device, timed over batches from any source."""
+
+    NUM_CLASSES = 19
+
+    def __init__(self, config, device, batch: int, crop: int):
+        import jax
+
+        from icnet_jax.train import loop as train_lib
+
+        self.config, self.device, self.batch, self.crop = config, device, batch, crop
+        model = train_lib.create_model(config, self.NUM_CLASSES, axis_name=train_lib.AXIS)
+        state = train_lib.create_train_state(
+            jax.random.PRNGKey(0), model, train_lib.create_optimizer(config), (crop, crop)
+        )
+        self.step = train_lib.make_train_step(config, devices=[device])
+        self.state = train_lib.replicate(state, [device])
+
+    def random_batches(self, count: int) -> list[Any]:
+        """`count` random batches, already on the device."""
+        import jax
+        import numpy as np
+
+        from icnet_jax.train import loop as train_lib
+
+        rng = np.random.default_rng(0)
+        shape = (self.batch, self.crop, self.crop)
+        return [
+            jax.device_put(
+                train_lib.shard(
+                    {
+                        "image": rng.normal(0, 50, (*shape, 3)).astype(np.float32),
+                        "label": rng.integers(0, self.NUM_CLASSES, shape).astype(np.int32),
+                    },
+                    1,
+                ),
+                self.device,
+            )
+            for _ in range(count)
+        ]
+
+    def images_per_s(self, steps: int, next_batch) -> float:
+        """Images/s over `steps` steps on `next_batch()`, after two warm-up steps."""
+        import jax
+
+        for _ in range(2):  # warm-up: compilation, the pipeline's first batches
+            self.state, metrics = self.step(self.state, next_batch())
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, next_batch())
+        jax.block_until_ready(metrics)
+        return steps * self.batch / (time.perf_counter() - start)
+
+    def pipeline_fed(self, source: Any, workers: int, sizes: dict[str, Any]) -> float:
+        """Images/s with batches from the real grain pipeline over `source`."""
+        from icnet_jax.data import pipeline
+        from icnet_jax.data.input_spec import InputSpec
+        from icnet_jax.train import loop as train_lib
+
+        iterator = pipeline.train_dataset(
+            source,
+            InputSpec.from_config(self.config),
+            global_batch_size=self.batch,
+            process_index=0,
+            process_count=1,
+            seed=0,
+            worker_count=workers,
+        )
+        try:
+            return self.images_per_s(
+                sizes["pipeline_steps"], lambda: train_lib.shard(next(iterator), 1)
+            )
+        finally:
+            iterator.close()

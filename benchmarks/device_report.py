@@ -47,7 +47,43 @@ def _cell(value: Any, spec: str = ".1f") -> str:
 
 def format_table(document: dict[str, Any]) -> str:
     """One plain-text table of every figure of the document."""
-    rows = [("part", "item", "float32", "bfloat16")]
+    rows = [
+        ("part", "item", "float32", "bfloat16"),
+        *_inference_rows(document),
+        *_training_rows(document),
+        *_quickstart_rows(document),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    status = ", ".join(f"{k} {v['status']}" for k, v in document["parts"].items())
+    parts = document["parts"]
+    inference = next(
+        (parts[p] for p in (*BATCH1, "inference_batch4") if "device" in parts.get(p, {})),
+        {},
+    )
+    head = [
+        f"device: {inference.get('device', {}).get('device_kind', '?')} "
+        f"({document['host']['gpu'] or 'no nvidia-smi'}), jax {inference.get('jax_version', '?')}",
+        f"parts: {status}",
+    ]
+    tail = [
+        f"target {k}: {_cell(v['value'], '.2f' if not isinstance(v['value'], str) else 's')} "
+        f"(target {v['target']}) {'met' if v['met'] else 'NOT met' if v['met'] is False else '-'}"
+        for k, v in document.get("targets", {}).items()
+    ]
+    return "\n".join([*head, "", *lines, "", *tail])
+
+
+Row = tuple[str, str, str, str]
+
+
+def _inference_rows(document: dict[str, Any]) -> list[Row]:
+    """Per model and batch size: time, speed, memory and the ratios against the base."""
+    rows = []
     for batch, parts in ((1, BATCH1), (4, ("inference_batch4",))):
         results = _results(document, *parts)
         for model in dict.fromkeys(r["model"] for r in results):
@@ -76,48 +112,33 @@ def format_table(document: dict[str, Any]) -> str:
                         _cell(get("bfloat16", fn), spec),
                     )
                 )
+    return rows
+
+
+def _training_rows(document: dict[str, Any]) -> list[Row]:
     train = {d: document["parts"].get(f"training_{d}", {}) for d in ("float32", "bfloat16")}
-    for item, key, spec in (
-        ("images/s, batches on device", "preloaded_images_per_s", ".1f"),
-        ("images/s, grain pipeline", "pipeline_fed_images_per_s", ".1f"),
-        ("images/s, pipeline alone", "pipeline_alone_images_per_s", ".1f"),
-        ("peak MiB", "peak_mib", ".0f"),
-        ("bottleneck", "bottleneck", "s"),
-    ):
-        rows.append(
-            (
-                "training b16" if not document["tiny"] else "training (tiny)",
-                item,
-                _cell(train["float32"].get(key), spec),
-                _cell(train["bfloat16"].get(key), spec),
-            )
+    return [
+        (
+            "training b16" if not document["tiny"] else "training (tiny)",
+            item,
+            _cell(train["float32"].get(key), spec),
+            _cell(train["bfloat16"].get(key), spec),
         )
+        for item, key, spec in (
+            ("images/s, batches on device", "preloaded_images_per_s", ".1f"),
+            ("images/s, grain pipeline", "pipeline_fed_images_per_s", ".1f"),
+            ("images/s, pipeline alone", "pipeline_alone_images_per_s", ".1f"),
+            ("peak MiB", "peak_mib", ".0f"),
+            ("bottleneck", "bottleneck", "s"),
+        )
+    ]
+
+
+def _quickstart_rows(document: dict[str, Any]) -> list[Row]:
     qs = document["parts"].get("quickstart", {})
     miou = qs.get("miou") or {}
-    rows.append(("quickstart", "wall s (train.py)", _cell(qs.get("seconds"), ".0f"), ""))
+    rows = [("quickstart", "wall s (train.py)", _cell(qs.get("seconds"), ".0f"), "")]
     for branch in ("sub4", "sub24", "sub124"):
         value = miou.get(branch)
         rows.append(("quickstart", f"mIoU {branch} %", _cell(value and 100 * value, ".2f"), ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    status = ", ".join(f"{k} {v['status']}" for k, v in document["parts"].items())
-    parts = document["parts"]
-    inference = next(
-        (parts[p] for p in (*BATCH1, "inference_batch4") if "device" in parts.get(p, {})),
-        {},
-    )
-    head = [
-        f"device: {inference.get('device', {}).get('device_kind', '?')} "
-        f"({document['host']['gpu'] or 'no nvidia-smi'}), jax {inference.get('jax_version', '?')}",
-        f"parts: {status}",
-    ]
-    tail = [
-        f"target {k}: {_cell(v['value'], '.2f' if not isinstance(v['value'], str) else 's')} "
-        f"(target {v['target']}) {'met' if v['met'] else 'NOT met' if v['met'] is False else '-'}"
-        for k, v in document.get("targets", {}).items()
-    ]
-    return "\n".join([*head, "", *lines, "", *tail])
+    return rows
