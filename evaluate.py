@@ -81,9 +81,8 @@ def main(argv):
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     cli.join_multihost()
-    evaluation.evaluate(
-        FLAGS.config,
-        FLAGS.checkpoint,
+    options = evaluation.EvalOptions(
+        checkpoint=FLAGS.checkpoint,
         workdir=FLAGS.workdir,
         split=FLAGS.split,
         flip=FLAGS.flip,
@@ -91,9 +90,10 @@ def main(argv):
         save_predictions=FLAGS.save_predictions,
         submission_dir=FLAGS.submission_dir,
         region_size_scale=FLAGS.region_size_scale,
-        command_line_wins=FLAGS.command_line_wins,
+        command_line_wins=tuple(FLAGS.command_line_wins),
         devices=jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None,
     )
+    evaluation.evaluate(FLAGS.config, options)
     return cli.EXIT_OK
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import pstats
 import time
@@ -32,19 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax import config as default
 from icnet_jax.data.augment import train_transform
+from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
 
 IMAGE_SIZE = (1024, 2048)
-# The Cityscapes recipe (icnet_jax/config.py).
-RECIPE = dict(
-    scale_range=(0.5, 2.0),
-    mirror=True,
-    mean=(123.68, 116.779, 103.939),
-    std=(1.0, 1.0, 1.0),
-    bgr=True,
-    ignore_label=255,
-)
+
+
+def recipe(crop: int) -> InputSpec:
+    """The Cityscapes recipe's input (icnet_jax/config.py) with `crop x crop` crops."""
+    return dataclasses.replace(InputSpec.from_config(default.get_config()), crop_size=(crop, crop))
 
 
 def synthetic_cityscapes(num_examples: int, seed: int = 0) -> list[dict]:
@@ -95,14 +94,13 @@ def throughput(
     processes (0: in this process), after one warm-up batch."""
     iterator = train_dataset(
         source,
+        recipe(crop),
         global_batch_size=batch_size,
         process_index=0,
         process_count=1,
-        crop_size=crop,
         seed=0,
         worker_count=workers,
         read_threads=read_threads,
-        **RECIPE,
     )
     try:
         return measure_throughput(iterator, num_batches)
@@ -121,6 +119,7 @@ def worker_cost(
     of the loop to that file.
     """
     rng = np.random.default_rng(0)
+    spec = recipe(crop)
     spent = {"read_decode": 0.0, "augment": 0.0, "batch": 0.0}
     profiler = cProfile.Profile() if profile else None
     if profiler:
@@ -131,7 +130,7 @@ def worker_cost(
             t0 = time.process_time()
             example = source[(b * batch_size + i) % len(source)]
             t1 = time.process_time()
-            examples.append(train_transform(example, rng, crop_size=crop, **RECIPE))
+            examples.append(train_transform(example, rng, spec))
             t2 = time.process_time()
             spent["read_decode"] += t1 - t0
             spent["augment"] += t2 - t1

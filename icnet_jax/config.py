@@ -1,9 +1,9 @@
 """Defaults shared by every config: the paper's recipe (Sec. 5.1) for ICNet on Cityscapes.
 
-The files in the repository's `configs/` start from `get_config()` and apply a named variant of
-`VARIANTS` with `apply_variant`; the package itself never imports `configs/`, so it works
-installed (`pip install -e .`) from any directory. Every field can be overridden on the command
-line, e.g. `--config.batch_size=8`.
+The files in the repository's `configs/` start from `get_config()` and apply named variants
+(`ABLATIONS`, `RECIPES` and their own recipes) with `apply_variant`; the package itself never
+imports `configs/`, so it works installed (`pip install -e .`) from any directory. Every field can
+be overridden on the command line, e.g. `--config.batch_size=8`.
 """
 
 from collections.abc import Mapping
@@ -29,9 +29,10 @@ _TORCH_TRUNK = {
     "input.std": TORCH_STD,
 }
 
-# Paper Tables 1-3 as named variants: `--config=configs/cityscapes.py:<variant>`; join several
-# with '+' (`configs/camvid.py:cpu+compress_full`), applied left to right.
-VARIANTS = {
+# Named variants: `--config=configs/cityscapes.py:<variant>`; join several with '+'
+# (`configs/camvid.py:cpu+compress_full`), applied left to right. Ablations are paper Tables 1-3
+# (and the ports' loss weights); recipes are ways to train (and each config file's own).
+ABLATIONS = {
     "sub4": {"model.branch": "sub4"},
     "sub24": {"model.branch": "sub24"},
     "sub124": {"model.branch": "sub124"},
@@ -46,6 +47,8 @@ VARIANTS = {
     "pspnet50_os16": {**_PSPNET50, "model.output_stride": 16},
     "pspnet50_os32": {**_PSPNET50, "model.output_stride": 32},
     "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
+}
+RECIPES = {
     "compress_full": {**_TORCH_TRUNK, "model.width": 1.0},
     "compress_half": {**_TORCH_TRUNK, "model.width": 0.5},
 }
@@ -55,47 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "icnet"  # icnet | pspnet
-    config.model.width = 0.5  # the released network; 1.0 is the full width it was pruned from
-    config.model.branch = "sub124"  # inference output (Table 2); training uses every branch
-    config.model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
-    config.model.output_stride = 8  # PSPNet only (Table 1 left)
-    config.model.align_corners = True
-    # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
-    config.model.bn_momentum = 0.95
-    config.model.dtype = "float32"  # computation; parameters stay float32
-    # BatchNorm uses and keeps its running statistics in training (needed from BN-folded weights).
-    config.model.freeze_bn_stats = False
-    # Trunk architecture (icnet_jax/models/backbone.py); the defaults are the release's. Other
-    # values load ImageNet ResNet-50s exactly (config.init_backbone, README "Pretrained starts").
-    config.model.stem = "release"  # release | resnet (7x7, torchvision) | deep (resnet50c/d, V1c)
-    config.model.stride_on = "1x1"  # 1x1 (Caffe, the release) | 3x3 (torchvision, timm, mmseg)
-    config.model.shortcut = "conv"  # conv | avgpool (timm resnet50d, mmseg ResNetV1d)
-
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "cityscapes"
-    config.dataset.data_dir = "data/tfds"  # where prepared array_record files go
-    config.dataset.manual_dir = ""  # where the downloaded archives are
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "val"
-    config.dataset.builder_kwargs = ml_collections.ConfigDict()
-
-    config.input = ml_collections.ConfigDict()
-    # 32k+1 crops keep the release geometry: every x2 zoom and shrink is exact (the 1/8 map of the
-    # medium branch meets the high one's), labels shrink exactly to 1/4, 1/8, 1/16.
-    config.input.crop_size = (1025, 1025)
-    config.input.scale_range = (0.5, 2.0)
-    config.input.mirror = True
-    # Random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion); not in
-    # the paper's recipe.
-    config.input.photometric = False
-    config.input.mean = IMAGENET_MEAN_RGB
-    config.input.std = (1.0, 1.0, 1.0)
-    config.input.bgr = True  # as the release
-    config.input.worker_count = 0
-    # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
-    config.input.eval_size = None
+    config.model = _model_config()
+    config.dataset = _dataset_config()
+    config.input = _input_config()
 
     config.batch_size = 16  # global, across devices and hosts
     config.num_steps = 30_000
@@ -129,6 +94,60 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _model_config() -> ml_collections.ConfigDict:
+    """The network: `models/icnet.py`, `models/pspnet.py`, `models/backbone.py`."""
+    model = ml_collections.ConfigDict()
+    model.name = "icnet"  # icnet | pspnet
+    model.width = 0.5  # the released network; 1.0 is the full width it was pruned from
+    model.branch = "sub124"  # inference output (Table 2); training uses every branch
+    model.cff_upsampling = "bilinear"  # or deconv3 / deconv5 / deconv7 (Table 3)
+    model.output_stride = 8  # PSPNet only (Table 1 left)
+    model.align_corners = True
+    # Decay of BatchNorm's running averages: the release's (its prototxt's bn_param momentum).
+    model.bn_momentum = 0.95
+    model.dtype = "float32"  # computation; parameters stay float32
+    # BatchNorm uses and keeps its running statistics in training (needed from BN-folded weights).
+    model.freeze_bn_stats = False
+    # Trunk architecture (icnet_jax/models/backbone.py); the defaults are the release's. Other
+    # values load ImageNet ResNet-50s exactly (config.init_backbone, README "Pretrained starts").
+    model.stem = "release"  # release | resnet (7x7, torchvision) | deep (resnet50c/d, V1c)
+    model.stride_on = "1x1"  # 1x1 (Caffe, the release) | 3x3 (torchvision, timm, mmseg)
+    model.shortcut = "conv"  # conv | avgpool (timm resnet50d, mmseg ResNetV1d)
+    return model
+
+
+def _dataset_config() -> ml_collections.ConfigDict:
+    """The tfds dataset and its splits (`data/datasets.py`)."""
+    dataset = ml_collections.ConfigDict()
+    dataset.name = "cityscapes"
+    dataset.data_dir = "data/tfds"  # where prepared array_record files go
+    dataset.manual_dir = ""  # where the downloaded archives are
+    dataset.train_split = "train"
+    dataset.eval_split = "val"
+    dataset.builder_kwargs = ml_collections.ConfigDict()
+    return dataset
+
+
+def _input_config() -> ml_collections.ConfigDict:
+    """Augmentation, normalisation and evaluation size (`data/input_spec.py`)."""
+    inputs = ml_collections.ConfigDict()
+    # 32k+1 crops keep the release geometry: every x2 zoom and shrink is exact (the 1/8 map of the
+    # medium branch meets the high one's), labels shrink exactly to 1/4, 1/8, 1/16.
+    inputs.crop_size = (1025, 1025)
+    inputs.scale_range = (0.5, 2.0)
+    inputs.mirror = True
+    # Random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion); not in
+    # the paper's recipe.
+    inputs.photometric = False
+    inputs.mean = IMAGENET_MEAN_RGB
+    inputs.std = (1.0, 1.0, 1.0)
+    inputs.bgr = True  # as the release
+    inputs.worker_count = 0
+    # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
+    inputs.eval_size = None
+    return inputs
+
+
 def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:
     """Sets `{'dotted.key': value}` fields of `config` (dicts become ConfigDicts)."""
     for key, value in updates.items():
@@ -143,15 +162,38 @@ def override(config: ml_collections.ConfigDict, updates: dict) -> ml_collections
 def apply_variant(
     config: ml_collections.ConfigDict,
     variant: str | None,
-    extra: Mapping[str, dict] | None = None,
+    recipes: Mapping[str, dict] | None = None,
 ) -> ml_collections.ConfigDict:
-    """Applies named variants (`'a'` or `'a+b'`, left to right) of `VARIANTS` and of a config
-    file's own `extra` ones (dotted keys) to `config`."""
-    known = {**VARIANTS, **(extra or {})}
-    for name in (variant or "").split("+"):
-        if not name:
-            continue
+    """Applies named variants (`'a'` or `'a+b'`, left to right) of `ABLATIONS`, `RECIPES` and a
+    config file's own `recipes` (dotted keys) to `config`.
+
+    Raises:
+      ValueError: (one line) a name that is none of them, or two joined variants that set one key
+        to different values.
+    """
+    own = dict(recipes or {})
+    known = {**ABLATIONS, **RECIPES, **own}
+    names = [name for name in (variant or "").split("+") if name]
+    for name in names:
         if name not in known:
-            raise ValueError(f"unknown variant {name!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown variant {name!r}; ablations: {', '.join(sorted(ABLATIONS))}; "
+                f"recipes: {', '.join(sorted({**RECIPES, **own}))}"
+            )
+    _check_agree(names, known)
+    for name in names:
         override(config, known[name])
     return config
+
+
+def _check_agree(names: list[str], known: Mapping[str, dict]) -> None:
+    """Raises ValueError when two of the variants `names` set one key to different values."""
+    first: dict[str, tuple[str, object]] = {}
+    for name in names:
+        for key, value in known[name].items():
+            other, theirs = first.setdefault(key, (name, value))
+            if theirs != value:
+                raise ValueError(
+                    f"variants {other!r} and {name!r} both set {key} ({theirs!r} and {value!r}): "
+                    f"join variants that agree, or set --config.{key} on the command line"
+                )

@@ -1,9 +1,13 @@
 """Augmentations and normalisation against hand-computed expectations."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from icnet_jax import config as default
 from icnet_jax.data import augment
+from icnet_jax.data.input_spec import InputSpec
 
 MEAN = (123.68, 116.779, 103.939)  # RGB, as in the reference
 ONES = (1.0, 1.0, 1.0)
@@ -132,17 +136,10 @@ def test_normalize_released_model_convention() -> None:
 
 def test_train_transform_shapes_dtypes_and_padding() -> None:
     example = _example(10, 12)
-    out = augment.train_transform(
-        example,
-        np.random.default_rng(0),
-        crop_size=(16, 20),
-        scale_range=(1.0, 1.0),
-        mirror=False,
-        mean=MEAN,
-        std=ONES,
-        bgr=True,
-        ignore_label=255,
+    spec = InputSpec(
+        crop_size=(16, 20), scale_range=(1.0, 1.0), mirror=False, mean=MEAN, std=ONES, bgr=True
     )
+    out = augment.train_transform(example, np.random.default_rng(0), spec)
     assert out["image"].shape == (16, 20, 3) and out["image"].dtype == np.float32
     assert out["label"].shape == (16, 20) and out["label"].dtype == np.int32
     # No resize and a crop the size of the padded image: the original sits top-left.
@@ -155,12 +152,11 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
 
 
 def test_train_transform_is_a_function_of_the_generator() -> None:
-    kwargs = dict(crop_size=8, scale_range=(0.5, 2.0), mirror=True, mean=MEAN, std=ONES, bgr=True)
-    example = _example(13, 17)
-    a, b, c = (
-        augment.train_transform(example, np.random.default_rng(s), ignore_label=255, **kwargs)
-        for s in (5, 5, 6)
+    spec = InputSpec(
+        crop_size=(8, 8), scale_range=(0.5, 2.0), mirror=True, mean=MEAN, std=ONES, bgr=True
     )
+    example = _example(13, 17)
+    a, b, c = (augment.train_transform(example, np.random.default_rng(s), spec) for s in (5, 5, 6))
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
     assert not np.array_equal(a["image"], c["image"])
@@ -211,15 +207,14 @@ def test_photometric_distortion_against_a_reference() -> None:
 
 def test_photometric_training_leaves_the_padding_and_labels_alone() -> None:
     example = _example(10, 12)
-    kwargs = dict(crop_size=(16, 20), scale_range=(0.75, 1.25), mirror=False, mean=MEAN, std=ONES)
+    plain_spec = InputSpec(
+        crop_size=(16, 20), scale_range=(0.75, 1.25), mirror=False, mean=MEAN, std=ONES, bgr=True
+    )
+    specs = (plain_spec, dataclasses.replace(plain_spec, photometric=True))
     for seed in range(6):
         plain, distorted = (
-            augment.train_transform(
-                example, np.random.default_rng(seed), bgr=True, ignore_label=255,
-                photometric=photometric, **kwargs,
-            )
-            for photometric in (False, True)
-        )  # fmt: skip
+            augment.train_transform(example, np.random.default_rng(seed), spec) for spec in specs
+        )
         np.testing.assert_array_equal(distorted["label"], plain["label"])
         padding = plain["label"] == 255
         padding &= np.all(plain["image"] == 0, axis=-1)  # padded, not an ignore label
@@ -247,3 +242,25 @@ def test_bad_examples_raise_naming_the_file(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         augment.validate_example(example)
     assert "bad_file.png" in str(info.value)
+
+
+def test_input_spec_from_config() -> None:
+    config = default.get_config()
+    config.input.crop_size = [17, 33]  # lists from the command line come back as tuples
+    config.input.eval_size = (65, 129)
+    config.ignore_label = 11
+    spec = InputSpec.from_config(config)
+    assert spec == InputSpec(
+        crop_size=(17, 33),
+        scale_range=(0.5, 2.0),
+        mirror=True,
+        mean=MEAN,
+        std=ONES,
+        bgr=True,
+        ignore_label=11,
+        photometric=False,
+        eval_size=(65, 129),
+    )
+    config.input.eval_size = None
+    assert InputSpec.from_config(config).eval_size is None
+    hash(spec)  # frozen: usable as a key, safe to share between workers

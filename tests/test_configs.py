@@ -21,7 +21,7 @@ def test_config_resolves(name):
     assert "params" in out
 
 
-@pytest.mark.parametrize("variant", sorted(default.VARIANTS))
+@pytest.mark.parametrize("variant", sorted({**default.ABLATIONS, **default.RECIPES}))
 def test_variants(variant):
     config = importlib.import_module("configs.cityscapes").get_config(variant)
     model = train_lib.create_model(config, num_classes=19)
@@ -80,5 +80,33 @@ def test_variants_join_with_a_plus_left_to_right():
     assert not config.input.bgr and tuple(config.input.std) == default.TORCH_STD
     half = importlib.import_module("configs.cityscapes").get_config("trainval90k+compress_half")
     assert half.num_steps == 90_000 and half.model.width == 0.5 and half.model.stride_on == "3x3"
-    with pytest.raises(ValueError, match="unknown variant 'nope'; known: .*trainval90k"):
+    with pytest.raises(
+        ValueError, match="unknown variant 'nope'; ablations: .*recipes: .*trainval90k"
+    ):
         importlib.import_module("configs.cityscapes").get_config("trainval90k+nope")
+
+
+def test_unknown_variant_lists_ablations_and_recipes_apart():
+    with pytest.raises(ValueError) as raised:
+        importlib.import_module("configs.camvid").get_config("nope")
+    message = str(raised.value)
+    assert "\n" not in message
+    ablations, recipes = message.split("; ablations: ")[1].split("; recipes: ")
+    assert ablations.split(", ") == sorted(default.ABLATIONS)
+    assert recipes.split(", ") == sorted(["compress_full", "compress_half", "cpu"])
+    assert not set(default.ABLATIONS) & set(default.RECIPES)
+
+
+def test_joined_variants_that_disagree_are_one_error_naming_both_and_the_key():
+    cityscapes = importlib.import_module("configs.cityscapes")
+    with pytest.raises(ValueError) as raised:
+        cityscapes.get_config("width025+compress_half")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "'width025' and 'compress_half'" in message and "model.width" in message
+    with pytest.raises(ValueError, match="'no_clg' and 'pspnet50' both set loss_weights"):
+        cityscapes.get_config("sub4+no_clg+pspnet50")
+    # Variants that agree on a key join: both set the width to 0.5 (and the PSPNet trunk).
+    config = cityscapes.get_config("pspnet50_half+compress_half")
+    assert config.model.name == "pspnet" and config.model.width == 0.5
+    assert config.model.stem == "resnet"

@@ -50,6 +50,10 @@ CASES = {
         "train.py", ["--workdir={new}", "--config=configs/camvid.py:cpu+nope"],
         ["unknown variant 'nope'", "compress_full"],
     ),
+    "variants that disagree": (
+        "train.py", ["--workdir={new}", "--config=configs/cityscapes.py:width025+compress_half"],
+        ["'width025' and 'compress_half'", "model.width"],
+    ),
     "workdir under a file": ("train.py", ["--workdir={file}/run"], ["is a file"]),
     "config typo": ("train.py", ["--workdir={new}", "--config.optim.lrr=1"], ["did you mean 'lr'"]),
     "missing init_checkpoint": (

@@ -173,10 +173,13 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
     monkeypatch.setattr(checkpoints, "restore", restore_as_three_classes)
     monkeypatch.setattr(state_lib, "inference_model", lambda config, n, branch="all": OneHotModel())
     out = tmp_path / "out"
-    summary = evaluation.evaluate(
-        command_line_config(), workdir, workdir=out, split="val", flip=flip, scales=scales,
-        save_predictions=5, source=hand_source(), info=HAND_INFO, progress=False,
+    options = evaluation.EvalOptions(
+        workdir, workdir=out, split="val", flip=flip, scales=scales, save_predictions=5,
+        progress=False,
     )  # fmt: skip
+    summary = evaluation.evaluate(
+        command_line_config(), options, source=hand_source(), info=HAND_INFO
+    )
     metrics = json.loads((out / "eval" / "val" / "metrics.json").read_text())
     assert metrics["step"] == 7 and metrics["split"] == "val"
     assert metrics["flip"] is flip and metrics["scales"] == list(scales)
@@ -220,6 +223,11 @@ def test_several_devices_give_the_same_confusions():
         examples.append({"image": np.eye(3, dtype=np.float32)[pred], "label": label, "i": i})
     step = eval_lib.make_step(OneHotModel(), 3)
     seen = []
+
+    class Seen:
+        def add(self, ex, predictions):
+            seen.append((ex["i"], predictions["sub124"].shape))
+
     results = [
         eval_lib.evaluate_examples(
             step,
@@ -229,7 +237,7 @@ def test_several_devices_give_the_same_confusions():
             ("sub4", "sub24", "sub124"),
             devices=jax.local_devices()[:n],
             progress=False,
-            on_prediction=lambda ex, p: seen.append((ex["i"], p["sub124"].shape)),
+            writers=[Seen()],
         )  # fmt: skip
         for n in (1, 3)
     ]
@@ -273,10 +281,10 @@ def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
         label = rng.integers(0, NUM_CLASSES, (33, 65), dtype=np.uint8)
         label[:5] = 255
         source.append(example(image, label, f"img{i}.png"))
-    summary = evaluation.evaluate(
-        command_line_config(), workdir / "checkpoints", workdir=tmp_path, split="val",
-        source=source, info=L.STREET, progress=False,
-    )  # fmt: skip
+    options = evaluation.EvalOptions(
+        workdir / "checkpoints", workdir=tmp_path, split="val", progress=False
+    )
+    summary = evaluation.evaluate(command_line_config(), options, source=source, info=L.STREET)
 
     # Independently: the saved config's model and normalisation, model.apply, numpy argmax.
     model = train_lib.create_model(checkpoint_config(), NUM_CLASSES, branch="all")

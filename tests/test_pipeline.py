@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from icnet_jax.data import pipeline
+from icnet_jax.data.input_spec import InputSpec
 
 NUM_EXAMPLES = 12
 CROP = (16, 20)
 MEAN = (123.68, 116.779, 103.939)
-NORM = dict(mean=MEAN, std=(1.0, 1.0, 1.0), bgr=True)
+SPEC = InputSpec(
+    crop_size=CROP, scale_range=(0.5, 2.0), mirror=True, mean=MEAN, std=(1.0, 1.0, 1.0), bgr=True
+)
 
 
 def _source(num: int = NUM_EXAMPLES) -> list[dict]:
@@ -35,15 +38,10 @@ def _train(source: list[dict], **overrides) -> grain.DatasetIterator:
         global_batch_size=4,
         process_index=0,
         process_count=1,
-        crop_size=CROP,
-        scale_range=(0.5, 2.0),
-        mirror=True,
-        ignore_label=255,
         seed=0,
-        **NORM,
     )
     kwargs.update(overrides)
-    return pipeline.train_dataset(source, **kwargs)
+    return pipeline.train_dataset(source, SPEC, **kwargs)
 
 
 def _ids(batch: dict) -> list[int]:
@@ -193,7 +191,7 @@ def test_eval_dataset_strided_shards_in_fixed_order() -> None:
     source = _source(7)
     seen = []
     for process_index in range(2):
-        ds = pipeline.eval_dataset(source, process_index=process_index, process_count=2, **NORM)
+        ds = pipeline.eval_dataset(source, SPEC, process_index=process_index, process_count=2)
         examples = list(ds)
         assert len(examples) == pipeline.num_eval_examples(
             source, process_index=process_index, process_count=2

@@ -57,6 +57,14 @@ def test_names_the_server_cannot_match_and_collisions_are_refused(tmp_path):
     assert read(tmp_path / "camvid" / "0016E5_07959.png").max() == 3
 
 
+def test_as_a_loop_writer_it_writes_its_branch_and_reports(tmp_path):
+    writer = SubmissionWriter("camvid", tmp_path, branch="sub24")
+    predictions = {b: np.full((2, 3), i, np.uint8) for i, b in enumerate(("sub4", "sub24"))}
+    writer.add({"file_name": "val/0016E5_07959.png", "label": None}, predictions)
+    assert read(tmp_path / "0016E5_07959.png").tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert writer.close() == f"1 predictions (sub24, train ids) in {tmp_path}"
+
+
 @pytest.fixture
 def cityscapes_run(shared_data, tmp_path):
     """A random 19-class ICNet checkpoint and a Cityscapes manual dir holding the sample frame
@@ -89,9 +97,10 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
     )
     config, workdir, manual = cityscapes_run
     out = tmp_path / "submission"
-    ours = evaluation.evaluate(
-        config, workdir=workdir, split="val", submission_dir=out, progress=False
+    options = evaluation.EvalOptions(
+        workdir=workdir, split="val", submission_dir=out, progress=False
     )
+    ours = evaluation.evaluate(config, options)
     ours = ours["branches"]["sub124"]
     predicted = read(out / f"{STEM}_leftImg8bit.png")
     assert len(np.unique(predicted)) >= 4, "a prediction of few classes would test little"
@@ -123,9 +132,10 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
 def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, capsys):
     config, workdir, _ = cityscapes_run
     out = tmp_path / "submission"
-    result = evaluation.evaluate(
-        config, workdir=workdir, split="test", submission_dir=out, progress=False
+    options = evaluation.EvalOptions(
+        workdir=workdir, split="test", submission_dir=out, progress=False
     )
+    result = evaluation.evaluate(config, options)
     assert [p.name for p in out.iterdir()] == ["berlin_000000_000019_leftImg8bit.png"]
     written = read(out / "berlin_000000_000019_leftImg8bit.png")
     assert written.shape == (128, 256) and set(np.unique(written)) <= {

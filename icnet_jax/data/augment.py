@@ -14,6 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from icnet_jax.data.input_spec import InputSpec
+
 Size = int | tuple[int, int]
 
 
@@ -257,17 +259,7 @@ def normalize(
 
 
 def train_transform(
-    example: Mapping[str, Any],
-    rng: np.random.Generator,
-    *,
-    crop_size: Size,
-    scale_range: tuple[float, float],
-    mirror: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
-    bgr: bool,
-    ignore_label: int,
-    photometric: bool = False,
+    example: Mapping[str, Any], rng: np.random.Generator, spec: InputSpec
 ) -> dict[str, np.ndarray]:
     """One training example: random resize, pad, random crop, photometric distortion (optional),
     random mirror, normalise.
@@ -275,28 +267,30 @@ def train_transform(
     Args:
       example: `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W, 1], 'file_name': ...}`.
       rng: the example's generator (all randomness comes from it).
-      crop_size: output `(height, width)` (or an int for both).
-      scale_range: `(low, high)` resize factors; `(1.0, 1.0)` turns resizing off.
-      mirror: whether to flip left-right with probability 1/2.
-      mean, std, bgr: as in `normalize` (mean and std in RGB order).
-      ignore_label: label of padded pixels.
-      photometric: `photometric_distortion` of the crop's image pixels (padding left as it is).
+      spec: crop size, resize range, mirror, photometric distortion (of the crop's image pixels,
+        padding left as it is), normalisation (`normalize`) and the label of padded pixels.
 
     Returns:
       `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`; padded pixels are 0 in the image
-      and `ignore_label` in the label.
+      and `spec.ignore_label` in the label.
     """
+    crop_size = spec.crop_size
     image, label = validate_example(example)
-    image, label = random_resize(image, label, rng, scale_range)
+    image, label = random_resize(image, label, rng, spec.scale_range)
     height, width = label.shape
-    image, label = pad_to(image, label, crop_size, image_fill=mean, ignore_label=ignore_label)
+    image, label = pad_to(
+        image, label, crop_size, image_fill=spec.mean, ignore_label=spec.ignore_label
+    )
     image, label = random_crop(image, label, crop_size, rng)
-    if photometric:
+    if spec.photometric:
         # Padding is at the bottom and right, and a crop of a padded side starts at 0: the image
         # pixels are the top-left block. Distorting the padding would move it off the mean.
         h, w = min(height, label.shape[0]), min(width, label.shape[1])
         image = image.astype(np.float32)
         image[:h, :w] = photometric_distortion(image[:h, :w], rng)
-    if mirror:
+    if spec.mirror:
         image, label = random_mirror(image, label, rng)
-    return {"image": normalize(image, mean, std, bgr), "label": label.astype(np.int32)}
+    return {
+        "image": normalize(image, spec.mean, spec.std, spec.bgr),
+        "label": label.astype(np.int32),
+    }

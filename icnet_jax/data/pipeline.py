@@ -11,20 +11,15 @@ such as a tfds `as_data_source` split or a list. With `worker_count > 0` it must
 import functools
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
 import numpy as np
 from grain.sources import RandomAccessDataSource
 
-from icnet_jax.data.augment import (
-    Size,
-    file_name_of,
-    normalize,
-    train_transform,
-    validate_example,
-)
+from icnet_jax.data.augment import file_name_of, normalize, train_transform, validate_example
+from icnet_jax.data.input_spec import InputSpec
 
 # Tags that split one user seed into independent streams for the shuffle and the augmentation.
 _SHUFFLE_STREAM = 0
@@ -115,19 +110,12 @@ class _GlobalStreamExample:
 
 def train_dataset(
     source: RandomAccessDataSource,
+    spec: InputSpec,
     *,
     global_batch_size: int,
     process_index: int,
     process_count: int,
-    crop_size: Size,
-    scale_range: tuple[float, float],
-    mirror: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
-    bgr: bool,
-    ignore_label: int,
     seed: int,
-    photometric: bool = False,
     worker_count: int = 0,
     read_threads: int = 1,
 ) -> grain.DatasetIterator:
@@ -145,11 +133,10 @@ def train_dataset(
 
     Args:
       source: random-access examples (see the module docstring).
+      spec: the augmentation and normalisation (`augment.train_transform`).
       global_batch_size: examples per step over all hosts.
       process_index, process_count: this host and the number of hosts (`jax.process_index()`,
         `jax.process_count()`).
-      crop_size, scale_range, mirror, mean, std, bgr, ignore_label, photometric: see
-        `augment.train_transform`.
       seed: any non-negative int; the same seed gives the same batches.
       worker_count: grain worker processes (0: work in this process).
       read_threads: threads per process, each building whole batches ahead of time; each
@@ -174,17 +161,7 @@ def train_dataset(
         raise ValueError(
             f"{len(source)} examples give fewer than one global batch of {global_batch_size}"
         )
-    transform = functools.partial(
-        train_transform,
-        crop_size=crop_size,
-        scale_range=scale_range,
-        mirror=mirror,
-        mean=tuple(mean),
-        std=tuple(std),
-        bgr=bgr,
-        ignore_label=ignore_label,
-        photometric=photometric,
-    )
+    transform = functools.partial(train_transform, spec=spec)
     example_at = _GlobalStreamExample(
         source,
         transform,
@@ -197,6 +174,12 @@ def train_dataset(
     # position to `map_with_index`, which maps it to the global stream.
     ds = grain.MapDataset.range(steps_per_epoch * batch).repeat().map_with_index(example_at)
     ds = ds.batch(batch, drop_remainder=True)
+    return _iterate(ds, worker_count=worker_count, read_threads=read_threads)
+
+
+def _iterate(ds: grain.MapDataset, *, worker_count: int, read_threads: int):
+    """An iterator over `ds` read by `read_threads` threads in each of `worker_count` worker
+    processes (0: this process)."""
     # grain's default read options (16 threads, 500 elements ahead) would hold hundreds of
     # full-size batches in memory.
     read_options = grain.ReadOptions(
@@ -214,10 +197,8 @@ def train_dataset(
     return iter(iter_ds)
 
 
-def eval_transform(
-    example: Mapping[str, Any], *, mean: Sequence[float], std: Sequence[float], bgr: bool
-) -> dict[str, Any]:
-    """One evaluation example at native resolution, no augmentation.
+def eval_transform(example: Mapping[str, Any], spec: InputSpec) -> dict[str, Any]:
+    """One evaluation example at native resolution, no augmentation, normalised as `spec` says.
 
     Returns:
       `{'image': float32 [H, W, 3] (see `augment.normalize`), 'label': int32 [H, W],
@@ -225,20 +206,14 @@ def eval_transform(
     """
     image, label = validate_example(example)
     return {
-        "image": normalize(image, mean, std, bgr),
+        "image": normalize(image, spec.mean, spec.std, spec.bgr),
         "label": label.astype(np.int32),
         "file_name": file_name_of(example),
     }
 
 
 def eval_dataset(
-    source: RandomAccessDataSource,
-    *,
-    process_index: int,
-    process_count: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    bgr: bool,
+    source: RandomAccessDataSource, spec: InputSpec, *, process_index: int, process_count: int
 ) -> grain.IterDataset:
     """This host's evaluation examples, unbatched, in source order.
 
@@ -250,7 +225,7 @@ def eval_dataset(
       A re-iterable grain dataset of `eval_transform` outputs (one example prepared ahead).
     """
     _check_process(process_index, process_count)
-    transform = functools.partial(eval_transform, mean=tuple(mean), std=tuple(std), bgr=bgr)
+    transform = functools.partial(eval_transform, spec=spec)
     ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
     # Full-resolution float32 examples are large: read one ahead, not grain's default 500.
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))

@@ -76,32 +76,57 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
       label: uint8 ``[height, width]`` class ids in ``[0, 9)`` (see ``labels.STREET_CLASSES``).
     """
     rng = np.random.default_rng([seed, index])
-    h, w = height, width
-    c = _Canvas(h, w)
-    # Pixel sizes below are designed at 256 rows and scaled with the image.
-    unit = h / 256.0
-
-    horizon = h * rng.uniform(0.38, 0.5)
-    vp_x = w * rng.uniform(0.4, 0.6)
-
-    def depth_scale(y: float) -> float:
-        """Apparent size at image row y relative to the bottom row (0 at the horizon)."""
-        return max(0.0, (y - horizon) / (h - horizon))
-
-    # Sky: vertical gradient, daytime blue to hazy white.
-    top, bottom = _jitter(rng, (90, 140, 210), 15), _jitter(rng, (190, 210, 230), 12)
-    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    c.image[:] = np.clip(top * (1 - t) + bottom * t, 0, 255).astype(np.uint8)
-    c.label[:] = SKY
-
-    # Building facades along both sides, standing on the horizon line's far end and growing
-    # toward the viewer; windows are texture only (still building).
+    # The draws happen in this order (the scene of an index depends on it).
+    scene = _Scene(rng, height, width)
+    scene.sky()
     for side in (-1, 1):
-        x = vp_x
+        scene.facades(side)
+    scene.trees()
+    scene.ground()
+    scene.objects()
+    c = scene.canvas
+    return _finish(rng, c.image, c.label), c.label
+
+
+class _Scene:
+    """One scene being drawn: its random source, canvas and perspective (horizon, vanishing
+    point, road edges)."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
+        self.rng, self.h, self.w = rng, height, width
+        self.canvas = _Canvas(height, width)
+        # Pixel sizes below are designed at 256 rows and scaled with the image.
+        self.unit = height / 256.0
+        self.horizon = height * rng.uniform(0.38, 0.5)
+        self.vp_x = width * rng.uniform(0.4, 0.6)
+        self.road_half = self.kerb = 0.0  # drawn by `ground`
+
+    def depth_scale(self, y: float) -> float:
+        """Apparent size at image row y relative to the bottom row (0 at the horizon)."""
+        return max(0.0, (y - self.horizon) / (self.h - self.horizon))
+
+    def edge_x(self, y: float, side: int, offset: float) -> float:
+        """x of the road edge at row y, pushed ``offset`` (in near-pixels) onto the sidewalk."""
+        s = self.depth_scale(y)
+        return self.vp_x + side * (self.road_half + offset * self.kerb) * s
+
+    def sky(self) -> None:
+        """Vertical gradient, daytime blue to hazy white."""
+        rng, c = self.rng, self.canvas
+        top, bottom = _jitter(rng, (90, 140, 210), 15), _jitter(rng, (190, 210, 230), 12)
+        t = np.linspace(0.0, 1.0, self.h, dtype=np.float32)[:, None, None]
+        c.image[:] = np.clip(top * (1 - t) + bottom * t, 0, 255).astype(np.uint8)
+        c.label[:] = SKY
+
+    def facades(self, side: int) -> None:
+        """Building facades along one side, standing on the horizon line's far end and growing
+        toward the viewer; windows are texture only (still building)."""
+        rng, c, h, w, horizon = self.rng, self.canvas, self.h, self.w, self.horizon
+        x = self.vp_x
         while 0 <= x <= w:
             seg = w * rng.uniform(0.05, 0.18)
             x_next = x + side * seg
-            near = abs(x_next - vp_x) / (w / 2)
+            near = abs(x_next - self.vp_x) / (w / 2)
             roof = horizon - h * rng.uniform(0.1, 0.3) * (0.4 + near)
             colour = _jitter(
                 rng, rng.choice([(150, 120, 100), (120, 120, 125), (170, 160, 140)]), 18
@@ -109,7 +134,7 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
             x0, x1 = sorted((x, x_next))
             c.rect(x0, roof, x1, horizon + 2, BUILDING, colour)
             win = colour * rng.uniform(0.45, 0.7)
-            step = max(3.0, 8 * unit * (0.4 + near))
+            step = max(3.0, 8 * self.unit * (0.4 + near))
             for wy in np.arange(roof + step / 2, horizon - step, step * 1.6):
                 for wx in np.arange(x0 + step / 2, x1 - step, step * 1.5):
                     c.image[int(wy) : int(wy + step * 0.7), int(wx) : int(wx + step * 0.6)] = _rgb(
@@ -117,105 +142,113 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
                     )
             x = x_next
 
-    # Trees: blobs of foliage in front of the facades, a few of them also over the sidewalk.
-    for _ in range(rng.integers(3, 9)):
-        tx = rng.uniform(0, w)
-        s = max(0.15, abs(tx - vp_x) / (w / 2))
-        ty = horizon - h * rng.uniform(0.0, 0.12) * s
-        green = _jitter(rng, (70, 110, 45), 15)
-        for _ in range(4):
-            c.ellipse(
-                tx + rng.normal(0, 12 * unit * s),
-                ty + rng.normal(0, 8 * unit * s),
-                rng.uniform(14, 36) * unit * s,
-                rng.uniform(10, 26) * unit * s,
-                VEGETATION,
-                green + rng.normal(0, 8, 3),
-            )
+    def trees(self) -> None:
+        """Blobs of foliage in front of the facades, a few of them also over the sidewalk."""
+        rng, unit = self.rng, self.unit
+        for _ in range(rng.integers(3, 9)):
+            tx = rng.uniform(0, self.w)
+            s = max(0.15, abs(tx - self.vp_x) / (self.w / 2))
+            ty = self.horizon - self.h * rng.uniform(0.0, 0.12) * s
+            green = _jitter(rng, (70, 110, 45), 15)
+            for _ in range(4):
+                self.canvas.ellipse(
+                    tx + rng.normal(0, 12 * unit * s),
+                    ty + rng.normal(0, 8 * unit * s),
+                    rng.uniform(14, 36) * unit * s,
+                    rng.uniform(10, 26) * unit * s,
+                    VEGETATION,
+                    green + rng.normal(0, 8, 3),
+                )
 
-    # Ground: sidewalks fill the lower image, the road is a wedge from the vanishing point.
-    road_half = w * rng.uniform(0.3, 0.45)
-    kerb = w * rng.uniform(0.15, 0.3)
-    walk = _jitter(rng, (165, 155, 150), 12)
-    c.poly(np.array([[0, horizon], [w, horizon], [w, h], [0, h]]), SIDEWALK, walk)
-    road_colour = _jitter(rng, (95, 90, 95), 10)
-    road = np.array(
-        [[vp_x - 1, horizon], [vp_x + 1, horizon], [vp_x + road_half, h], [vp_x - road_half, h]]
-    )
-    c.poly(road, ROAD, road_colour)
-    # Dashed centre line: texture of the road class.
-    for y0 in np.arange(horizon + 4, h, 18 * unit):
-        s0, s1 = depth_scale(y0), depth_scale(y0 + 8 * unit)
-        c.image[
-            int(y0) : int(y0 + 8 * unit * max(s0, 0.2)) + 1,
-            int(vp_x - 2 * s0 * unit) : int(vp_x + 2 * s1 * unit) + 1,
-        ] = (220, 220, 210)
+    def ground(self) -> None:
+        """Sidewalks fill the lower image, the road is a wedge from the vanishing point."""
+        rng, c, h, w, horizon, vp_x, unit = (
+            self.rng, self.canvas, self.h, self.w, self.horizon, self.vp_x, self.unit
+        )  # fmt: skip
+        self.road_half = road_half = w * rng.uniform(0.3, 0.45)
+        self.kerb = w * rng.uniform(0.15, 0.3)
+        walk = _jitter(rng, (165, 155, 150), 12)
+        c.poly(np.array([[0, horizon], [w, horizon], [w, h], [0, h]]), SIDEWALK, walk)
+        road_colour = _jitter(rng, (95, 90, 95), 10)
+        road = np.array(
+            [[vp_x - 1, horizon], [vp_x + 1, horizon], [vp_x + road_half, h], [vp_x - road_half, h]]
+        )
+        c.poly(road, ROAD, road_colour)
+        # Dashed centre line: texture of the road class.
+        for y0 in np.arange(horizon + 4, h, 18 * unit):
+            s0, s1 = self.depth_scale(y0), self.depth_scale(y0 + 8 * unit)
+            c.image[
+                int(y0) : int(y0 + 8 * unit * max(s0, 0.2)) + 1,
+                int(vp_x - 2 * s0 * unit) : int(vp_x + 2 * s1 * unit) + 1,
+            ] = (220, 220, 210)
 
-    def edge_x(y: float, side: int, offset: float) -> float:
-        """x of the road edge at row y, pushed ``offset`` (in near-pixels) onto the sidewalk."""
-        s = depth_scale(y)
-        return vp_x + side * (road_half + offset * kerb) * s
+    def objects(self) -> None:
+        """Small objects at random depths; far ones first so near ones are drawn over them."""
+        rng = self.rng
+        objects = []
+        for _ in range(rng.integers(4, 9)):
+            objects.append(("pole", rng.uniform(0.12, 1.0) ** 1.2))
+        for _ in range(rng.integers(2, 7)):
+            objects.append(("person", rng.uniform(0.12, 1.0) ** 1.2))
+        for _ in range(rng.integers(1, 4)):
+            objects.append(("bicycle", rng.uniform(0.15, 1.0) ** 1.2))
+        objects.sort(key=lambda o: o[1])
+        draw = {"pole": self.pole, "person": self.person, "bicycle": self.bicycle}
+        for kind, s in objects:
+            y = self.horizon + s * (self.h - self.horizon)
+            side = int(rng.choice([-1, 1]))
+            draw[kind](y, side, s)
 
-    # Small objects at random depths; far ones first so near ones are drawn over them.
-    objects = []
-    for _ in range(rng.integers(4, 9)):
-        objects.append(("pole", rng.uniform(0.12, 1.0) ** 1.2))
-    for _ in range(rng.integers(2, 7)):
-        objects.append(("person", rng.uniform(0.12, 1.0) ** 1.2))
-    for _ in range(rng.integers(1, 4)):
-        objects.append(("bicycle", rng.uniform(0.15, 1.0) ** 1.2))
-    objects.sort(key=lambda o: o[1])
-    for kind, s in objects:
-        y = horizon + s * (h - horizon)
-        side = int(rng.choice([-1, 1]))
-        if kind == "pole":
-            x = edge_x(y, side, rng.uniform(0.05, 0.3))
-            height_px = 120 * unit * s
-            thick = max(1, round(5 * unit * s))
-            grey = _jitter(rng, (110, 110, 115), 20)
-            c.rect(x - thick / 2, y - height_px, x + thick / 2, y, POLE, grey)
-            if rng.random() < 0.6:
-                sw = max(2.0, 14 * unit * s)
-                sy = y - height_px + rng.uniform(0, 0.2) * height_px
-                sign_colour = rng.choice([(200, 30, 30), (30, 60, 190), (230, 200, 20)])
-                if rng.random() < 0.5:
-                    c.ellipse(x, sy, sw / 2, sw / 2, SIGN, _jitter(rng, sign_colour, 15))
-                else:
-                    c.rect(
-                        x - sw / 2,
-                        sy - sw / 2,
-                        x + sw / 2,
-                        sy + sw / 2,
-                        SIGN,
-                        _jitter(rng, sign_colour, 15),
-                    )
-        elif kind == "person":
-            x = edge_x(y, side, rng.uniform(0.1, 0.9))
-            ph = 60 * unit * s
-            bw = max(1.5, ph * 0.22)
-            cloth = rng.uniform(20, 230, 3)
-            c.rect(x - bw / 2, y - ph * 0.85, x + bw / 2, y - ph * 0.45, PERSON, cloth)
-            leg = max(1, round(bw * 0.35))
-            legs = _jitter(rng, (50, 50, 70), 15)
-            c.line((x - bw / 4, y - ph * 0.45), (x - bw / 3, y), leg, PERSON, legs)
-            c.line((x + bw / 4, y - ph * 0.45), (x + bw / 3, y), leg, PERSON, legs)
-            skin = _jitter(rng, (200, 160, 130), 25)
-            c.ellipse(x, y - ph * 0.92, bw * 0.4, ph * 0.08, PERSON, skin)
-        else:
-            x = edge_x(y, side, rng.uniform(-0.35, -0.05))
-            r = max(1.5, 11 * unit * s)
-            thick = max(1, round(2.5 * unit * s))
-            frame = _jitter(rng, rng.choice([(30, 30, 30), (160, 20, 20), (20, 80, 160)]), 15)
-            back, front = (x - 1.4 * r, y - r), (x + 1.4 * r, y - r)
-            seat = (x - 0.4 * r, y - 2.2 * r)
-            c.ring(*back, r, thick, BICYCLE, frame)
-            c.ring(*front, r, thick, BICYCLE, frame)
-            c.line(back, seat, thick, BICYCLE, frame)
-            c.line(seat, (x + 1.1 * r, y - 2.3 * r), thick, BICYCLE, frame)
-            c.line((x + 1.1 * r, y - 2.3 * r), front, thick, BICYCLE, frame)
-            c.line(back, (x + 0.2 * r, y - r), thick, BICYCLE, frame)
+    def pole(self, y: float, side: int, s: float) -> None:
+        """A pole standing at row y, with a round or square sign on 60% of them."""
+        rng, c, unit = self.rng, self.canvas, self.unit
+        x = self.edge_x(y, side, rng.uniform(0.05, 0.3))
+        height_px = 120 * unit * s
+        thick = max(1, round(5 * unit * s))
+        grey = _jitter(rng, (110, 110, 115), 20)
+        c.rect(x - thick / 2, y - height_px, x + thick / 2, y, POLE, grey)
+        if rng.random() < 0.6:
+            sw = max(2.0, 14 * unit * s)
+            sy = y - height_px + rng.uniform(0, 0.2) * height_px
+            sign_colour = rng.choice([(200, 30, 30), (30, 60, 190), (230, 200, 20)])
+            if rng.random() < 0.5:
+                c.ellipse(x, sy, sw / 2, sw / 2, SIGN, _jitter(rng, sign_colour, 15))
+            else:
+                c.rect(
+                    x - sw / 2, sy - sw / 2, x + sw / 2, sy + sw / 2, SIGN,
+                    _jitter(rng, sign_colour, 15),
+                )  # fmt: skip
 
-    return _finish(rng, c.image, c.label), c.label
+    def person(self, y: float, side: int, s: float) -> None:
+        """A person (body, legs, head) standing at row y on the sidewalk."""
+        rng, c = self.rng, self.canvas
+        x = self.edge_x(y, side, rng.uniform(0.1, 0.9))
+        ph = 60 * self.unit * s
+        bw = max(1.5, ph * 0.22)
+        cloth = rng.uniform(20, 230, 3)
+        c.rect(x - bw / 2, y - ph * 0.85, x + bw / 2, y - ph * 0.45, PERSON, cloth)
+        leg = max(1, round(bw * 0.35))
+        legs = _jitter(rng, (50, 50, 70), 15)
+        c.line((x - bw / 4, y - ph * 0.45), (x - bw / 3, y), leg, PERSON, legs)
+        c.line((x + bw / 4, y - ph * 0.45), (x + bw / 3, y), leg, PERSON, legs)
+        skin = _jitter(rng, (200, 160, 130), 25)
+        c.ellipse(x, y - ph * 0.92, bw * 0.4, ph * 0.08, PERSON, skin)
+
+    def bicycle(self, y: float, side: int, s: float) -> None:
+        """A bicycle (two wheels, a frame) at row y, at the road's edge."""
+        rng, c = self.rng, self.canvas
+        x = self.edge_x(y, side, rng.uniform(-0.35, -0.05))
+        r = max(1.5, 11 * self.unit * s)
+        thick = max(1, round(2.5 * self.unit * s))
+        frame = _jitter(rng, rng.choice([(30, 30, 30), (160, 20, 20), (20, 80, 160)]), 15)
+        back, front = (x - 1.4 * r, y - r), (x + 1.4 * r, y - r)
+        seat = (x - 0.4 * r, y - 2.2 * r)
+        c.ring(*back, r, thick, BICYCLE, frame)
+        c.ring(*front, r, thick, BICYCLE, frame)
+        c.line(back, seat, thick, BICYCLE, frame)
+        c.line(seat, (x + 1.1 * r, y - 2.3 * r), thick, BICYCLE, frame)
+        c.line((x + 1.1 * r, y - 2.3 * r), front, thick, BICYCLE, frame)
+        c.line(back, (x + 0.2 * r, y - r), thick, BICYCLE, frame)
 
 
 def _finish(rng: np.random.Generator, image: np.ndarray, label: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import functools
 import json
 import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -140,6 +140,13 @@ def sum_over_hosts(tree: Any) -> Any:
     return jax.tree.map(functools.partial(np.sum, axis=0), gathered)
 
 
+class PredictionWriter(Protocol):
+    """What the loop hands each prediction to (region analysis, pictures, a submission)."""
+
+    def add(self, example: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> None:
+        """Takes one example and its `{branch: [H, W] class ids}`, in order, on this host."""
+
+
 def evaluate_examples(
     step: Callable[[Any, Array, Array], tuple[dict[str, Array], dict[str, Array]]],
     variables: Any,
@@ -147,7 +154,7 @@ def evaluate_examples(
     class_names: Sequence[str],
     branches: Sequence[str],
     *,
-    on_prediction: Callable[[Mapping[str, Any], dict[str, np.ndarray]], None] | None = None,
+    writers: Sequence[PredictionWriter] = (),
     devices: Sequence[jax.Device] | None = None,
     num_examples: int | None = None,
     progress: bool = True,
@@ -161,8 +168,8 @@ def evaluate_examples(
     Args:
       examples: `{'image': float32 [H, W, 3], 'label': int [H, W], ...}` (`pipeline.eval_dataset`).
       branches: the step's branch names; every host reports each (zeros where it had no example).
-      on_prediction: called on this host, in order, with each example and its
-        `{branch: [H, W] class ids}` (region analysis, saving predictions).
+      writers: each gets every example of this host and its predictions, in order (`add`);
+        their creator closes them.
     Returns:
       `{branch: segmentation_metrics + 'confusion' (int64, summed over all hosts)}`.
     """
@@ -179,8 +186,10 @@ def evaluate_examples(
             if name not in totals:
                 raise ValueError(f"the step gave branch {name!r}, not among {list(branches)}")
             totals[name] += np.asarray(confusion, np.int64)
-        if on_prediction is not None:
-            on_prediction(example, {k: np.asarray(v)[0] for k, v in predictions.items()})
+        if writers:
+            images = {k: np.asarray(v)[0] for k, v in predictions.items()}
+            for writer in writers:
+                writer.add(example, images)
 
     bar = tqdm(examples, total=num_examples, desc="evaluating", disable=not progress)
     for i, example in enumerate(bar):

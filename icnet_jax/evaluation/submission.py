@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,11 +28,13 @@ _CITYSCAPES_STEM = re.compile(r"^([A-Za-z-]+)_(\d+)_(\d+)$")
 
 
 class SubmissionWriter:
-    """Writes one label PNG per image into `out_dir`, in `dataset`'s server format."""
+    """Writes one label PNG per image into `out_dir`, in `dataset`'s server format; handed to the
+    evaluation loop, it writes the predictions of `branch`."""
 
-    def __init__(self, dataset: str, out_dir: str | pathlib.Path):
+    def __init__(self, dataset: str, out_dir: str | pathlib.Path, *, branch: str = "sub124"):
         self.dataset = dataset
         self.out_dir = pathlib.Path(out_dir)
+        self.branch = branch
         self.written: dict[str, str] = {}  # output name -> the example it came from
         try:  # now, not at the first image after compiling
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,3 +74,15 @@ class SubmissionWriter:
         if self.dataset == "cityscapes":
             ids = L.CITYSCAPES_TRAIN_TO_LABEL_ID[ids]
         return write_png(self.out_dir / name, ids)
+
+    def add(self, example: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> None:
+        """Writes the prediction of `branch` for `example` (`loop.PredictionWriter`)."""
+        self.write(example.get("file_name", "<unnamed>"), predictions[self.branch])
+
+    def close(self) -> str:
+        """A line to print: how many predictions were written where."""
+        zip_hint = ": zip its contents to submit" * (self.dataset == "cityscapes")
+        return (
+            f"{len(self.written)} predictions ({self.branch}, {self.label_encoding}) "
+            f"in {self.out_dir}{zip_hint}"
+        )

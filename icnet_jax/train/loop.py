@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from icnet_jax import config_checks, errors
 from icnet_jax.data import class_stats, datasets, pipeline
+from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop as eval_lib
 from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
     TrainState,
@@ -132,18 +133,16 @@ def evaluate_split(
     """Every branch of the model evaluated on `split` (whole images), by `evaluate.py`'s path."""
     source, _ = datasets.config_source(config, split)
     model = inference_model(config, num_classes)
-    eval_size = tuple(config.input.eval_size) if config.input.eval_size else None
+    spec = InputSpec.from_config(config)
     step = eval_lib.make_step(
         model,
         num_classes,
-        eval_size=eval_size,
+        eval_size=spec.eval_size,
         align_corners=config.model.align_corners,
-        ignore_label=config.ignore_label,
+        ignore_label=spec.ignore_label,
     )
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    examples = pipeline.eval_dataset(
-        source, mean=config.input.mean, std=config.input.std, bgr=config.input.bgr, **kw
-    )
+    examples = pipeline.eval_dataset(source, spec, **kw)
     return eval_lib.evaluate_examples(
         step,
         variables,
@@ -246,17 +245,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     iterator = pipeline.train_dataset(
         source,
+        InputSpec.from_config(config),
         global_batch_size=config.batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        crop_size=crop,
-        scale_range=config.input.scale_range,
-        mirror=config.input.mirror,
-        photometric=config.input.photometric,
-        mean=config.input.mean,
-        std=config.input.std,
-        bgr=config.input.bgr,
-        ignore_label=config.ignore_label,
         seed=config.seed,
         worker_count=config.input.worker_count,
     )
