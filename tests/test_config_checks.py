@@ -15,12 +15,13 @@ from icnet_jax.models import backbone, icnet, pspnet
 from icnet_jax.tools import prune
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = [*default.ABLATIONS, *default.RECIPES]
 CONFIG_VARIANTS = {
-    "cityscapes": ["trainval90k", *default.VARIANTS],
-    "camvid": ["cpu", "cpu+compress_full", "cpu+compress_half", *default.VARIANTS],
-    "coco_stuff": list(default.VARIANTS),
-    "custom": list(default.VARIANTS),
-    "quickstart": list(default.VARIANTS),
+    "cityscapes": ["trainval90k", *SHARED],
+    "camvid": ["cpu", "cpu+compress_full", "cpu+compress_half", *SHARED],
+    "coco_stuff": SHARED,
+    "custom": SHARED,
+    "quickstart": SHARED,
 }
 
 
