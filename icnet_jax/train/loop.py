@@ -3,6 +3,7 @@ state a config describes are in `state.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -186,11 +187,24 @@ def _model_description(config: ml_collections.ConfigDict, num_classes: int) -> s
     return WeightsSpec.from_config(config, num_classes).describe()
 
 
+@dataclasses.dataclass
+class _Start:
+    """Where training starts: the state (not yet replicated), the data iterator's saved position
+    (None: from the beginning) and the checkpoint manager of the workdir."""
+
+    step: int
+    state: TrainState
+    data_state: Any
+    manager: Any
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from the latest checkpoint in `workdir`), then evaluates every branch.
 
-    Returns the final evaluation `{branch: metrics}` (empty without an eval split).
+    Returns the final evaluation `{branch: metrics}` (empty without an eval split, or when the
+    workdir's checkpoint is already at `config.num_steps`).
     Raises:
+      errors.UserError: a config, split, path or workdir that cannot be used (nothing written).
       checkpoints.CheckpointMismatchError: the workdir holds another model (nothing written).
       run_control.Stopped: SIGTERM/SIGINT; the step reached was checkpointed (run again).
       NonFiniteLossError: the loss became NaN or infinite.
@@ -200,49 +214,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_config(config)
     finetune.check_resume(workdir, config)  # the saved weights settings, before any write
     datasets.check_splits(config)
-    config_dict = json.loads(config.to_json())
     source, info = datasets.config_source(config, config.dataset.train_split)
     # Counts the classes' pixels once (stored with the data) and checks explicit weights.
     class_stats.weights_from_config(config, info.num_classes)
-    model = create_model(config, info.num_classes, axis_name=AXIS)
-    tx = create_optimizer(config)
-    rng = jax.random.PRNGKey(config.seed)
-    crop = tuple(config.input.crop_size)
-    abstract = jax.eval_shape(
-        functools.partial(create_train_state, model=model, tx=tx, image_size=crop), rng
-    )
-
-    # Nothing is created in the workdir before its checkpoints and init_checkpoint are checked.
-    restored, manager = None, None
-    if (workdir / "checkpoints").is_dir():
-        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-        restored = checkpoints.restore_latest(
-            manager, abstract, expected=_model_description(config, info.num_classes)
-        )
-    data_state = None
-    if restored:
-        start, state, data_state = restored
-        if start >= config.num_steps:  # nothing to train: nothing written, no metrics relabelled
-            manager.close()
-            print(run_control.trained_already(start, config.num_steps, manager.directory))
-            return {}
-        print(f"resuming from step {start} in {manager.directory}")
-    else:
-        if config.init_checkpoint:  # before compiling anything
-            finetune.check_fits(abstract, config.init_checkpoint, config)
-        start, state = 0, create_train_state(rng, model, tx, crop)
-        if config.get("init_backbone"):  # an ImageNet ResNet-50 into the trunk
-            state, _ = pretrained.load_backbone(state, config.init_backbone, config)
-        if config.init_checkpoint:
-            # Converted release weights, a pruned model or another run; classifiers of another
-            # shape (number of classes) keep their fresh initialisation.
-            state, _ = finetune.load_pretrained(state, config.init_checkpoint, config=config)
-    if manager is None:
-        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+    start = _start(config, workdir, info.num_classes)
+    if start is None:
+        return {}
+    config_dict = json.loads(config.to_json())
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
-
     iterator = pipeline.train_dataset(
         source,
         InputSpec.from_config(config),
@@ -252,46 +233,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         seed=config.seed,
         worker_count=config.input.worker_count,
     )
-    if data_state:
-        iterator.set_state(data_state)
+    if start.data_state:
+        iterator.set_state(start.data_state)
+    writer = run_control.MetricsWriter(workdir, start.step)
+    try:
+        state = _train(config, start, iterator, writer, config_dict, info, workdir)
+    except BaseException:
+        writer.close()
+        raise
+    results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
+    writer.close()
+    return results
 
-    state = replicate(state)
-    p_train_step = make_train_step(config, num_classes=info.num_classes)
-    writer = run_control.MetricsWriter(workdir, start)
-    history: list[tuple[int, dict]] = []
-    last_time, last_step = time.time(), start
-    bar = tqdm(
-        total=config.num_steps, initial=start, desc="training", disable=jax.process_index() != 0
+
+def _start(config: ml_collections.ConfigDict, workdir: pathlib.Path, num_classes: int):
+    """The latest checkpoint of `workdir`, else a fresh state (with `init_backbone` and
+    `init_checkpoint` loaded); None when the checkpoint is already at `config.num_steps`.
+
+    Nothing is created in the workdir before its checkpoints and init_checkpoint are checked.
+    """
+    model = create_model(config, num_classes, axis_name=AXIS)
+    tx = create_optimizer(config)
+    rng = jax.random.PRNGKey(config.seed)
+    crop = tuple(config.input.crop_size)
+    abstract = jax.eval_shape(
+        functools.partial(create_train_state, model=model, tx=tx, image_size=crop), rng
     )
+    manager = None
+    if (workdir / "checkpoints").is_dir():
+        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+        restored = checkpoints.restore_latest(
+            manager, abstract, expected=_model_description(config, num_classes)
+        )
+        if restored:
+            step, state, data_state = restored
+            if step >= config.num_steps:  # nothing to train: nothing written or relabelled
+                manager.close()
+                print(run_control.trained_already(step, config.num_steps, manager.directory))
+                return None
+            print(f"resuming from step {step} in {manager.directory}")
+            return _Start(step, state, data_state, manager)
+    if config.init_checkpoint:  # before compiling anything
+        finetune.check_fits(abstract, config.init_checkpoint, config)
+    state = create_train_state(rng, model, tx, crop)
+    if config.get("init_backbone"):  # an ImageNet ResNet-50 into the trunk
+        state, _ = pretrained.load_backbone(state, config.init_backbone, config)
+    if config.init_checkpoint:
+        # Converted release weights, a pruned model or another run; classifiers of another
+        # shape (number of classes) keep their fresh initialisation.
+        state, _ = finetune.load_pretrained(state, config.init_checkpoint, config=config)
+    if manager is None:
+        manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+    return _Start(0, state, None, manager)
+
+
+def _train(config, start: _Start, iterator, writer, config_dict, info, workdir) -> TrainState:
+    """Steps `start.step + 1 ... config.num_steps`: logs, checkpoints, evaluates on the way.
+
+    Returns the replicated final state.
+    """
+    state = replicate(start.state)
+    p_train_step = make_train_step(config, num_classes=info.num_classes)
+    log = _Log(config, writer, start.step)
+    manager = start.manager
     try:
         with run_control.StopSignals() as signals:
-            for step in range(start + 1, config.num_steps + 1):
+            for step in range(start.step + 1, config.num_steps + 1):
                 state, metrics = p_train_step(state, shard(next(iterator)))
-                history.append((step, metrics))
                 stop = signals.stop_at(step, manager)
                 at_checkpoint = (
                     step % config.checkpoint_every == 0 or step == config.num_steps or stop
                 )
-                if step % config.log_every == 0 or at_checkpoint:
-                    history = [(s, jax.device_get(m)) for s, m in history]
-                    _check_finite(history)
-                    now = time.time()
-                    images_per_s = (
-                        (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
-                    )
-                    last_time, last_step = now, step
-                    scalars = {k: float(v) for k, v in history[-1][1].items()}
-                    scalars["images_per_s"] = images_per_s
-                    writer.write(step, scalars)
-                    bar.set_postfix(
-                        {
-                            k.removeprefix("loss_"): f"{v:.3f}"
-                            for k, v in scalars.items()
-                            if k.startswith("loss_")
-                        }
-                        | {"lr": f"{scalars['lr']:.2e}", "img/s": f"{images_per_s:.1f}"}
-                    )
-                    history = []
+                log.add(step, metrics, flush=step % config.log_every == 0 or at_checkpoint)
                 if at_checkpoint:
                     if not _all_finite(state.params):
                         raise NonFiniteLossError(
@@ -299,21 +312,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             "stopped, the last good checkpoint is kept (lower config.optim.lr)"
                         )
                     checkpoints.save(manager, step, state, iterator.get_state(), config_dict)
-                bar.update(1)
                 if stop:
                     raise run_control.Stopped(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
                     _evaluate_and_log(config, state, info, writer, step, workdir)
-    except BaseException:
-        writer.close()
-        raise
     finally:
-        bar.close()
+        log.close()
         checkpoints.finish(manager)
+    return state
 
-    results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
-    writer.close()
-    return results
+
+class _Log:
+    """The progress bar and the metrics writer, fed each step's (on-device) metrics; fetches
+    and checks them only every `log_every` steps, so that the devices never wait."""
+
+    def __init__(self, config: ml_collections.ConfigDict, writer, start: int):
+        self.batch_size = config.batch_size
+        self.writer = writer
+        self.history: list[tuple[int, dict]] = []
+        self.last_time, self.last_step = time.time(), start
+        self.bar = tqdm(
+            total=config.num_steps, initial=start, desc="training", disable=jax.process_index() != 0
+        )
+
+    def add(self, step: int, metrics: dict, flush: bool) -> None:
+        self.history.append((step, metrics))
+        if flush:
+            history = [(s, jax.device_get(m)) for s, m in self.history]
+            self.history = []
+            _check_finite(history)
+            now = time.time()
+            images_per_s = (
+                (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+            )
+            self.last_time, self.last_step = now, step
+            scalars = {k: float(v) for k, v in history[-1][1].items()}
+            scalars["images_per_s"] = images_per_s
+            self.writer.write(step, scalars)
+            losses = {
+                k.removeprefix("loss_"): f"{v:.3f}"
+                for k, v in scalars.items()
+                if k.startswith("loss_")
+            }
+            self.bar.set_postfix(
+                losses | {"lr": f"{scalars['lr']:.2e}", "img/s": f"{images_per_s:.1f}"}
+            )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _evaluate_and_log(config, state, info, writer, step, workdir) -> dict[str, Any]:
