@@ -15,6 +15,13 @@ The palette and class names are those of the checkpoint's dataset (`config.datas
 cityscapes, camvid, coco_stuff, street), else a generated palette with as many colours as the
 checkpoint's classifier has classes. `--branch` picks ICNet's output (sub4, sub24, sub124).
 
+`--backend=onnxruntime` runs the network on onnxruntime (CPU; the extras of
+requirements-export.txt): exported to ONNX once per network input size and cached under
+`<workdir>/export/` (`icnet_jax/inference/onnx_backend.py`); the labels agree with JAX's.
+`--dtype=int8` quantises that export (static, QDQ, per channel), calibrated on
+`--calibration_images` training images of the checkpoint's dataset (`--config.dataset.*` says
+where it is prepared).
+
 A file that cannot be read or segmented is named, skipped, and the rest processed; a summary at
 the end counts the failures. Exit status: 0 when at least one input was segmented (with
 `--strict`: and none failed), 1 when every input failed (or `--strict` and any failed), 2 when
@@ -27,6 +34,7 @@ from absl import flags
 
 from icnet_jax import cli, errors
 from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import onnx_backend
 from icnet_jax.inference import predict as prediction
 from icnet_jax.models.icnet import BRANCHES
 
@@ -47,6 +55,9 @@ flags.DEFINE_string("scales", "1.0", "Comma-separated input scales whose probabi
 flags.DEFINE_float("alpha", 0.5, "Weight of the colours in the overlays.")
 flags.DEFINE_bool("recursive", False, "Also read the input folder's sub-folders.")
 flags.DEFINE_bool("strict", False, "Exit with status 1 if any input failed.")
+flags.DEFINE_enum("backend", "jax", onnx_backend.BACKENDS, "What runs the network.")
+flags.DEFINE_enum("dtype", "float32", onnx_backend.DTYPES, "int8: --backend=onnxruntime only.")
+flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8.", lower_bound=1)
 flags.DEFINE_list(
     "command_line_wins", [],
     "Config keys (e.g. input.eval_size) whose command-line value beats the checkpoint's.",
@@ -71,6 +82,7 @@ def main(argv):
         alpha=FLAGS.alpha,
         recursive=FLAGS.recursive,
         command_line_wins=FLAGS.command_line_wins,
+        backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
     )
     return summary.exit_code(FLAGS.strict)
 

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from icnet_jax.tools.export import inference_function, max_relative_error, onnx_session
+from icnet_jax.inference.export import inference_function, max_relative_error, onnx_session
 
 
 def main() -> None:

@@ -14,9 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from icnet_jax import errors
-from icnet_jax import state as state_lib
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, visualize
+from icnet_jax.inference import image_io, onnx_backend, visualize
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
@@ -92,11 +91,12 @@ class Segmenter:
         branch: str = "sub124",
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
+        backend: onnx_backend.Backend = onnx_backend.JAX,
     ) -> None:
         cfg = loaded.config
         self.config = cfg
-        self.variables = loaded.variables
-        model = state_lib.inference_model(cfg, loaded.num_classes, branch)
+        self.variables = loaded.variables if backend.name == "jax" else {}
+        model = onnx_backend.inference_network(loaded, branch, backend)
         eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._predict = test_time.make_predict_fn(
             model,
@@ -173,12 +173,14 @@ def predict(
     recursive: bool = False,
     command_line_wins: Iterable[str] = (),
     progress: bool = True,
+    backend: onnx_backend.Backend = onnx_backend.JAX,
 ) -> Summary:
     """Segments every item of `inputs` into `output` (see the module docstring).
 
     Raises:
       FileNotFoundError: `inputs` or the checkpoint does not exist.
     """
+    backend.check()
     items = collect_inputs(inputs, recursive)
     if not items:
         raise errors.UserError(
@@ -191,7 +193,7 @@ def predict(
     print(inference.describe_settings(loaded.settings))
     name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
     info = inference.dataset_info_for(name, loaded.num_classes)
-    segmenter = Segmenter(loaded, branch=branch, flip=flip, scales=scales)
+    segmenter = Segmenter(loaded, branch=branch, flip=flip, scales=scales, backend=backend)
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
