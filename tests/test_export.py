@@ -2,6 +2,7 @@
 outputs equal to JAX within 1e-4. Skipped unless the extras of requirements-export.txt are
 installed."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -179,3 +180,27 @@ def test_backend_combinations_and_missing_extras_are_one_error(monkeypatch):
     )
     with pytest.raises(errors.UserError, match=r"jax2onnx: pip install -r requirements-export"):
         Backend("onnxruntime").check()
+
+
+def test_benchmark_script_times_onnxruntime_in_float32_and_int8(tmp_path):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "benchmark.py", "--height=65", "--width=129", "--width_scale=0.125",
+        "--runs=2", "--warmup=1", "--noprogress", "--models=icnet_sub124",
+        "--backend=onnxruntime", "--dtype=int8", "--calibration_images=2", f"--json={out}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["config"]["backend"] == "onnxruntime"
+    float32, int8 = doc["results"]
+    assert (float32["dtype"], int8["dtype"]) == ("float32", "int8")
+    assert float32["backend"] == int8["backend"] == "onnxruntime"
+    for r in (float32, int8):
+        assert r["time_ms"]["median"] > 0 and r["time_ms"]["runs"] == 2
+    assert int8["speedup_vs_float32"] == pytest.approx(
+        float32["time_ms"]["median"] / int8["time_ms"]["median"]
+    )
+    assert "speedup_vs_float32" not in float32
