@@ -34,7 +34,7 @@ TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
 PLATFORMS = ("cpu", "cuda", "tpu")
 # The modules each format needs (the extras of requirements-export.txt).
-NEEDS = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnxruntime")}
+NEEDS = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
 EXTRAS = 'pip install -r requirements-export.txt && pip install --no-deps "jax2onnx>=0.17"'
 
 Apply = Callable[[Any, Any], Any]
@@ -104,20 +104,25 @@ def export_saved_model(
 def export_onnx(
     apply_fn: Apply, variables, size: tuple[int, int], output, *, opset: int = 17
 ) -> None:
-    """Writes an ONNX model `images [B, H, W, 3] -> logits [B, H, W, classes]` (B symbolic)."""
-    import jax2onnx
-
-    # onnx_ir warns once per shape-only constant it cannot type (harmless, and dozens of lines).
+    """Writes an ONNX model `images [B, H, W, 3] -> logits [B, H, W, classes]` (B symbolic), one
+    self-contained file (no `.onnx.data` beside it: it can be renamed, copied and quantised
+    alone; ICNet and PSPNet50 are far below protobuf's 2 GB)."""
+    # onnx_ir warns once per shape-only constant it cannot type, jax2onnx with a traceback per
+    # example plugin whose optional package is absent (dm_pix, equinox): harmless, many lines.
     logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)
-    jax2onnx.to_onnx(
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    import jax2onnx
+    import onnx
+
+    model = jax2onnx.to_onnx(
         lambda images: apply_fn(variables, images),
         inputs=[("B", *size, 3)],
         input_names=["images"],
         output_names=["logits"],
         opset=opset,
-        return_mode="file",
-        output_path=str(output),
+        return_mode="proto",
     )
+    onnx.save_model(model, str(output), save_as_external_data=False)
 
 
 Runner = Callable[[np.ndarray], np.ndarray]

@@ -88,6 +88,7 @@ def cached_file(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> pa
     if path.exists():
         return path
     errors.check_writable(path.parent, "the export cache folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(temporary)
