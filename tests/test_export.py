@@ -180,7 +180,7 @@ def test_backend_combinations_and_missing_extras_are_one_error(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name: None if name == "jax2onnx" else real(name)
     )
-    with pytest.raises(errors.UserError, match=r"jax2onnx: pip install -r requirements-export"):
+    with pytest.raises(errors.UserError, match=r"needs jax2onnx.*: pip install -r requirements"):
         Backend("onnxruntime").check()
 
 
