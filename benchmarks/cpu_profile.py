@@ -28,6 +28,7 @@ import numpy as np
 from icnet_jax.benchmarking.models import build_model
 
 TOP = 12  # the slowest single ops listed
+LAYERS: dict[str, str] = {}  # HLO instruction: the layer (Flax module path) it computes
 
 
 def stack_functions(hlo: str) -> dict[str, list[str]]:
@@ -86,6 +87,8 @@ def hlo_groups(hlo: str) -> dict[str, str]:
         frames = re.findall(r"stack_frame_id=(\d+)", text)
         functions = {f for frame in frames for f in stacks.get(frame, [])}
         groups[instruction] = classify(opcode, text, functions)
+        layer = re.search(r'op_name="jit\(apply\)/(?:ICNet/)?([^"]*)/[a-z_]+"', text)
+        LAYERS[instruction] = layer.group(1) if layer else ""
     return groups
 
 
@@ -128,9 +131,9 @@ def xla_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
                 op = event.name.removeprefix("end: ")
                 if op in groups:
                     totals[groups[op]] += event.duration_ns / 1e6 / runs
-                    ops[f"{groups[op].split(' ')[0]} {op}"] += event.duration_ns / 1e6 / runs
+                    ops[op] += event.duration_ns / 1e6 / runs
     for op, ms in ops.most_common(TOP):
-        print(f"  {op:44s} {ms:8.1f} ms")
+        print(f"  {groups[op][:20]:20s} {LAYERS.get(op, '')[:40]:40s} {ms:8.1f} ms")
     return dict(totals), wall * 1e3
 
 
@@ -183,7 +186,7 @@ def main() -> None:
         rng.standard_normal((1, args.height, args.width, 3), dtype=np.float32)
     )
     print(f"icnet_sub124 float32, BatchNorm folded, input {tuple(images.shape)}")
-    print(f"\nXLA: the {TOP} slowest ops (group, HLO instruction), ms per call")
+    print(f"\nXLA: the {TOP} slowest ops (group, layer), ms per call")
     show("XLA", *xla_profile(model.apply, variables, images, args.runs))
     if args.onnx:
         show("onnxruntime (by op type)", *onnx_profile(model.apply, variables, images, args.runs))
