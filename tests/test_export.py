@@ -206,3 +206,19 @@ def test_benchmark_script_times_onnxruntime_in_float32_and_int8(tmp_path):
         float32["time_ms"]["median"] / int8["time_ms"]["median"]
     )
     assert "speedup_vs_float32" not in float32
+
+
+def test_int8_calibrates_on_the_dataset_the_checkpoint_was_trained_on():
+    import types
+
+    from icnet_jax import config as default
+    from icnet_jax.inference.quantize import calibration_config
+
+    command_line = default.get_config()  # quickstart-like: another dataset than the checkpoint's
+    command_line.dataset.name = "street"
+    command_line.dataset.manual_dir = "/given/on/the/command/line"
+    saved = {"dataset": {"name": "camvid", "manual_dir": "/at/training", "data_dir": "/prepared"}}
+    config = calibration_config(types.SimpleNamespace(config=command_line, saved_config=saved))
+    assert config.dataset.name == "camvid"
+    assert config.dataset.data_dir == "/prepared"  # the command line kept the default
+    assert config.dataset.manual_dir == "/given/on/the/command/line"

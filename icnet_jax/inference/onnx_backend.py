@@ -149,10 +149,11 @@ class OnnxModel:
         from icnet_jax.inference import quantize
 
         n = self._backend.calibration_images
+        config = quantize.calibration_config(self._loaded)
         return cached_file(
             self._folder / f"{name}_int8_n{n}.onnx",
             lambda out: quantize.quantize_static(
-                float32, out, quantize.dataset_images(self._loaded.config, size, n)
+                float32, out, quantize.dataset_images(config, size, n)
             ),
         )
 

@@ -2,20 +2,37 @@
 int8 weights and activations, MinMax ranges) of the convolutions, calibrated on images
 normalised as the model expects.
 
-`dataset_images(config, size, n)` gives the calibration images of a checkpoint: `n` images of
-the training split of its dataset (`config.dataset`, read through `data.datasets`), spread evenly
-over the split, normalised as `config.input` says (`augment.normalize`) and resized to the
-network input `size` as inference resizes them (bilinear, the model's align-corners convention).
+`dataset_images(calibration_config(loaded), size, n)` gives the calibration images of a
+checkpoint: `n` images of the training split of the dataset it was trained on (read through
+`data.datasets`), spread evenly over the split, normalised as `config.input` says
+(`augment.normalize`) and resized to the network input `size` as inference resizes them
+(bilinear, the model's align-corners convention).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 
+import ml_collections
 import numpy as np
 
+from icnet_jax import config as default_config
 from icnet_jax.data import augment, datasets
+
+
+def calibration_config(loaded) -> ml_collections.ConfigDict:
+    """A loaded checkpoint's config whose `dataset` is the one it was trained on (the saved
+    config's), read from the command line's `data_dir` / `manual_dir` where those were given
+    (differ from the defaults)."""
+    merged = loaded.config.to_dict()
+    defaults = default_config.get_config().dataset
+    for key, value in loaded.saved_config.get("dataset", {}).items():
+        given = key in ("data_dir", "manual_dir") and merged["dataset"].get(key) != defaults[key]
+        if not given:
+            merged["dataset"][key] = value
+    return ml_collections.ConfigDict(merged)
 
 
 def dataset_images(config, size: tuple[int, int], n: int) -> Iterator[np.ndarray]:
@@ -51,20 +68,27 @@ def quantize_static(
             image = next(self._images, None)
             return None if image is None else {"images": image}
 
-    q.quantize_static(
-        str(model),
-        str(output),
-        Reader(),
-        quant_format=q.QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=q.QuantType.QInt8,
-        weight_type=q.QuantType.QInt8,
-        # MinMax reduces each activation to its range inside the calibration graph: memory
-        # does not grow with the image size (full-size activations are never kept).
-        calibrate_method=q.CalibrationMethod.MinMax,
-        op_types_to_quantize=list(OP_TYPES),
-        nodes_to_exclude=padded_for_max_pooling(model),
-    )
+    # onnxruntime logs advice on the root logger at every call (pre-process the model first).
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        q.quantize_static(
+            str(model),
+            str(output),
+            Reader(),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            # MinMax reduces each activation to its range inside the calibration graph: memory
+            # does not grow with the image size (full-size activations are never kept).
+            calibrate_method=q.CalibrationMethod.MinMax,
+            op_types_to_quantize=list(OP_TYPES),
+            nodes_to_exclude=padded_for_max_pooling(model),
+        )
+    finally:
+        root.setLevel(level)
 
 
 # Convolutions (and the ReLUs after them, which then vanish into the int8 range): quantising
