@@ -22,6 +22,12 @@ one forward of one model (GPU/TPU only); 'xla_estimate' is the compiled executab
 analysis, available everywhere; 'auto' (default) measures where it can. `--json=FILE` writes the
 figures and settings (schema: `icnet_jax/benchmarking/speed.py`).
 
+`--backend=onnxruntime` (the extras of requirements-export.txt) exports each network to ONNX
+(jax2onnx) and times onnxruntime on the CPU instead of JAX, same protocol (no compilation to
+leave out; no FLOPs or memory figures). `--dtype=int8` adds the statically quantised model
+(QDQ, per channel, calibrated on `--calibration_images` random inputs: the weights are random
+too), timed after float32, with `speedup_vs_float32` in the JSON.
+
 Exit status: 0 benchmarked (table printed, JSON written); 2 bad input (an unknown model or flag,
 a value out of range, a --json folder that cannot be written), nothing run; 130 interrupted.
 """
@@ -31,11 +37,17 @@ import pathlib
 from absl import flags
 
 from icnet_jax import cli, errors
+from icnet_jax.benchmarking import models as networks
 from icnet_jax.benchmarking import speed as benchmarking
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["all"], "Models or groups: " + ", ".join(benchmarking.NAMES) + ".")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "both"], "Compute dtype.")
+flags.DEFINE_list("models", ["all"], "Models or groups: " + ", ".join(networks.NAMES) + ".")
+flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16", "int8", "both"],
+    "Compute dtype (int8: --backend=onnxruntime; both: with bfloat16 or int8).",
+)  # fmt: skip
+flags.DEFINE_enum("backend", "jax", ["jax", "onnxruntime"], "What runs the networks.")
+flags.DEFINE_integer("calibration_images", 4, "int8: random inputs calibrating.", lower_bound=1)
 flags.DEFINE_integer("batch", 1, "Images per forward.", lower_bound=1)
 flags.DEFINE_integer("height", 1024, "Input height, pixels.", lower_bound=1)
 flags.DEFINE_integer("width", 2048, "Input width, pixels.", lower_bound=1)
@@ -67,7 +79,7 @@ def main(argv):
         errors.check_writable(pathlib.Path(FLAGS.json).parent, "--json folder")
     options = benchmarking.Options(
         models=FLAGS.models,
-        dtypes=benchmarking.dtypes_of(FLAGS.dtype),
+        dtypes=benchmarking.dtypes_of(FLAGS.dtype, FLAGS.backend),
         batch=FLAGS.batch,
         height=FLAGS.height,
         width=FLAGS.width,
@@ -80,6 +92,8 @@ def main(argv):
         seed=FLAGS.seed,
         width_scale=FLAGS.width_scale,
         progress=FLAGS.progress,
+        backend=FLAGS.backend,
+        calibration_images=FLAGS.calibration_images,
     )
     benchmarking.run(options, FLAGS.json, xla_flags=FLAGS.xla_flags, probe=FLAGS.memory_probe)
     return cli.EXIT_OK

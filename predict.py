@@ -20,6 +20,12 @@ checkpoint's training crop (`--tile=H,W` for other windows, or for every image),
 of a window (`--tile_stride=H,W`), their probabilities averaged (icnet_jax/inference/
 sliding_window.py), in bounded memory. Running out of memory stops with one `error:` line naming
 the flag that avoids it (exit status 2; the inputs before it keep their outputs).
+`--backend=onnxruntime` runs the network on onnxruntime (CPU; the extras of
+requirements-export.txt): exported to ONNX once per network input size and cached under
+`<workdir>/export/` (`icnet_jax/inference/onnx_backend.py`); the labels agree with JAX's.
+`--dtype=int8` quantises that export (static, QDQ, per channel), calibrated on
+`--calibration_images` training images of the checkpoint's dataset (`--config.dataset.*` says
+where it is prepared).
 
 A file that cannot be read or segmented is named, skipped, and the rest processed; a summary at
 the end counts the failures. Exit status: 0 when at least one input was segmented (with
@@ -33,8 +39,8 @@ from absl import flags
 
 from icnet_jax import cli, config_checks, errors
 from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import onnx_backend, sliding_window
 from icnet_jax.inference import predict as prediction
-from icnet_jax.inference import sliding_window
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -59,6 +65,9 @@ flags.DEFINE_string("tile_stride", "", "Window step H,W (default: two thirds of 
 flags.DEFINE_integer(
     "max_pixels", sliding_window.MAX_PIXELS, "Images above this many pixels are tiled (0: never)."
 )
+flags.DEFINE_enum("backend", "jax", onnx_backend.BACKENDS, "What runs the network.")
+flags.DEFINE_enum("dtype", "float32", onnx_backend.DTYPES, "int8: --backend=onnxruntime only.")
+flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8.", lower_bound=1)
 flags.DEFINE_list(
     "command_line_wins", [],
     "Config keys (e.g. input.eval_size) whose command-line value beats the checkpoint's.",
@@ -86,6 +95,7 @@ def main(argv):
         recursive=FLAGS.recursive,
         command_line_wins=FLAGS.command_line_wins,
         tiles=tiles,
+        backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
     )
     return summary.exit_code(FLAGS.strict)
 

@@ -1,6 +1,7 @@
 """Speed of an exported model against JAX on the same machine, in one run: the checkpoint's
-inference function (jitted, BatchNorm folded) and its ONNX export run by onnxruntime, called in
-turn on the same `float32 [batch, H, W, 3]` input (H, W: the export's), medians of `--runs`.
+inference function (jitted, BatchNorm folded) and its ONNX export(s) run by onnxruntime (e.g.
+float32 and int8: `--onnx=a.onnx,a_int8.onnx`), called in turn on the same
+`float32 [batch, H, W, 3]` input (H, W: the export's), medians of `--runs`.
 
     python -m icnet_jax.tools.export --checkpoint=DIR --output=exported/ --formats=onnx
     PYTHONPATH=. python benchmarks/export_speed.py --checkpoint=DIR --onnx=exported/icnet.onnx
@@ -16,27 +17,30 @@ import time
 import jax
 import numpy as np
 
-from icnet_jax.tools.export import inference_function, max_relative_error, onnx_session
+from icnet_jax.inference.export import inference_function, max_relative_error, onnx_session
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--onnx", required=True, help="the checkpoint's export")
+    parser.add_argument(
+        "--onnx", required=True, help="the checkpoint's export(s), comma-separated (e.g. + int8)"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    session = onnx_session(args.onnx)
-    (spec,) = session.get_inputs()
+    paths = args.onnx.split(",")
+    sessions = {path: onnx_session(path) for path in paths}
+    (spec,) = sessions[paths[0]].get_inputs()
     images = np.random.default_rng(0).normal(0, 50, (args.batch, *spec.shape[1:]))
     images = images.astype(np.float32)
     apply_fn, variables, _ = inference_function(args.checkpoint, fold_bn=True)
     forward = jax.jit(apply_fn)
-    calls = {
-        "jax": lambda: jax.block_until_ready(forward(variables, images)),
-        "onnxruntime": lambda: session.run(None, {spec.name: images})[0],
-    }
+    calls = {"jax": lambda: jax.block_until_ready(forward(variables, images))}
+    for path, session in sessions.items():
+        name = "onnxruntime" if len(paths) == 1 else f"onnxruntime {path}"
+        calls[name] = lambda session=session: session.run(None, {spec.name: images})[0]
     outputs = {name: np.asarray(call()) for name, call in calls.items()}  # warm-up, compile
     seconds = {name: [] for name in calls}
     for _ in range(args.runs):
@@ -48,8 +52,10 @@ def main() -> None:
     print(f"input {images.shape}, jax on {jax.devices()[0].device_kind}, {args.runs} runs each")
     for name in calls:
         print(f"{name:12s} median {median[name] * 1e3:8.1f} ms")
-    print(f"onnxruntime / jax time: {median['onnxruntime'] / median['jax']:.2f}")
-    print(f"max |difference| / max |logit|: {max_relative_error(*outputs.values()):.1e}")
+    for name in list(calls)[1:]:
+        print(f"{name} / jax time: {median[name] / median['jax']:.2f}")
+        error = max_relative_error(outputs[name], outputs["jax"])
+        print(f"{name}: max |difference| / max |logit|: {error:.1e}")
 
 
 if __name__ == "__main__":

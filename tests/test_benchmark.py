@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from icnet_jax.benchmarking import models as networks
 from icnet_jax.benchmarking import profiling
 from icnet_jax.benchmarking import speed as benchmarking
 
@@ -71,15 +72,15 @@ def test_memory_helpers():
 
 
 def test_expand_models():
-    assert benchmarking.expand_models(["all"]) == list(benchmarking.MODELS)
-    assert benchmarking.expand_models(["icnet", "icnet_sub4", "pspnet50_half"]) == [
+    assert networks.expand_models(["all"]) == list(networks.MODELS)
+    assert networks.expand_models(["icnet", "icnet_sub4", "pspnet50_half"]) == [
         "icnet_sub4",
         "icnet_sub24",
         "icnet_sub124",
         "pspnet50_half",
     ]
     with pytest.raises(ValueError):
-        benchmarking.expand_models(["resnet"])
+        networks.expand_models(["resnet"])
 
 
 def test_add_ratios_against_half_width_pspnet():
@@ -165,3 +166,19 @@ def test_bad_flag_is_one_error_line_exit_2(flag):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_dtypes_by_backend():
+    assert benchmarking.dtypes_of("both") == ["float32", "bfloat16"]
+    assert benchmarking.dtypes_of("int8", "onnxruntime") == ["float32", "int8"]
+    assert benchmarking.dtypes_of("float32", "onnxruntime") == ["float32"]
+
+
+@pytest.mark.parametrize(
+    "flags", [("--dtype=int8",), ("--backend=onnxruntime", "--dtype=bfloat16")]
+)
+def test_a_dtype_the_backend_lacks_is_one_error_line(flags):
+    proc = run_script(*flags)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

@@ -2,6 +2,7 @@
 outputs equal to JAX within 1e-4. Skipped unless the extras of requirements-export.txt are
 installed."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 
 from configs import quickstart
 from icnet_jax import errors
-from icnet_jax.tools import export
+from icnet_jax.inference import export
+from icnet_jax.tools.export import parse_size
 from icnet_jax.weights.release import write_training_checkpoint
 
 SIZE = (65, 129)
@@ -87,10 +89,10 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     # Without the extras: the command that installs them; with them: the missing checkpoint.
     with pytest.raises(errors.UserError, match="requirements-export.txt|--checkpoint=.*missing"):
         export.export(tmp_path / "missing", tmp_path, formats=("onnx",))
-    assert export.parse_size("1025,2049") == (1025, 2049)
+    assert parse_size("1025,2049") == (1025, 2049)
     for text in ("1025", "a,b", "0,5", "1,2,3"):
         with pytest.raises(errors.UserError, match="--size"):
-            export.parse_size(text)
+            parse_size(text)
 
 
 def test_relative_error_is_scaled_by_the_largest_reference_value():
@@ -98,3 +100,125 @@ def test_relative_error_is_scaled_by_the_largest_reference_value():
         np.array([1.0, 200.0]), np.array([1.0, 200.02])
     ) == pytest.approx(0.02 / 200.02)
     assert export.max_relative_error(np.array([0.5]), np.array([0.0])) == 0.5
+
+
+CAMVID_VAL = pathlib.Path("/work/shared/data/camvid/val")
+
+
+def camvid_frames(n: int) -> list[np.ndarray]:
+    """The first `n` CamVid val frames (uint8 RGB 360x480); the test skips without them."""
+    from icnet_jax.inference import image_io
+
+    files = sorted(CAMVID_VAL.glob("*.png")) + sorted(CAMVID_VAL.glob("*.jpg"))
+    if len(files) < n:
+        pytest.skip(f"needs {n} CamVid val frames in {CAMVID_VAL}")
+    return [image_io.read_image(f) for f in files[:n]]
+
+
+def segmenters(tiny_checkpoint, backend):
+    from icnet_jax.inference import load
+    from icnet_jax.inference.predict import Segmenter
+    from tests.checkpoint_fakes import checkpoint_config
+
+    workdir, _, _ = tiny_checkpoint
+    loaded = load.load_checkpoint(workdir, checkpoint_config())
+    return Segmenter(loaded), Segmenter(loaded, backend=backend), workdir
+
+
+def test_onnxruntime_backend_gives_the_labels_of_jax_on_real_frames(tiny_checkpoint):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    from icnet_jax.inference.onnx_backend import Backend
+
+    frames = camvid_frames(3)
+    jax_run, ort_run, workdir = segmenters(tiny_checkpoint, Backend("onnxruntime"))
+    agree = total = 0
+    for frame in frames:
+        ours, reference = ort_run(frame), jax_run(frame)
+        assert ours.shape == reference.shape == frame.shape[:2]
+        agree += int((ours == reference).sum())
+        total += reference.size
+    assert agree / total >= 0.999
+    # Exported once, cached beside the checkpoint under the size and the checkpoint's key.
+    (cached,) = (workdir / "export").glob("icnet_360x480_*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    _, again, _ = segmenters(tiny_checkpoint, Backend("onnxruntime"))
+    again(frames[0])
+    assert cached.stat().st_mtime_ns == stamp
+    assert not list((workdir / "export").glob(".*"))  # no temporary file left
+
+
+def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monkeypatch):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from icnet_jax.inference import quantize
+    from icnet_jax.inference.onnx_backend import Backend
+
+    frames = camvid_frames(2)
+    calibration = [frame[None].astype(np.float32) for frame in frames]  # mean 0, std 1, RGB
+    monkeypatch.setattr(quantize, "dataset_images", lambda config, size, n: iter(calibration[:n]))
+    jax_run, int8_run, workdir = segmenters(tiny_checkpoint, Backend("onnxruntime", "int8", 2))
+    labels = int8_run(frames[0])
+    assert labels.shape == frames[0].shape[:2] and labels.max() < 9
+    # Close to float32 (a NaN scale, as -inf padding would give, leaves nothing in common).
+    assert np.mean(labels == jax_run(frames[0])) >= 0.9
+    (path,) = (workdir / "export").glob("icnet_360x480_*_int8_n2.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_backend_combinations_and_missing_extras_are_one_error(monkeypatch):
+    import importlib.util
+
+    from icnet_jax.inference.onnx_backend import Backend
+
+    with pytest.raises(errors.UserError, match="--backend=onnxruntime"):
+        Backend("jax", "int8").check()
+    Backend().check()  # JAX needs nothing more
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "jax2onnx" else real(name)
+    )
+    with pytest.raises(errors.UserError, match=r"needs jax2onnx.*: pip install -r requirements"):
+        Backend("onnxruntime").check()
+
+
+def test_benchmark_script_times_onnxruntime_in_float32_and_int8(tmp_path):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "benchmark.py", "--height=65", "--width=129", "--width_scale=0.125",
+        "--runs=2", "--warmup=1", "--noprogress", "--models=icnet_sub124",
+        "--backend=onnxruntime", "--dtype=int8", "--calibration_images=2", f"--json={out}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["config"]["backend"] == "onnxruntime"
+    float32, int8 = doc["results"]
+    assert (float32["dtype"], int8["dtype"]) == ("float32", "int8")
+    assert float32["backend"] == int8["backend"] == "onnxruntime"
+    for r in (float32, int8):
+        assert r["time_ms"]["median"] > 0 and r["time_ms"]["runs"] == 2
+    assert int8["speedup_vs_float32"] == pytest.approx(
+        float32["time_ms"]["median"] / int8["time_ms"]["median"]
+    )
+    assert "speedup_vs_float32" not in float32
+
+
+def test_int8_calibrates_on_the_dataset_the_checkpoint_was_trained_on():
+    import types
+
+    from icnet_jax import config as default
+    from icnet_jax.inference.quantize import calibration_config
+
+    command_line = default.get_config()  # quickstart-like: another dataset than the checkpoint's
+    command_line.dataset.name = "street"
+    command_line.dataset.manual_dir = "/given/on/the/command/line"
+    saved = {"dataset": {"name": "camvid", "manual_dir": "/at/training", "data_dir": "/prepared"}}
+    config = calibration_config(types.SimpleNamespace(config=command_line, saved_config=saved))
+    assert config.dataset.name == "camvid"
+    assert config.dataset.data_dir == "/prepared"  # the command line kept the default
+    assert config.dataset.manual_dir == "/given/on/the/command/line"

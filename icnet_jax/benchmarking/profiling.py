@@ -182,8 +182,10 @@ def time_function(
     budget_s: float | None = None,
     min_runs: int = 5,
     progress: str | None = None,
+    jit: bool = True,
 ) -> dict[str, Any]:
-    """Times `fn(*args)` jitted, warmed up, every call ended with `jax.block_until_ready`.
+    """Times `fn(*args)` jitted (`jit=False`: called as is, e.g. an onnxruntime session), warmed
+    up, every call ended with `jax.block_until_ready`.
 
     Args:
       fn: a function of arrays, a jitted function or a `jax.stages.Compiled` executable (used
@@ -199,7 +201,7 @@ def time_function(
       plus `requested_runs`, `warmup`, `compile_s` (0.0 when `fn` was already compiled) and
       `warmup_s` (the seconds of each warm-up call, the first included).
     """
-    if isinstance(fn, jax.stages.Compiled):
+    if isinstance(fn, jax.stages.Compiled) or not jit:
         compiled, compile_s = fn, 0.0
     else:
         compiled, compile_s = compile_function(fn, *args)

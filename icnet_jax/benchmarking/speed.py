@@ -2,8 +2,9 @@
 
 `run(options)` is what `benchmark.py` does (its docstring gives the protocol);
 `measure(options)` returns that JSON document without printing. Timing, FLOPs and memory come
-from `profiling`; this module adds the models, their random weights, the ratios against the
-half-width PSPNet50 and the table.
+from `profiling`, the networks and their random weights from `models`, the table from `table`,
+onnxruntime's figures (`--backend=onnxruntime`) from `onnx_speed`; this module times JAX and adds
+the ratios against the half-width PSPNet50.
 
 The JSON document (`measure`; `benchmark.py --json=FILE` writes it):
 
@@ -13,25 +14,29 @@ The JSON document (`measure`; `benchmark.py --json=FILE` writes it):
       "config": {"batch": int, "height": int, "width": int, "dtypes": [str], "fold_bn": bool,
                  "models": [str], "runs": int, "min_runs": int, "warmup": int,
                  "time_budget_s": float, "memory": str, "xla_flags": str,
-                 "baseline": "pspnet50_half", "width_scale": float},
+                 "baseline": "pspnet50_half", "width_scale": float,
+                 "backend": "jax" | "onnxruntime"},
       "results": [{
         "model": str,              # e.g. "icnet_sub124", "pspnet50_half"
         "branch": str | null,      # ICNet output branch, null for PSPNet
         "width": float,            # channel multiplier
-        "dtype": "float32" | "bfloat16",
+        "backend": "jax" | "onnxruntime",
+        "dtype": "float32" | "bfloat16" | "int8",   # int8: onnxruntime only
         "params": int,             # parameters this forward reads (BN folded or not)
         "params_total": int,       # all parameters of the checkpoint (every branch and the
                                    # training-only heads)
-        "gflops": float,           # XLA cost analysis, one forward of the whole batch, 1e9 FLOPs
+        "gflops": float | null,    # XLA cost analysis, one forward of the whole batch, 1e9 FLOPs
+                                   # (null on onnxruntime)
         "time_ms": {"median": float, "mean": float, "std": float, "min": float, "max": float,
                     "p10": float, "p90": float, "runs": int, "requested_runs": int,
                     "warmup": int, "compile_s": float},   # all per forward of the batch, ms
                                                           # (compile_s in seconds)
         "fps": float,              # images per second: batch / median seconds
         "memory_bytes": int | null,
-        "memory_source": "measured" | "xla_estimate",
+        "memory_source": "measured" | "xla_estimate" | null,   # null on onnxruntime
         "speedup": float | null,   # baseline median time / this median time
-        "memory_ratio": float | null  # baseline memory / this memory
+        "memory_ratio": float | null,  # baseline memory / this memory
+        "speedup_vs_float32": float  # int8 only: float32 median / int8 median, same export
       }]
     }
 """
@@ -40,70 +45,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from icnet_jax.benchmarking import profiling
+from icnet_jax.benchmarking import onnx_speed, profiling
+from icnet_jax.benchmarking.models import (
+    DTYPES,
+    MODELS,
+    build_model,
+    expand_models,
+    make_images,
+)
+from icnet_jax.benchmarking.table import BASELINE, format_table
 from icnet_jax.errors import UserError
-from icnet_jax.models import ICNet, PSPNet, fold_batchnorm
 
-BASELINE = "pspnet50_half"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Parameter shapes are taken on a small input (they do not depend on the input size).
-INIT_SIZE = (129, 257)
 # The memory probe re-runs the entry point in a fresh process (the peak counter cannot be reset).
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmark.py"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One benchmarked network: `build(width_scale, fold_bn, dtype)` returns the Flax module."""
-
-    name: str
-    branch: str | None
-    width: float
-    build: Callable[[float, bool, Any], Any]
-
-
-def _icnet(branch: str) -> ModelSpec:
-    return ModelSpec(
-        f"icnet_{branch}",
-        branch,
-        0.5,
-        lambda s, fold, dt: ICNet(width=0.5 * s, branch=branch, fold_bn=fold, dtype=dt),
-    )
-
-
-def _pspnet(name: str, width: float) -> ModelSpec:
-    return ModelSpec(
-        name, None, width, lambda s, fold, dt: PSPNet(width=width * s, fold_bn=fold, dtype=dt)
-    )
-
-
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        _icnet("sub4"),
-        _icnet("sub24"),
-        _icnet("sub124"),
-        _pspnet("pspnet50_half", 0.5),
-        _pspnet("pspnet50", 1.0),
-    )
-}
-GROUPS = {
-    "all": list(MODELS),
-    "icnet": ["icnet_sub4", "icnet_sub24", "icnet_sub124"],
-    "pspnet": ["pspnet50_half", "pspnet50"],
-}
-NAMES = [*GROUPS, *MODELS]  # what `--models` accepts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,70 +86,16 @@ class Options:
     seed: int = 0
     width_scale: float = 1.0  # channel multiplier on every model (tiny models for tests)
     progress: bool = True
+    backend: str = "jax"  # or onnxruntime (`onnx_speed`)
+    calibration_images: int = 4  # int8 on onnxruntime: random inputs calibrating the ranges
 
 
-def expand_models(names: Sequence[str]) -> list[str]:
-    """Model names from names and groups, in order, without repeats; ValueError on an unknown."""
-    out: list[str] = []
-    for name in names:
-        if name not in GROUPS and name not in MODELS:
-            raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}")
-        for model in GROUPS.get(name, [name]):
-            if model not in out:
-                out.append(model)
-    return out
-
-
-def dtypes_of(dtype: str) -> list[str]:
-    """`--dtype` (float32, bfloat16 or both) as a list of dtype names."""
+def dtypes_of(dtype: str, backend: str = "jax") -> list[str]:
+    """`--dtype` as a list of dtype names: on jax float32, bfloat16 or both; on onnxruntime
+    float32, or int8 (timed with float32, for the ratio) or both."""
+    if backend == "onnxruntime":
+        return ["float32", "int8"] if dtype in ("int8", "both") else [dtype]
     return list(DTYPES) if dtype == "both" else [dtype]
-
-
-def random_variables(model: Any, seed: int = 0) -> dict[str, Any]:
-    """Random variables of `model` without running `model.init`.
-
-    Shapes come from `jax.eval_shape(model.init, ...)` (no compilation: jitting `init`
-    costs ~40 s of XLA compilation per model on a 2-core CPU); values are drawn with NumPy:
-    kernels He-normal (std sqrt(2 / fan_in)), BatchNorm scale and variance 1, biases and means 0.
-    Speed does not depend on the values; these keep activations O(1) (no denormals).
-    """
-    shapes = jax.eval_shape(
-        model.init, jax.random.PRNGKey(seed), jax.ShapeDtypeStruct((1, *INIT_SIZE, 3), jnp.float32)
-    )
-    rng = np.random.default_rng(seed)
-
-    def fill(path: tuple[Any, ...], leaf: jax.ShapeDtypeStruct) -> jax.Array:
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            value = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
-        elif name in ("scale", "var"):
-            value = np.ones(leaf.shape)
-        else:
-            value = np.zeros(leaf.shape)
-        return jnp.asarray(value, dtype=leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def build_model(
-    name: str, dtype: str, fold_bn: bool, width_scale: float = 1.0, seed: int = 0
-) -> tuple[Any, dict[str, Any]]:
-    """The module and its random variables (`random_variables`), BatchNorm folded when
-    `fold_bn` (with `fold_batchnorm`, into `model.clone(fold_bn=True)`)."""
-    model = MODELS[name].build(width_scale, False, DTYPES[dtype])
-    variables = random_variables(model, seed)
-    if fold_bn:
-        variables = jax.jit(fold_batchnorm)(variables)
-        model = model.clone(fold_bn=True)
-    return model, variables
-
-
-def make_images(options: Options) -> jax.Array:
-    """Standard-normal float32 inputs `[batch, height, width, 3]`."""
-    rng = np.random.default_rng(options.seed)
-    shape = (options.batch, options.height, options.width, 3)
-    return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
 
 
 def probe_argv(options: Options, name: str, dtype: str) -> list[str]:
@@ -300,63 +208,16 @@ def device_info() -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec) + suffix
-
-
-def format_table(results: list[dict[str, Any]], baseline: str = BASELINE) -> str:
-    """Paper-Table-2-style table, one per dtype: items as rows, models as columns."""
-    blocks = []
-    for dtype in dict.fromkeys(r["dtype"] for r in results):
-        rows = [r for r in results if r["dtype"] == dtype]
-        header = [
-            "Items",
-            *(r["model"] + (" (base)" if r["model"] == baseline else "") for r in rows),
-        ]
-        items = [
-            ("Params used (M)", [_fmt(r["params"] / 1e6, ".2f") for r in rows]),
-            ("Params all (M)", [_fmt(r["params_total"] / 1e6, ".2f") for r in rows]),
-            ("GFLOPs", [_fmt(r["gflops"], ".2f") for r in rows]),
-            ("Time (ms) median", [_fmt(r["time_ms"]["median"], ".1f") for r in rows]),
-            (
-                "Time (ms) p10-p90",
-                [f"{r['time_ms']['p10']:.1f}-{r['time_ms']['p90']:.1f}" for r in rows],
-            ),
-            ("Time (ms) std", [_fmt(r["time_ms"]["std"], ".1f") for r in rows]),
-            ("Runs", [f"{r['time_ms']['runs']}/{r['time_ms']['requested_runs']}" for r in rows]),
-            ("Compile (s)", [_fmt(r["time_ms"]["compile_s"], ".1f") for r in rows]),
-            ("Frames/s", [_fmt(r["fps"], ".2f") for r in rows]),
-            ("Speedup", [_fmt(r.get("speedup"), ".2f", "x") for r in rows]),
-            (
-                "Memory (MB)",
-                [_fmt(r["memory_bytes"] and r["memory_bytes"] / 2**20, ".0f") for r in rows],
-            ),
-            ("Memory save", [_fmt(r.get("memory_ratio"), ".2f", "x") for r in rows]),
-            ("Memory source", [r["memory_source"] for r in rows]),
-        ]
-        table = [header, *([label, *cells] for label, cells in items)]
-        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        lines = [f"dtype {dtype}"]
-        for k, line in enumerate(table):
-            lines.append(
-                "  ".join(
-                    cell.ljust(w) if i == 0 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(line, widths))
-                )
-            )
-            if k == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
 def measure(options: Options) -> dict[str, Any]:
     """Benchmarks every model and dtype of `options`; the JSON document (see benchmark.py)."""
     models = expand_models(options.models)
     dtypes = list(options.dtypes)
-    results = [benchmark_model(name, dtype, options) for dtype in dtypes for name in models]
+    if options.backend == "onnxruntime":
+        results = onnx_speed.benchmark(models, dtypes, options)
+    else:
+        results = [benchmark_model(name, dtype, options) for dtype in dtypes for name in models]
+    for result in results:
+        result["backend"] = options.backend
     return {
         "device": device_info(),
         "jax_version": jax.__version__,
@@ -375,6 +236,7 @@ def measure(options: Options) -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "baseline": BASELINE,
             "width_scale": options.width_scale,
+            "backend": options.backend,
         },
         "results": add_ratios(results),
     }
@@ -395,6 +257,10 @@ def run(
         expand_models(options.models)
     except ValueError as error:
         raise UserError(f"--models: {error}") from None
+    if options.backend == "onnxruntime":
+        onnx_speed.check(options.dtypes)
+    elif "int8" in options.dtypes:
+        raise UserError("--dtype=int8 runs on onnxruntime: add --backend=onnxruntime")
     if probe is not None and probe not in MODELS:
         raise UserError(f"--memory_probe={probe}: one of {', '.join(MODELS)}")
     if xla_flags:
@@ -413,7 +279,7 @@ def run(
     info = device_info()
     print(
         f"device: {info['device_kind']} (platform {info['platform']}, "
-        f"{info['device_count']} device(s)), jax {jax.__version__}"
+        f"{info['device_count']} device(s)), jax {jax.__version__}, backend {options.backend}"
     )
     print(
         f"input {options.batch}x{options.height}x{options.width}x3, BatchNorm "

@@ -14,9 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from icnet_jax import errors
-from icnet_jax import state as state_lib
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, sliding_window, visualize
+from icnet_jax.inference import image_io, onnx_backend, sliding_window, visualize
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
@@ -95,15 +94,16 @@ class Segmenter:
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         tiles: sliding_window.TilePolicy | None = None,
+        backend: onnx_backend.Backend = onnx_backend.JAX,
     ) -> None:
         cfg = loaded.config
         self.config = cfg
-        self.variables = loaded.variables
+        self.variables = loaded.variables if backend.name == "jax" else {}
         self.dtype = test_time.prediction_dtype(loaded.num_classes)
         crop = loaded.saved_config.get("input", {}).get("crop_size") or cfg.input.crop_size
         self.tiles = (tiles or sliding_window.TilePolicy()).for_checkpoint(crop)
         self._told = False
-        model = state_lib.inference_model(cfg, loaded.num_classes, branch)
+        model = onnx_backend.inference_network(loaded, branch, backend)
         eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._predict = test_time.make_predict_fn(
             model,
@@ -206,12 +206,14 @@ def predict(
     command_line_wins: Iterable[str] = (),
     progress: bool = True,
     tiles: sliding_window.TilePolicy | None = None,
+    backend: onnx_backend.Backend = onnx_backend.JAX,
 ) -> Summary:
     """Segments every item of `inputs` into `output` (see the module docstring).
 
     Raises:
       FileNotFoundError: `inputs` or the checkpoint does not exist.
     """
+    backend.check()
     items = collect_inputs(inputs, recursive)
     if not items:
         raise errors.UserError(
@@ -224,7 +226,9 @@ def predict(
     print(inference.describe_settings(loaded.settings))
     name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
     info = inference.dataset_info_for(name, loaded.num_classes)
-    segmenter = Segmenter(loaded, branch=branch, flip=flip, scales=scales, tiles=tiles)
+    segmenter = Segmenter(
+        loaded, branch=branch, flip=flip, scales=scales, tiles=tiles, backend=backend
+    )
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
