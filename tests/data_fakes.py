@@ -1,4 +1,4 @@
-"""Tiny fakes of each dataset's official layout, for tests/test_datasets.py."""
+"""Tiny fakes of each dataset's official layout, for tests/data/test_datasets.py."""
 
 from __future__ import annotations
 

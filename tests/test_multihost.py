@@ -114,7 +114,7 @@ def _states(workdir: pathlib.Path) -> dict[int, dict]:
     takes the shardings saved with the checkpoint and fails ("Topology mismatch") on a
     checkpoint written by two processes.
     """
-    manager, _ = checkpoints.checkpoint_manager_for(workdir)
+    manager, _ = checkpoints.open_for_reading(workdir)
     try:
         assert manager.all_steps() == list(range(1, NUM_STEPS + 1))
     finally:

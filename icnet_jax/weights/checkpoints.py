@@ -313,9 +313,6 @@ def open_for_reading(path: str | pathlib.Path) -> tuple[ocp.CheckpointManager, i
     return manager, step
 
 
-checkpoint_manager_for = open_for_reading  # the name the tests and tools used
-
-
 @dataclasses.dataclass
 class Restored:
     """A checkpoint read for inference or fine-tuning.

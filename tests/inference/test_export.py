@@ -18,7 +18,7 @@ from icnet_jax.tools.export import parse_size
 from icnet_jax.weights.release import write_training_checkpoint
 
 SIZE = (65, 129)
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

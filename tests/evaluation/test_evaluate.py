@@ -30,7 +30,7 @@ from icnet_jax.train import loop as train_lib
 from icnet_jax.weights import checkpoints
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def command_line_config():

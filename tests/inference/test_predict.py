@@ -21,7 +21,7 @@ from icnet_jax.inference import load as inference
 from icnet_jax.inference import predict as prediction
 from tests.checkpoint_fakes import NUM_CLASSES
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 H, W = 32, 64  # one size for images and video frames (even: mp4 keeps it), one compilation
 
 

@@ -383,7 +383,7 @@ def test_classifier_with_other_classes_names_the_count_and_the_flag():
 
 def run_tool(tmp_path, *args) -> subprocess.CompletedProcess:
     """The converter's command line, run from outside the repository."""
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
     command = [sys.executable, "-m", "icnet_jax.tools.convert_weights", *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
 

@@ -21,8 +21,8 @@ from icnet_jax.weights import release as cw
 from icnet_jax.weights import start as finetune
 from icnet_jax.weights.spec import WeightsSpec, restore_target, upgrade
 from tests.checkpoint_fakes import random_state
-from tests.test_convert_weights import bn_kept, random_release
-from tests.test_pretrained import fresh_state, torchvision_config
+from tests.weights.test_imagenet import fresh_state, torchvision_config
+from tests.weights.test_release import bn_kept, random_release
 
 # ---- the spec ----------------------------------------------------------------------------------
 

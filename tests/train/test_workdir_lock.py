@@ -14,7 +14,7 @@ import pytest
 from icnet_jax import cli, errors
 from icnet_jax.train import workdir_lock
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys
 from icnet_jax.train import workdir_lock

@@ -126,7 +126,7 @@ def test_bad_input_is_a_user_error_before_any_work(tmp_path):
         prune.prune_checkpoint(tmp_path / "absent", 1.5, tmp_path / "out")
     with pytest.raises(errors.UserError, match="--checkpoint=.*absent: no such checkpoint"):
         prune.prune_checkpoint(tmp_path / "absent", 0.5, tmp_path / "out")
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
     command = [sys.executable, "-m", "icnet_jax.tools.prune", "--checkpoint=absent", "--output=o"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == cli.EXIT_USAGE

@@ -1,7 +1,7 @@
 """Pretrained starts without torch: frozen-statistics BatchNorm for BN-folded weights, the trunk
 switches, the safetensors and .npy readers and the name mapping of ImageNet ResNet-50s.
 
-(The comparison against the libraries' own forward passes is tests/test_pretrained_torch.py.)
+(The comparison against the libraries' own forward passes is tests/weights/test_imagenet_torch.py.)
 """
 
 import sys
@@ -25,7 +25,7 @@ from icnet_jax.weights import files as weight_files
 from icnet_jax.weights import imagenet as pretrained
 from icnet_jax.weights import release as cw
 from icnet_jax.weights import start as finetune
-from tests.test_convert_weights import folded_params, nest, random_release
+from tests.weights.test_release import folded_params, nest, random_release
 
 TORCH_INPUT = {"input.bgr": False, "input.mean": default.TORCH_MEAN, "input.std": default.TORCH_STD}
 

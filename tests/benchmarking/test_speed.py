@@ -17,7 +17,7 @@ from icnet_jax.benchmarking import models as networks
 from icnet_jax.benchmarking import profiling
 from icnet_jax.benchmarking import speed as benchmarking
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = benchmarking.Options(
     height=65, width=129, width_scale=0.125, runs=2, warmup=1, progress=False
 )

@@ -21,9 +21,9 @@ from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference import predict as prediction
 from icnet_jax.inference import sliding_window as sw
 from tests.checkpoint_fakes import NUM_CLASSES
-from tests.test_predict import RedBandModel, cli_config
+from tests.inference.test_predict import RedBandModel, cli_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
 MIX, GLOBAL = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
 

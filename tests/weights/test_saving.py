@@ -14,7 +14,7 @@ import pytest
 from icnet_jax import cli, errors
 from icnet_jax.weights import checkpoints
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _fill_disk_at(step_to_fail: int, where: str = "save"):
