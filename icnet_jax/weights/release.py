@@ -81,100 +81,110 @@ def release_variables(
     Raises:
       ValueError listing every missing, extra and mis-shaped tensor.
     """
-    tensors = dict(tensors)
     ignored = sorted(n for n in tensors if _is_bookkeeping(n))
-    for name in ignored:
-        del tensors[name]
-    # BN-kept names -> `layer_bn/<canonical>`
-    canonical = {}
-    for name in tensors:
-        layer, _, param = name.rpartition("/")
-        if layer.endswith("_bn") and param in _BN_ALIASES:
-            canonical[f"{layer}/{_BN_ALIASES[param]}"] = name
-        else:
-            canonical[name] = name
-    used: set[str] = set()
-    missing, misshaped = [], []
+    reader = _Reader({n: v for n, v in tensors.items() if not _is_bookkeeping(n)})
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
-
-    def take(key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        if key not in canonical:
-            missing.append(f"{key} {list(shape)}")
-            return None
-        name = canonical[key]
-        used.add(name)
-        array = np.asarray(tensors[name])
-        if tuple(array.shape) != tuple(shape):
-            misshaped.append(f"{name}: file {list(array.shape)}, model expects {list(shape)}")
-            return None
-        return array.astype(np.float32)
-
-    def put(tree: dict, path: tuple[str, ...], value: Any) -> None:
-        for part in path[:-1]:
-            tree = tree.setdefault(part, {})
-        tree[path[-1]] = value
-
-    def node(tree, path):
-        for part in path:
-            tree = tree[part]
-        return tree
-
     absent = []
     for name, path, kind in _layers(template["params"]):
         if name in skip:
             absent.append(name)
             continue
-        p = node(template["params"], path)
+        shapes = template["params"]
+        for part in path:
+            shapes = shapes[part]
         if kind == "classifier":
-            kernel = take(f"{name}/weights", p["kernel"].shape)
-            bias = take(f"{name}/biases", p["bias"].shape)
-            if kernel is not None and bias is not None:
-                put(params, path, {"kernel": kernel, "bias": bias})
-            continue
-        kshape = tuple(p["conv"]["kernel"].shape)
-        n = kshape[-1]
-        kernel = take(f"{name}/weights", kshape)
-        if f"{name}_bn/scale" in canonical or f"{name}_bn/mean" in canonical:  # BN kept
-            bn = {k: take(f"{name}_bn/{k}", (n,)) for k in ("scale", "offset", "mean", "variance")}
-            conv_bias = None
-            if f"{name}/biases" in canonical:  # a conv bias before BN: shifts the mean
-                conv_bias = take(f"{name}/biases", (n,))
-            if kernel is None or any(v is None for v in bn.values()):
-                continue
-            mean = bn["mean"] - (conv_bias if conv_bias is not None else 0.0)
-            put(
-                params,
-                path,
-                {"conv": {"kernel": kernel}, "bn": {"scale": bn["scale"], "bias": bn["offset"]}},
-            )
-            put(stats, path, {"bn": {"mean": mean.astype(np.float32), "var": bn["variance"]}})
-        else:  # BN folded into the convolution
-            bias = take(f"{name}/biases", (n,))
-            if kernel is None or bias is None:
-                continue
-            put(
-                params,
-                path,
-                {"conv": {"kernel": kernel}, "bn": {"scale": np.ones(n, np.float32), "bias": bias}},
-            )
-            put(
-                stats,
-                path,
-                {
-                    "bn": {
-                        "mean": np.zeros(n, np.float32),
-                        "var": np.full(n, 1.0 - BN_EPSILON, np.float32),
-                    }
-                },
-            )
-    extra = sorted(f"{n} {list(np.shape(tensors[n]))}" for n in tensors if n not in used)
-    if missing or extra or misshaped:
-        raise WeightsError(
-            "the weights do not match the ICNet release: "
-            + mismatch_summary(missing, extra, misshaped)
-        )
+            layer_params, layer_stats = _classifier(reader, name, shapes), None
+        else:
+            kshape = tuple(shapes["conv"]["kernel"].shape)
+            layer_params, layer_stats = _conv_bn(reader, name, kshape)
+        if layer_params is not None:
+            _put(params, path, layer_params)
+        if layer_stats is not None:
+            _put(stats, path, layer_stats)
+    reader.check()
     return {"params": params, "batch_stats": stats}, ignored, absent
+
+
+class _Reader:
+    """Takes released tensors by canonical name (BN aliases resolved), recording what is
+    missing, mis-shaped and left over for one error listing them all."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        self.tensors = tensors
+        self.canonical = {}  # BN-kept names -> `layer_bn/<canonical>`
+        for name in tensors:
+            layer, _, param = name.rpartition("/")
+            if layer.endswith("_bn") and param in _BN_ALIASES:
+                self.canonical[f"{layer}/{_BN_ALIASES[param]}"] = name
+            else:
+                self.canonical[name] = name
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.misshaped: list[str] = []
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.canonical
+
+    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if key not in self.canonical:
+            self.missing.append(f"{key} {list(shape)}")
+            return None
+        name = self.canonical[key]
+        self.used.add(name)
+        array = np.asarray(self.tensors[name])
+        if tuple(array.shape) != tuple(shape):
+            self.misshaped.append(f"{name}: file {list(array.shape)}, model expects {list(shape)}")
+            return None
+        return array.astype(np.float32)
+
+    def check(self) -> None:
+        extra = sorted(
+            f"{n} {list(np.shape(v))}" for n, v in self.tensors.items() if n not in self.used
+        )
+        if self.missing or extra or self.misshaped:
+            raise WeightsError(
+                "the weights do not match the ICNet release: "
+                + mismatch_summary(self.missing, extra, self.misshaped)
+            )
+
+
+def _classifier(reader: _Reader, name: str, shapes: Mapping[str, Any]) -> dict | None:
+    kernel = reader.take(f"{name}/weights", shapes["kernel"].shape)
+    bias = reader.take(f"{name}/biases", shapes["bias"].shape)
+    return None if kernel is None or bias is None else {"kernel": kernel, "bias": bias}
+
+
+def _conv_bn(reader: _Reader, name: str, kshape: tuple[int, ...]) -> tuple[Any, Any]:
+    """`(params, batch_stats)` of one convolution + BatchNorm, BN kept or folded (None, None
+    when a tensor is missing or mis-shaped: the reader lists it)."""
+    n = kshape[-1]
+    kernel = reader.take(f"{name}/weights", kshape)
+    if f"{name}_bn/scale" in reader or f"{name}_bn/mean" in reader:  # BN kept
+        bn = {
+            k: reader.take(f"{name}_bn/{k}", (n,)) for k in ("scale", "offset", "mean", "variance")
+        }
+        conv_bias = None
+        if f"{name}/biases" in reader:  # a conv bias before BN: shifts the mean
+            conv_bias = reader.take(f"{name}/biases", (n,))
+        if kernel is None or any(v is None for v in bn.values()):
+            return None, None
+        mean = bn["mean"] - (conv_bias if conv_bias is not None else 0.0)
+        params = {"conv": {"kernel": kernel}, "bn": {"scale": bn["scale"], "bias": bn["offset"]}}
+        return params, {"bn": {"mean": mean.astype(np.float32), "var": bn["variance"]}}
+    bias = reader.take(f"{name}/biases", (n,))  # BN folded into the convolution
+    if kernel is None or bias is None:
+        return None, None
+    params = {"conv": {"kernel": kernel}, "bn": {"scale": np.ones(n, np.float32), "bias": bias}}
+    # var = 1 - eps: BatchNorm's var + eps is then exactly 1.
+    stats = {"mean": np.zeros(n, np.float32), "var": np.full(n, 1.0 - BN_EPSILON, np.float32)}
+    return params, {"bn": stats}
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
 
 
 def infer_release_geometry(
