@@ -5,6 +5,9 @@ is raised as `UserError("what, where, what to do")` (or a `flags` error while pa
 the terminal as one `error: ...` line with exit status `EXIT_USAGE`, no traceback unless
 `--verbosity=1` or higher. Library loggers (orbax, tfds, absl, jax) stay at WARNING unless
 `--verbosity` is given; our own progress and results are printed, not logged.
+
+This is the one module of the package that imports absl: the tools (`icnet_jax/tools/`) define
+their flags with its `flags`, so that the library below stays free of it (`.importlinter`).
 """
 
 from __future__ import annotations

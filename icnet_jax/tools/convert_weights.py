@@ -50,9 +50,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
     from icnet_jax import config as default_config
+    from icnet_jax.cli import flags
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string(

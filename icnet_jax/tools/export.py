@@ -43,7 +43,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
+    from icnet_jax.cli import flags
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string("checkpoint", None, "Checkpoint (workdir or step folder).", required=True)

@@ -270,7 +270,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
+    from icnet_jax.cli import flags
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string(
