@@ -26,10 +26,6 @@ from icnet_jax.weights import checkpoints, spec
 Array = jax.Array
 _log = logging.getLogger(__name__)
 
-# Config entries that describe the weights: the checkpoint's saved values win over the command
-# line's.
-CHECKPOINT_KEYS: tuple[str, ...] = spec.INFERENCE_KEYS
-
 
 # --- Config and checkpoint ---------------------------------------------------------------------
 
@@ -62,7 +58,7 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _checkpoint_keys(saved: Mapping[str, Any]) -> list[str]:
     keys = []
-    for key in CHECKPOINT_KEYS:
+    for key in spec.INFERENCE_KEYS:
         try:
             _get(saved, key)
         except KeyError:
@@ -89,7 +85,7 @@ def merge_checkpoint_config(
     saved: Mapping[str, Any],
     command_line_wins: Iterable[str] = (),
 ) -> tuple[ml_collections.ConfigDict, list[Setting]]:
-    """`config` (the command line's) with the `CHECKPOINT_KEYS` entries of `saved` put in.
+    """`config` (the command line's) with the `spec.INFERENCE_KEYS` entries of `saved` put in.
 
     Args:
       config: the command-line config (left unchanged; may be locked).
