@@ -83,20 +83,17 @@ def main(argv):
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     tiles = sliding_window.make_policy(FLAGS.tile, FLAGS.tile_stride, FLAGS.max_pixels)
-    summary = prediction.predict(
-        FLAGS.config,
-        FLAGS.checkpoint,
-        FLAGS.input,
-        FLAGS.output,
+    options = prediction.PredictOptions(
         branch=FLAGS.branch,
         flip=FLAGS.flip,
         scales=scales,
         alpha=FLAGS.alpha,
         recursive=FLAGS.recursive,
-        command_line_wins=FLAGS.command_line_wins,
+        command_line_wins=tuple(FLAGS.command_line_wins),
         tiles=tiles,
         backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
     )
+    summary = prediction.predict(FLAGS.config, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
     return summary.exit_code(FLAGS.strict)
 
 

@@ -192,52 +192,67 @@ def _segment_video(segmenter, item, output, palette, alpha, progress) -> list[pa
     return [path]
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """What `predict` makes of each input (predict.py's flags).
+
+    Attributes:
+      branch: ICNet's output (sub4, sub24, sub124). flip, scales: test-time augmentation.
+      alpha: weight of the colours in the overlays. recursive: read sub-folders too.
+      command_line_wins: config keys whose command-line value beats the checkpoint's.
+      progress: progress bars. tiles: when and how to segment in windows (None: the default
+      policy). backend: what runs the network (JAX, onnxruntime float32 or int8).
+    """
+
+    branch: str = "sub124"
+    flip: bool = False
+    scales: Sequence[float] = (1.0,)
+    alpha: float = 0.5
+    recursive: bool = False
+    command_line_wins: Iterable[str] = ()
+    progress: bool = True
+    tiles: sliding_window.TilePolicy | None = None
+    backend: onnx_backend.Backend = onnx_backend.JAX
+
+
 def predict(
     config: ml_collections.ConfigDict,
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
     output: str | os.PathLike,
-    *,
-    branch: str = "sub124",
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    alpha: float = 0.5,
-    recursive: bool = False,
-    command_line_wins: Iterable[str] = (),
-    progress: bool = True,
-    tiles: sliding_window.TilePolicy | None = None,
-    backend: onnx_backend.Backend = onnx_backend.JAX,
+    options: PredictOptions = PredictOptions(),
 ) -> Summary:
     """Segments every item of `inputs` into `output` (see the module docstring).
 
     Raises:
       FileNotFoundError: `inputs` or the checkpoint does not exist.
     """
-    backend.check()
-    items = collect_inputs(inputs, recursive)
+    o = options
+    o.backend.check()
+    items = collect_inputs(inputs, o.recursive)
     if not items:
         raise errors.UserError(
             f"no images or videos in {os.fspath(inputs)}"
-            + ("" if recursive else " (--recursive reads its sub-folders)")
+            + ("" if o.recursive else " (--recursive reads its sub-folders)")
         )
     errors.check_writable(output, "--output")
-    loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=command_line_wins)
+    loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
     print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.num_classes} classes)")
     print(inference.describe_settings(loaded.settings))
     name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
     info = inference.dataset_info_for(name, loaded.num_classes)
     segmenter = Segmenter(
-        loaded, branch=branch, flip=flip, scales=scales, tiles=tiles, backend=backend
+        loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
     )
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    for item in tqdm(items, desc="predicting", unit="file", disable=not progress):
+    for item in tqdm(items, desc="predicting", unit="file", disable=not o.progress):
         try:
             if item.kind == "video":
-                paths = _segment_video(segmenter, item, output, info.palette, alpha, progress)
+                paths = _segment_video(segmenter, item, output, info.palette, o.alpha, o.progress)
             else:
-                paths = _segment_image(segmenter, item, output, info.palette, alpha)
+                paths = _segment_image(segmenter, item, output, info.palette, o.alpha)
         except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
             raise  # out of memory: the next large input would be too; the message says what to do
         except Exception as error:  # noqa: BLE001 - name the file, go on with the rest

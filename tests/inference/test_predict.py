@@ -104,7 +104,9 @@ def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkey
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(cli_config(), checkpoint, inputs, out, progress=False)
+    summary = prediction.predict(
+        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    )
 
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
     assert "corrupt.png" in summary.failed[0][1]  # the reason names the file
@@ -122,7 +124,9 @@ def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(cli_config(), checkpoint, inputs, out, progress=False)
+    summary = prediction.predict(
+        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    )
     assert len(summary.succeeded) == 6 and len(summary.failed) == 1
     check_outputs(out, sizes, capsys.readouterr().out)
     classes = set()

@@ -179,7 +179,13 @@ def test_predict_stops_at_out_of_memory_instead_of_skipping(tiny_checkpoint, mon
     image = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     with pytest.raises(sw.OutOfMemoryError, match="--tile="):
-        prediction.predict(cli_config(), tiny_checkpoint[0], image, tmp_path / "o", progress=False)
+        prediction.predict(
+            cli_config(),
+            tiny_checkpoint[0],
+            image,
+            tmp_path / "o",
+            prediction.PredictOptions(progress=False),
+        )
 
 
 @pytest.mark.parametrize(
