@@ -21,7 +21,8 @@ CFF_UPSAMPLING = ("bilinear", "deconv3", "deconv5", "deconv7")
 STEMS = ("release", "resnet", "deep")
 STRIDE_ON = ("1x1", "3x3")
 SHORTCUTS = ("conv", "avgpool")
-DTYPES = ("float32", "bfloat16", "float16")
+# float64 computes with JAX_ENABLE_X64=1 (exact comparisons in the tests).
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 OUTPUT_STRIDES = (8, 16, 32)
 CLASS_WEIGHT_METHODS = ("median_frequency", "enet")
 

@@ -59,6 +59,9 @@ def test_a_resume_at_or_past_num_steps_says_so_and_writes_nothing(tmp_path, tiny
             f"--workdir={workdir}",
             f"--config.num_steps={num_steps}",
             f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+            # The checkpoint's own input settings: a resume with others is refused first.
+            "--config.input.bgr=False",
+            "--config.input.mean=(0., 0., 0.)",
             *TINY_DATA,
         )
         assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
