@@ -12,7 +12,7 @@ import pytest
 from icnet_jax import cli, config_checks, errors
 from icnet_jax import config as default
 from icnet_jax.models import backbone, icnet, pspnet
-from icnet_jax.tools import prune
+from icnet_jax.weights import prune
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = [*default.ABLATIONS, *default.RECIPES]
