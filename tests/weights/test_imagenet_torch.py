@@ -15,9 +15,9 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from icnet_jax import weight_files  # noqa: E402
 from icnet_jax.models import ICNet, PSPNet  # noqa: E402
 from icnet_jax.models.backbone import Trunk  # noqa: E402
+from icnet_jax.weights import files as weight_files  # noqa: E402
 from icnet_jax.weights import imagenet as pretrained  # noqa: E402
 
 # Our stage outputs and the torch modules that produce them.
