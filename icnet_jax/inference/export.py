@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import errors
+from icnet_jax.weights import trees
 from icnet_jax.weights.checkpoints import existing_checkpoint
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
@@ -63,13 +64,7 @@ def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any,
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if fold_bn:
         variables = fold_batchnorm(variables)
-    return model.apply, _to_numpy(variables), config_dict
-
-
-def _to_numpy(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
+    return model.apply, trees.to_numpy(variables), config_dict
 
 
 def export_saved_model(

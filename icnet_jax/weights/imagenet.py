@@ -38,9 +38,10 @@ import numpy as np
 from icnet_jax.config import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
 from icnet_jax.errors import UserError
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
+from icnet_jax.weights import trees
 from icnet_jax.weights.files import mismatch_summary, read_weights
 from icnet_jax.weights.spec import WeightsSpec
-from icnet_jax.weights.start import check_folded_start, merge_variables, plain_dict
+from icnet_jax.weights.start import check_folded_start, merge_variables
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has
@@ -219,7 +220,7 @@ def _torch_variables(tensors, source, params, stats, layers):
 
     for path in layers:
         conv, bn = _torch_names(source, path)
-        p, s = _node(params, path), _node(stats, path)
+        p, s = trees.node(params, path), trees.node(stats, path)
         n = p["bn"]["scale"].shape
         values = {
             "kernel": take(f"{conv}.weight", p["conv"]["kernel"].shape, transpose=True),
@@ -231,10 +232,10 @@ def _torch_variables(tensors, source, params, stats, layers):
         used.add(source.prefix + f"{bn}.num_batches_tracked")
         if any(v is None for v in values.values()):
             continue
-        _put(out_params, path, {"conv": {"kernel": values["kernel"]}})
-        out_params_node = _node(out_params, path)
+        trees.put(out_params, path, {"conv": {"kernel": values["kernel"]}})
+        out_params_node = trees.node(out_params, path)
         out_params_node["bn"] = {"scale": values["scale"], "bias": values["bias"]}
-        _put(out_stats, path, {"bn": {"mean": values["mean"], "var": values["var"]}})
+        trees.put(out_stats, path, {"bn": {"mean": values["mean"], "var": values["var"]}})
     return {"params": out_params, "batch_stats": out_stats}, used, missing, misshaped
 
 
@@ -245,7 +246,7 @@ def _caffe_variables(tensors, params, layers):
 
     template: dict[str, Any] = {}
     for path in layers:
-        _put(template, path, _node(params, path))
+        trees.put(template, path, trees.node(params, path))
     names = {"_".join(path) for path in layers}
     ours, used = {}, set()
     for name, value in tensors.items():
@@ -281,7 +282,10 @@ def trunk_variables(
             f"{path}: {source.name} needs the trunk {source.trunk._asdict()}, the model has "
             f"{trunk._asdict()}"
         )
-    params, stats = plain_dict(variables["params"]), plain_dict(variables.get("batch_stats", {}))
+    params, stats = (
+        trees.plain_dict(variables["params"]),
+        trees.plain_dict(variables.get("batch_stats", {})),
+    )
     layers = trunk_layers(params, trunk)
     try:
         if source.stem_names:
@@ -354,20 +358,3 @@ def load_backbone(state: Any, path: str | pathlib.Path, config, *, verbose: bool
         batch_stats=jax.tree.map(jnp.asarray, merged["batch_stats"]),
     )
     return state, report
-
-
-# ----------------------------------------------------------------------------------------------
-# Trees
-# ----------------------------------------------------------------------------------------------
-
-
-def _node(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    for part in path:
-        tree = tree[part]
-    return tree
-
-
-def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        tree = tree.setdefault(part, {})
-    tree[path[-1]] = value

@@ -29,6 +29,7 @@ import numpy as np
 from icnet_jax import errors
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS
 from icnet_jax.models.layers import channels
+from icnet_jax.weights import trees
 from icnet_jax.weights.checkpoints import existing_checkpoint
 
 
@@ -92,12 +93,6 @@ def icnet_channel_graph(stem: str = "release") -> dict[Path, tuple[str, str]]:
     return g
 
 
-def _node(tree: Mapping[str, Any], path: Path) -> Any:
-    for part in path:
-        tree = tree[part]
-    return tree
-
-
 def _layer_paths(params: Mapping[str, Any], path: Path = ()) -> list[Path]:
     out = []
     for name, value in params.items():
@@ -110,7 +105,7 @@ def _layer_paths(params: Mapping[str, Any], path: Path = ()) -> list[Path]:
 
 
 def _kernel(params: Mapping[str, Any], path: Path) -> np.ndarray:
-    node = _node(params, path)
+    node = trees.node(params, path)
     return np.asarray(node["conv"]["kernel"] if "conv" in node else node["kernel"])
 
 
@@ -242,7 +237,7 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
         )
     width = float(config.model.width)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables = {k: _to_numpy(v) for k, v in variables.items()}
+    variables = {k: trees.to_numpy(v) for k, v in variables.items()}
     pruned = prune_variables(variables, keep, width=width, stem=config.model.stem)
     config.model.width = width * keep
     new_state = write_training_checkpoint(output, config, pruned, num_classes, seed=seed)
@@ -254,9 +249,3 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
             f"-> {pathlib.Path(output) / 'checkpoints' / '0'} (fine-tune it next)"
         )
     return new_state
-
-
-def _to_numpy(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)

@@ -19,6 +19,7 @@ import numpy as np
 from icnet_jax import errors
 from icnet_jax.data import labels as L
 from icnet_jax.models.layers import BN_EPSILON
+from icnet_jax.weights import trees
 from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release: this tool's API
     WeightsError,
     flatten_tensors,
@@ -99,9 +100,9 @@ def release_variables(
             kshape = tuple(shapes["conv"]["kernel"].shape)
             layer_params, layer_stats = _conv_bn(reader, name, kshape)
         if layer_params is not None:
-            _put(params, path, layer_params)
+            trees.put(params, path, layer_params)
         if layer_stats is not None:
-            _put(stats, path, layer_stats)
+            trees.put(stats, path, layer_stats)
     reader.check()
     return {"params": params, "batch_stats": stats}, ignored, absent
 
@@ -179,12 +180,6 @@ def _conv_bn(reader: _Reader, name: str, kshape: tuple[int, ...]) -> tuple[Any, 
     # var = 1 - eps: BatchNorm's var + eps is then exactly 1.
     stats = {"mean": np.zeros(n, np.float32), "var": np.full(n, 1.0 - BN_EPSILON, np.float32)}
     return params, {"bn": stats}
-
-
-def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        tree = tree.setdefault(part, {})
-    tree[path[-1]] = value
 
 
 def infer_release_geometry(

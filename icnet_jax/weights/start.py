@@ -42,6 +42,7 @@ from icnet_jax.errors import UserError
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import checkpoints
 from icnet_jax.weights import spec as spec_lib
+from icnet_jax.weights.trees import plain_dict
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -83,17 +84,6 @@ class PretrainedReport:
             lines.append("  in the checkpoint but not in the model, ignored:")
             lines += [f"    {p}" for p in self.unused]
         return "\n".join(lines)
-
-
-def plain_dict(tree: Any) -> Any:
-    """Nested mappings (orbax metadata trees, FrozenDicts, TrainStates) as plain dicts."""
-    if hasattr(tree, "tree"):  # orbax TreeMetadata
-        tree = tree.tree
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
-    if isinstance(tree, Mapping):
-        return {k: plain_dict(v) for k, v in tree.items()}
-    return tree
 
 
 def restore_checkpoint(

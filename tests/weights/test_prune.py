@@ -14,7 +14,7 @@ import pytest
 from configs import quickstart
 from icnet_jax import cli, errors
 from icnet_jax.models import ICNet
-from icnet_jax.weights import prune
+from icnet_jax.weights import prune, trees
 from icnet_jax.weights import start as finetune
 from icnet_jax.weights.release import write_training_checkpoint
 
@@ -68,7 +68,7 @@ def test_pruned_model_equals_full_model_with_dropped_channels_zeroed(trunk):
             continue
         dropped = np.setdiff1d(np.arange(prune._kernel(params, path).shape[-1]), selected[out])
         assert len(dropped) > 0
-        bn = prune._node(zeroed["params"], path)["bn"]
+        bn = trees.node(zeroed["params"], path)["bn"]
         bn["scale"][dropped] = 0.0
         bn["bias"][dropped] = 0.0
     pruned = prune.prune_variables(zeroed, keep, stem=stem)
