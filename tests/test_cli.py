@@ -2,7 +2,6 @@
 tool outputs that cannot be written, SIGTERM, config files that raise, workdirs that cannot be
 created. Each is one `error:` line (or the right result) and nothing written."""
 
-import os
 import pathlib
 import shutil
 import signal
@@ -12,35 +11,14 @@ import sys
 import pytest
 
 from icnet_jax import cli
+from tests.scripts import ENV, REPO, one_error_line, run
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DATA = [
     "--config.dataset.builder_kwargs.num_train=4",
     "--config.dataset.builder_kwargs.num_val=2",
     "--config.dataset.builder_kwargs.height=33",
     "--config.dataset.builder_kwargs.width=65",
 ]
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-
-
-def run(*command, env=ENV):
-    return subprocess.run(
-        [sys.executable, *map(str, command)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def one_error_line(done) -> str:
-    output = done.stdout + done.stderr
-    assert done.returncode == cli.EXIT_USAGE, output
-    assert "Traceback" not in output, output
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def snapshot(folder):

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from icnet_jax import cli, errors
+from icnet_jax import errors
 from icnet_jax.train import workdir_lock
+from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HOLDER = """
@@ -60,19 +61,8 @@ def test_a_workdir_in_use_is_refused_naming_the_other_process(holder):
 
 def test_train_py_on_a_workdir_in_use_is_one_error_line_and_writes_nothing(holder):
     workdir, process = holder
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    done = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == cli.EXIT_USAGE, done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and f"process {process.pid}" in lines[0], done.stderr
+    done = scripts.run("train.py", f"--workdir={workdir}")
+    assert f"process {process.pid}" in scripts.one_error_line(done), done.stderr
     assert [p.name for p in workdir.iterdir()] == [workdir_lock.LOCK_NAME]
 
 

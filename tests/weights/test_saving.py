@@ -5,16 +5,13 @@ start."""
 import errno
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from icnet_jax import cli, errors
+from icnet_jax import errors
 from icnet_jax.weights import checkpoints
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests import scripts
 
 
 def _fill_disk_at(step_to_fail: int, where: str = "save"):
@@ -117,17 +114,7 @@ def test_a_tool_on_a_full_disk_is_one_error_line(tmp_path, tiny_checkpoint):
     out = tmp_path / "pruned"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [f"--checkpoint={tiny_checkpoint[0]}", f"--output={out}", "--keep=0.5"]
-    done = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == cli.EXIT_USAGE, done.stderr
-    assert "Traceback" not in done.stdout + done.stderr, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "no space left on" in lines[0], done.stderr
-    assert "while saving step 0" in lines[0] and "no checkpoint" in lines[0]
+    line = scripts.one_error_line(scripts.run("-c", WRAPPER, *args, env=env))
+    assert "no space left on" in line
+    assert "while saving step 0" in line and "no checkpoint" in line
     assert list((out / "checkpoints").iterdir()) == []
