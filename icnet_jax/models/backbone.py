@@ -178,7 +178,8 @@ def stem(x: Array, conv_bn: ConvBNDef, width: float, train: bool, trunk: Trunk =
     """
     for i, (name, k, c) in enumerate(STEM_LAYERS[trunk.stem]):
         x = conv_bn(channels(c, width), k, strides=2 if i == 0 else 1, name=name)(x, train)
-    return max_pool_ceil(x) if trunk.stem == "release" else max_pool_floor(x)
+    pool = max_pool_ceil if trunk.stem == "release" else max_pool_floor
+    return pool(x, unrolled=train)
 
 
 def residual_stage(

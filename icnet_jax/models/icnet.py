@@ -63,7 +63,7 @@ class ICNet(backbone.SegmentationNetwork):
             raise ValueError(f"cff_upsampling must be one of {CFF_UPSAMPLING}")
         conv_bn = self.conv_bn
         resize = functools.partial(resize_bilinear, align_corners=self.align_corners)
-        head = functools.partial(classifier, self.num_classes, dtype=self.dtype)
+        head = functools.partial(classifier, self.num_classes, dtype=self.dtype, matmul=train)
         cff1 = self._cff(conv_bn, head, 4, "conv_sub4", "conv3_1_sub2_proj", "conv6_sub4")
         cff2 = self._cff(conv_bn, head, 2, "conv_sub2", "conv3_sub1_proj", "conv6_sub2")
         # init builds every layer whatever the branch setting, so one checkpoint serves all.

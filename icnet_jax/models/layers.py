@@ -7,6 +7,7 @@ so that on inputs of the form 32k+1 every intermediate map has exactly the relea
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -116,6 +117,38 @@ def channels(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
+def pointwise_matmul(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> Array:
+    """A 1x1 convolution of `[N, H, W, Cin]` by `[1, 1, Cin, Cout]` as a matrix product, with
+    `lax.conv_general_dilated`'s signature (`nn.Conv(conv_general_dilated=...)`).
+
+    The same values; on XLA CPU a training step of ICNet is about 15% faster this way, because
+    the weight gradient of a 1x1 convolution becomes one matrix product where XLA's convolution
+    gradient first transposes the activations to `[Cin, H, W, N]`. Inference and export keep
+    the convolution (exporters map it onto ONNX's Conv, which int8 quantises).
+    """
+    no_padding = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
+    if rhs.shape[:2] != (1, 1) or not no_padding:
+        raise ValueError(f"a 1x1 convolution without padding, got {rhs.shape} and {padding}")
+    if feature_group_count != 1 or any(
+        d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))
+    ):
+        raise ValueError("a 1x1 convolution without groups or dilation")
+    s0, s1 = window_strides
+    if s0 > 1 or s1 > 1:
+        lhs = lhs[:, ::s0, ::s1, :]
+    return jax.lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
 class ConvBN(nn.Module):
     """Convolution (no bias) + BatchNorm (eps 1e-5) + optional ReLU; padding as in Caffe.
 
@@ -169,6 +202,7 @@ class ConvBN(nn.Module):
                 strides=(s, s),
                 padding=[(pad, pad)] * 2,
                 kernel_dilation=(d, d),
+                conv_general_dilated=pointwise_matmul if k == 1 and train else None,
                 use_bias=self.fold_bn,
                 kernel_init=init,
                 dtype=self.dtype,
@@ -186,9 +220,13 @@ class ConvBN(nn.Module):
         return nn.relu(x) if self.relu else x
 
 
-def classifier(num_classes: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
-    """A 1x1 convolution with bias producing logits."""
-    return nn.Conv(num_classes, (1, 1), dtype=dtype, name=name)
+def classifier(
+    num_classes: int, name: str, dtype: Any = jnp.float32, matmul: bool = False
+) -> nn.Conv:
+    """A 1x1 convolution with bias producing logits; `matmul`: computed as `pointwise_matmul`
+    (for training)."""
+    conv = pointwise_matmul if matmul else None
+    return nn.Conv(num_classes, (1, 1), dtype=dtype, name=name, conv_general_dilated=conv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,10 +234,34 @@ def classifier(num_classes: int, name: str, dtype: Any = jnp.float32) -> nn.Conv
 # ----------------------------------------------------------------------------------------------
 
 
-def max_pool_ceil(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
+def _max_pool_padded(x: Array, window: int, stride: int, unrolled: bool) -> Array:
+    """VALID max pooling of `x`, padded already (with -inf).
+
+    `unrolled`: the max of the window's `window**2` strided slices. Its gradient is elementwise
+    selects that fuse, where reduce-window's (a select-and-scatter) compiles on XLA CPU into an
+    argmax search about 5x the cost of the forward; the values are the same. The reduce-window
+    form is the one exporters (jax2onnx) map onto ONNX's 2-D pool, so inference keeps it.
+    """
+    if not unrolled:
+        # Keyword arguments only: exporters replace Flax's pooling with functions of that
+        # signature.
+        return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+    rows, cols = ((n - window) // stride + 1 for n in x.shape[1:3])
+    taps = (
+        x[:, i : i + (rows - 1) * stride + 1 : stride, j : j + (cols - 1) * stride + 1 : stride]
+        for i in range(window)
+        for j in range(window)
+    )
+    return functools.reduce(jnp.maximum, taps)
+
+
+def max_pool_ceil(
+    x: Array, window: int = 3, stride: int = 2, pad: int = 1, *, unrolled: bool = False
+) -> Array:
     """Caffe max pooling (ceil mode): out = ceil((n + 2 pad - window) / stride) + 1.
 
-    As in Caffe, a last window that would start inside the padding is dropped.
+    As in Caffe, a last window that would start inside the padding is dropped. `unrolled`: the
+    form to differentiate (see `_max_pool_padded`); same values.
     """
     padding = []
     for n in x.shape[1:3]:
@@ -207,17 +269,17 @@ def max_pool_ceil(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> A
         if (out - 1) * stride >= n + pad:
             out -= 1
         padding.append((pad, (out - 1) * stride + window - n - pad))
-    # Padding apart and keyword arguments only: exporters (jax2onnx) replace Flax's pooling with
-    # functions of that signature, which map onto ONNX's 2-D pools.
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+    return _max_pool_padded(x, window, stride, unrolled)
 
 
-def max_pool_floor(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
+def max_pool_floor(
+    x: Array, window: int = 3, stride: int = 2, pad: int = 1, *, unrolled: bool = False
+) -> Array:
     """PyTorch max pooling (floor mode, as torchvision's and timm's ResNet stems):
     out = floor((n + 2 pad - window) / stride) + 1. Equals `max_pool_ceil` on odd sizes."""
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+    return _max_pool_padded(x, window, stride, unrolled)
 
 
 def avg_pool_ceil(x: Array, window: int = 2) -> Array:

@@ -54,10 +54,10 @@ class PSPNet(backbone.SegmentationNetwork):
         x = ConcatPyramidPooling(
             conv_bn, channels(512, self.width), align_corners=self.align_corners, name="ppm"
         )(x, train)
-        logits = classifier(self.num_classes, "conv6", self.dtype)(x)
+        logits = classifier(self.num_classes, "conv6", self.dtype, matmul=train)(x)
         if train or self.is_initializing():
             aux = conv_bn(channels(256, self.width), 3, name="conv4_aux")(conv4, train)
-            aux_logits = classifier(self.num_classes, "conv6_aux", self.dtype)(aux)
+            aux_logits = classifier(self.num_classes, "conv6_aux", self.dtype, matmul=train)(aux)
             if train:
                 return {"psp": logits, "aux": aux_logits}
         return resize_bilinear(logits, (h, w), self.align_corners)

@@ -1,5 +1,6 @@
 """Resizing, pooling and pyramid pooling against numpy references and the release's geometry."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,10 +74,11 @@ def test_release_sizes():
     assert layers.zoom_size(33, 2, align_corners=False) == 66
 
 
+@pytest.mark.parametrize("unrolled", [False, True])
 @pytest.mark.parametrize("size", [257, 256, 8, 9, 3])
-def test_max_pool_ceil_matches_caffe(size):
+def test_max_pool_ceil_matches_caffe(size, unrolled):
     x = np.random.default_rng(5).normal(size=(1, size, size + 1, 2)).astype(np.float32)
-    got = np.asarray(layers.max_pool_ceil(jnp.asarray(x)))
+    got = np.asarray(layers.max_pool_ceil(jnp.asarray(x), unrolled=unrolled))
     for axis, n in ((1, size), (2, size + 1)):
         out = int(np.ceil((n + 2 - 3) / 2)) + 1
         if (out - 1) * 2 >= n + 1:
@@ -87,6 +89,43 @@ def test_max_pool_ceil_matches_caffe(size):
         for j in range(got.shape[2]):
             window = padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
             np.testing.assert_allclose(got[:, i, j], window.max(axis=(1, 2)))
+
+
+@pytest.mark.parametrize("pool", [layers.max_pool_ceil, layers.max_pool_floor])
+def test_unrolled_max_pool_gradient_goes_to_each_window_maximum(pool):
+    # Distinct values: every window has one maximum, which receives the output's gradient.
+    x = np.random.default_rng(6).permutation(2 * 9 * 12 * 3).reshape(2, 9, 12, 3)
+    x = x.astype(np.float32)
+    cotangent = np.random.default_rng(7).normal(size=pool(jnp.asarray(x)).shape)
+    grad = jax.grad(lambda v: jnp.sum(pool(v, unrolled=True) * cotangent))(jnp.asarray(x))
+    expected = np.zeros_like(x)
+    padded = np.pad(x, ((0, 0), (1, 3), (1, 3), (0, 0)), constant_values=-np.inf)
+    for n, i, j, c in np.ndindex(cotangent.shape):
+        window = padded[n, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, c]
+        r, q = np.unravel_index(np.argmax(window), window.shape)
+        expected[n, 2 * i + r - 1, 2 * j + q - 1, c] += cotangent[n, i, j, c]
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_pointwise_matmul_is_a_1x1_convolution(strides):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 9, 11, 5)).astype(np.float32)
+    kernel = rng.normal(size=(1, 1, 5, 7)).astype(np.float32)
+    expected = np.einsum("nhwi,io->nhwo", x[:, ::strides, ::strides], kernel[0, 0])
+
+    def conv(fn, v, k):
+        module = nn.Conv(7, (1, 1), strides=strides, padding="VALID", conv_general_dilated=fn)
+        return module.apply({"params": {"kernel": k, "bias": jnp.zeros(7)}}, v)
+
+    got = conv(layers.pointwise_matmul, x, kernel)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda v, k, fn=fn: jnp.sum(conv(fn, v, k) ** 2), argnums=(0, 1))(x, kernel)
+        for fn in (layers.pointwise_matmul, None)
+    ]
+    for got_grad, conv_grad in zip(*grads):
+        np.testing.assert_allclose(got_grad, conv_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_pyramid_windows_are_the_released_ones_on_33x65():
