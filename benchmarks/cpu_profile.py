@@ -64,8 +64,9 @@ def stack_functions(hlo: str) -> dict[str, list[str]]:
     return stacks
 
 
-def hlo_groups(hlo: str) -> dict[str, str]:
-    """`{instruction name: group}` of every instruction of the compiled HLO text."""
+def instruction_texts(hlo: str) -> dict[str, tuple[str, str]]:
+    """`{instruction name: (opcode, its HLO line with the body of the computation it calls)}`
+    of every instruction of the compiled HLO text (a fusion's text holds what it fuses)."""
     bodies: dict[str, str] = {}
     name = None
     for line in hlo.splitlines():
@@ -75,15 +76,23 @@ def hlo_groups(hlo: str) -> dict[str, str]:
             bodies[name] = ""
         elif name is not None:
             bodies[name] += line + "\n"
-    stacks = stack_functions(hlo)
-    groups = {}
+    texts = {}
     for line in hlo.splitlines():
         match = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(", line)
-        if not match:
-            continue
-        instruction, opcode = match.groups()
-        called = re.search(r"calls=%?([\w.\-]+)", line)
-        text = line + (bodies.get(called.group(1), "") if called else "")
+        if match:
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            texts[match.group(1)] = (
+                match.group(2),
+                line + (bodies.get(called.group(1), "") if called else ""),
+            )
+    return texts
+
+
+def hlo_groups(hlo: str) -> dict[str, str]:
+    """`{instruction name: group}` of every instruction of the compiled HLO text."""
+    stacks = stack_functions(hlo)
+    groups = {}
+    for instruction, (opcode, text) in instruction_texts(hlo).items():
         frames = re.findall(r"stack_frame_id=(\d+)", text)
         functions = {f for frame in frames for f in stacks.get(frame, [])}
         groups[instruction] = classify(opcode, text, functions)
@@ -108,33 +117,40 @@ def classify(opcode: str, text: str, functions: set[str]) -> str:
     return "other (elementwise, concat, slices)"
 
 
-def xla_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
-    """`({group: ms per call}, ms per call measured around the calls)` of the compiled forward."""
-    compiled = jax.jit(apply_fn).lower(variables, images).compile()
-    groups = hlo_groups(compiled.as_text())
-    jax.block_until_ready(compiled(variables, images))
+def op_times(compiled, args: tuple, runs: int) -> tuple[collections.Counter, float]:
+    """`({HLO instruction: ms per call}, ms per call measured around the calls)` of `runs`
+    profiled calls of a compiled executable, after one unprofiled call."""
+    jax.block_until_ready(compiled(*args))
     folder = tempfile.mkdtemp(prefix="xla_profile_")
     jax.profiler.start_trace(folder)
     start = time.perf_counter()
     for _ in range(runs):
-        jax.block_until_ready(compiled(variables, images))
+        jax.block_until_ready(compiled(*args))
     wall = (time.perf_counter() - start) / runs
     jax.profiler.stop_trace()
     (path,) = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
-    totals: collections.Counter = collections.Counter()
     ops: collections.Counter = collections.Counter()
     for plane in jax.profiler.ProfileData.from_file(path).planes:
         for line in plane.lines:
             if "PjRtCpuClient" not in line.name and "XLAEigen" not in line.name:
                 continue
             for event in line.events:
-                op = event.name.removeprefix("end: ")
-                if op in groups:
-                    totals[groups[op]] += event.duration_ns / 1e6 / runs
-                    ops[op] += event.duration_ns / 1e6 / runs
+                ops[event.name.removeprefix("end: ")] += event.duration_ns / 1e6 / runs
+    return ops, wall * 1e3
+
+
+def xla_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
+    """`({group: ms per call}, ms per call measured around the calls)` of the compiled forward."""
+    compiled = jax.jit(apply_fn).lower(variables, images).compile()
+    groups = hlo_groups(compiled.as_text())
+    ops, wall = op_times(compiled, (variables, images), runs)
+    ops = collections.Counter({op: ms for op, ms in ops.items() if op in groups})
+    totals: collections.Counter = collections.Counter()
+    for op, ms in ops.items():
+        totals[groups[op]] += ms
     for op, ms in ops.most_common(TOP):
         print(f"  {groups[op][:20]:20s} {LAYERS.get(op, '')[:40]:40s} {ms:8.1f} ms")
-    return dict(totals), wall * 1e3
+    return dict(totals), wall
 
 
 def onnx_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
