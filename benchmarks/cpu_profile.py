@@ -185,8 +185,8 @@ def onnx_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
 def show(title: str, totals: dict, wall: float) -> None:
     counted = sum(totals.values())
     print(f"\n{title}: {wall:.1f} ms per call (wall), {counted:.1f} ms of op time")
-    for group, ms in sorted(totals.items(), key=lambda item: -item[1])[:12]:
-        print(f"  {group:38s} {ms:8.1f} ms  {100 * ms / counted:5.1f} %")
+    for group, ms in sorted(totals.items(), key=lambda item: -item[1])[:16]:
+        print(f"  {group:46s} {ms:8.1f} ms  {100 * ms / counted:5.1f} %")
 
 
 def main() -> None:

@@ -202,7 +202,7 @@ def load_flax(model: ICNet, variables: Mapping[str, Any]) -> ICNet:
 
     def put(tensor: torch.Tensor, value: Any) -> None:
         with torch.no_grad():
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(np.asarray(value, np.float32))))
+            tensor.copy_(torch.from_numpy(np.array(value, np.float32)))
 
     for path, layer in _conv_bns(model):
         conv, bn = layer[0], layer[1]

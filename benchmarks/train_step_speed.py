@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import statistics
 import time
@@ -42,7 +43,7 @@ NUM_CLASSES = 11
 IGNORE = 255
 
 
-def jax_step(args: argparse.Namespace, batch: dict[str, np.ndarray]):
+def jax_step(args: argparse.Namespace):
     """`(step, state, variables)`: the training step of `configs/camvid.py` at this crop."""
     config = camvid.get_config()
     config.input.crop_size = (args.height, args.width)
@@ -85,46 +86,67 @@ def torch_step(config, variables, batch: dict[str, np.ndarray]):
     return step
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the record: speeds differ between machines."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def classify(name: str, text: str) -> str:
+def classify(name: str, text: str, functions: set[str]) -> str:
     """The group of one HLO instruction of the training step from its text (with a fusion's
-    body): what it computes, and whether it belongs to the backward pass (the ops JAX names
-    `transpose(jvp(...))`)."""
+    body) and the functions on the source stacks JAX recorded for it: what it computes, and
+    whether it belongs to the backward pass (the ops JAX names `transpose(jvp(...))`)."""
     names = re.findall(r'op_name="([^"]*)"', text)
-    backward = any("transpose(jvp" in n for n in names)
+    backward = ", backward" if any("transpose(jvp" in n for n in names) else ""
     if "convolution(" in text:
         # A weight gradient is a convolution whose window is the whole feature map.
         if re.search(r"window=\{size=\d{2,}x", text):
             return "convolution weight gradients"
         return "convolution input gradients" if backward else "convolutions"
     if "dot(" in text or any("dot_general" in n for n in names):
-        return "1x1 convolutions as matmuls" + (", backward" if backward else "")
+        return "1x1 convolutions as matmuls" + backward
     if name.startswith("transpose") or " transpose(" in text:
         return "layout transposes (for weight gradients)"
     if any("/bn/" in n for n in names):
-        return "BatchNorm" + (", backward" if backward else "")
+        return "BatchNorm" + backward
+    if "cascade_loss" in functions:
+        return "loss at three resolutions" + backward
+    if "_resize_axis" in functions:
+        return "interpolation" + backward
     if "reduce-window" in text or any("pool" in n.lower() for n in names):
-        return "pooling" + (", backward" if backward else "")
-    if any("cascade_loss" in n or "cross_entropy" in n or "logsumexp" in n for n in names):
-        return "loss"
-    return "other (elementwise, interpolation, optimiser)" + (", backward" if backward else "")
+        return "pooling" + backward
+    if any("optax" in f or "apply_gradients" in f for f in functions):
+        return "optimiser"
+    return "other (elementwise, slices, concatenation)" + backward
 
 
-def profile(step, state, batch, runs: int = 2) -> None:
-    """Prints XLA's op time of the compiled step by group (`classify`), summed over threads."""
+def profile(step, state, batch, runs: int = 2) -> dict[str, float]:
+    """XLA's op time of the compiled step by group (`classify`), summed over threads: printed
+    and returned (ms per step)."""
     compiled = step.lower(state, batch).compile()
-    texts = cpu_profile.instruction_texts(compiled.as_text())
+    hlo = compiled.as_text()
+    texts = cpu_profile.instruction_texts(hlo)
+    stacks = cpu_profile.stack_functions(hlo)
     ops, wall = cpu_profile.op_times(compiled, (state, batch), runs)
     totals: collections.Counter = collections.Counter()
     for op, ms in ops.items():
         if op in texts:
-            totals[classify(op, texts[op][1])] += ms
+            frames = re.findall(r"stack_frame_id=(\d+)", texts[op][1])
+            functions = {f for frame in frames for f in stacks.get(frame, [])}
+            totals[classify(op, texts[op][1], functions)] += ms
     cpu_profile.show("XLA training step", dict(totals), wall)
+    return dict(totals)
 
 
 def main() -> None:
@@ -143,7 +165,8 @@ def main() -> None:
     }
     labels = batch["label"]
     batch["label"] = np.where(labels == NUM_CLASSES, IGNORE, labels).astype(np.int32)
-    step, state, variables, config = jax_step(args, batch)
+    load_before = os.getloadavg()[0]
+    step, state, variables, config = jax_step(args)
     sharded = loop.shard(batch, 1)
     run_torch = torch_step(config, variables, batch)
 
@@ -168,13 +191,16 @@ def main() -> None:
         "jax_first_step_s": compile_s,
         "time_ms": {k: {"median": m, "all": [t * 1e3 for t in v]} for k, (m, v) in both.items()},
         "jax_over_torch": median["jax"] / median["torch"],
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": [load_before, os.getloadavg()[0]],
     }
     print(f"batch {args.batch} of {args.height}x{args.width}, {args.runs} steps each, in turn:")
     print(f"  JAX   {median['jax']:8.1f} ms (first step with compilation {compile_s:.1f} s)")
     print(f"  torch {median['torch']:8.1f} ms ({torch.get_num_threads()} threads)")
     print(f"  JAX / torch: {result['jax_over_torch']:.2f}")
     if args.profile:
-        profile(step, state, sharded)
+        result["xla_op_ms"] = profile(step, state, sharded)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
