@@ -83,8 +83,9 @@ def quantize_static(
             # u8 x s8 dot product). With int8 activations its CPU fuser (int8 allowed on ARM
             # only) first rewrites each int8 Q/DQ pair to uint8 and misses those whose
             # DequantizeLinear feeds two convolutions (a residual block's projection and first
-            # 1x1): 15 of 64 stayed float Conv between DQ and Q, each with layout Transposes
-            # around it (39 against 5), and int8 ran 1.40x float32 against 1.78x (512x1024).
+            # 1x1): 15 of 64 stayed float Conv between DQ and Q, with layout Transposes around
+            # them (39 against 5). int8 / float32 time on a 2-core EPYC (VNNI), one session at
+            # a time: 1.1-1.4x then, 1.7-2.0x now at 512x1024, 1.1x and 1.7-1.9x at 1024x2048.
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             # 7-bit weights: without VNNI (AVX2) the u8 x s8 products are summed in pairs into
@@ -104,8 +105,9 @@ def quantize_static(
 # every op type was no faster than float32 at 1025x2049 on a 2-core CPU (Q/DQ pairs around the
 # interpolations' gathers and the shape arithmetic). With uint8 activations, adding Add,
 # Concat, MaxPool and AveragePool (or Gather and Expand) gained nothing measurable at
-# 512x1024: what stays float is mostly the bilinear interpolations (Gather, Sub, Mul, Add),
-# about half the int8 model's time, the largest the logits' upsampling at full resolution.
+# 512x1024: what stays float is mostly the bilinear interpolations (Gather, Sub, Mul, Add,
+# Expand), over half the int8 model's time (the logits' upsampling to full size alone a fifth),
+# so faster convolutions alone cannot make int8 much more than 2x float32.
 OP_TYPES = ("Conv", "Relu")
 # Nodes between a -inf padding and its max pooling only move values (layout, shape).
 _MOVES = ("Transpose", "Reshape", "Identity")
