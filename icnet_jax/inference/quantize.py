@@ -1,5 +1,5 @@
-"""int8 ONNX models: onnxruntime's static quantisation (QDQ format, weights per output channel,
-int8 weights and activations, MinMax ranges) of the convolutions, calibrated on images
+"""int8 ONNX models: onnxruntime's static quantisation (QDQ format, int8 weights per output
+channel, uint8 activations, MinMax ranges) of the convolutions, calibrated on images
 normalised as the model expects.
 
 `dataset_images(calibration_config(loaded), size, n)` gives the calibration images of a
@@ -79,8 +79,18 @@ def quantize_static(
             Reader(),
             quant_format=q.QuantFormat.QDQ,
             per_channel=True,
-            activation_type=q.QuantType.QInt8,
+            # uint8 activations x int8 weights is what onnxruntime's x86 kernels run (VNNI's
+            # u8 x s8 dot product). With int8 activations its CPU fuser (int8 allowed on ARM
+            # only) first rewrites each int8 Q/DQ pair to uint8 and misses those whose
+            # DequantizeLinear feeds two convolutions (a residual block's projection and first
+            # 1x1): 15 of 64 stayed float Conv between DQ and Q, with layout Transposes around
+            # them (39 against 5). int8 / float32 time on a 2-core EPYC (VNNI), one session at
+            # a time: 1.1-1.4x then, 1.7-2.0x now at 512x1024, 1.1x and 1.7-1.9x at 1024x2048.
+            activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
+            # 7-bit weights: without VNNI (AVX2) the u8 x s8 products are summed in pairs into
+            # int16, which 8-bit weights can saturate. No cost measured with VNNI (speed, mIoU).
+            reduce_range=True,
             # MinMax reduces each activation to its range inside the calibration graph: memory
             # does not grow with the image size (full-size activations are never kept).
             calibrate_method=q.CalibrationMethod.MinMax,
@@ -93,8 +103,11 @@ def quantize_static(
 
 # Convolutions (and the ReLUs after them, which then vanish into the int8 range): quantising
 # every op type was no faster than float32 at 1025x2049 on a 2-core CPU (Q/DQ pairs around the
-# interpolations' gathers and the shape arithmetic), convolutions and ReLUs 1.46x, adding Add
-# 0.94x (one run, random weights, same machine).
+# interpolations' gathers and the shape arithmetic). With uint8 activations, adding Add,
+# Concat, MaxPool and AveragePool (or Gather and Expand) gained nothing measurable at
+# 512x1024: what stays float is mostly the bilinear interpolations (Gather, Sub, Mul, Add,
+# Expand), over half the int8 model's time (the logits' upsampling to full size alone a fifth),
+# so faster convolutions alone cannot make int8 much more than 2x float32.
 OP_TYPES = ("Conv", "Relu")
 # Nodes between a -inf padding and its max pooling only move values (layout, shape).
 _MOVES = ("Transpose", "Reshape", "Identity")

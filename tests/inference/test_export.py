@@ -148,12 +148,12 @@ def test_onnxruntime_backend_gives_the_labels_of_jax_on_real_frames(tiny_checkpo
     assert not list((workdir / "export").glob(".*"))  # no temporary file left
 
 
-def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monkeypatch):
+def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monkeypatch, tmp_path):
     pytest.importorskip("jax2onnx")
-    pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from icnet_jax.inference import quantize
-    from icnet_jax.inference.onnx_backend import Backend
+    from icnet_jax.inference.onnx_backend import Backend, session_options
 
     frames = camvid_frames(2)
     calibration = [frame[None].astype(np.float32) for frame in frames]  # mean 0, std 1, RGB
@@ -166,6 +166,13 @@ def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monke
     (path,) = (workdir / "export").glob("icnet_360x480_*_int8_n2.onnx")
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # onnxruntime fuses every convolution's Q/DQ group into QLinearConv: one left float (as
+    # int8 activations left a residual block's projection) runs in float between them.
+    options = session_options()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QLinearConv" in fused and "Conv" not in fused
 
 
 def test_backend_combinations_and_missing_extras_are_one_error(monkeypatch):
