@@ -1,7 +1,10 @@
 """Speed of an exported model against JAX on the same machine, in one run: the checkpoint's
 inference function (jitted, BatchNorm folded) and its ONNX export(s) run by onnxruntime (e.g.
 float32 and int8: `--onnx=a.onnx,a_int8.onnx`), called in turn on the same
-`float32 [batch, H, W, 3]` input (H, W: the export's), medians of `--runs`.
+`float32 [batch, H, W, 3]` input (H, W: the export's), medians of `--runs`. `--pause` seconds
+separate the calls: after a call, onnxruntime's worker threads spin for a while and would take
+a core from the next model's call (on 2 cores that made int8 look 1.1x faster than float32
+where one model at a time gave 1.5x).
 
     python -m icnet_jax.tools.export --checkpoint=DIR --output=exported/ --formats=onnx
     PYTHONPATH=. python benchmarks/export_speed.py --checkpoint=DIR --onnx=exported/icnet.onnx
@@ -28,6 +31,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between calls")
     args = parser.parse_args()
 
     paths = args.onnx.split(",")
@@ -45,6 +49,7 @@ def main() -> None:
     seconds = {name: [] for name in calls}
     for _ in range(args.runs):
         for name, call in calls.items():
+            time.sleep(args.pause)
             start = time.perf_counter()
             call()
             seconds[name].append(time.perf_counter() - start)
