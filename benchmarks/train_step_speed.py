@@ -120,7 +120,7 @@ def classify(name: str, text: str, functions: set[str]) -> str:
         return "layout transposes (for weight gradients)"
     if any("/bn/" in n for n in names):
         return "BatchNorm" + backward
-    if "cascade_loss" in functions:
+    if functions & {"cascade_loss", "cross_entropy_sum", "ohem_mask"}:
         return "loss at three resolutions" + backward
     if "_resize_axis" in functions:
         return "interpolation" + backward
