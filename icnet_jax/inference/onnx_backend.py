@@ -6,7 +6,7 @@ An export has fixed H and W (see `inference.export`), so one is made per network
 (the config's `input.eval_size`, else each image size met) and cached as
 
     <workdir>/export/icnet_<H>x<W>_<key>.onnx         (float32)
-    <workdir>/export/icnet_<H>x<W>_<key>_int8.onnx    (int8, its own key: calibration too)
+    <workdir>/export/icnet_<H>x<W>_<key>_int8_<recipe>_n<N>.onnx  (int8: recipe, N images)
 
 where `<key>` hashes the step folder (path, step, modification time), the model config, the
 number of classes and the branch: a new checkpoint or another branch never reuses a stale file.
@@ -151,7 +151,7 @@ class OnnxModel:
         n = self._backend.calibration_images
         config = quantize.calibration_config(self._loaded)
         return cached_file(
-            self._folder / f"{name}_int8_n{n}.onnx",
+            self._folder / f"{name}_int8_{quantize.RECIPE}_n{n}.onnx",
             lambda out: quantize.quantize_static(
                 float32, out, quantize.dataset_images(config, size, n)
             ),

@@ -109,6 +109,9 @@ def quantize_static(
 # Expand), over half the int8 model's time (the logits' upsampling to full size alone a fifth),
 # so faster convolutions alone cannot make int8 much more than 2x float32.
 OP_TYPES = ("Conv", "Relu")
+# Names these settings in the export cache's file names (`onnx_backend`): a model cached by an
+# earlier recipe (int8 activations: 15 of 64 convolutions left in float32) is made anew.
+RECIPE = "u8act"
 # Nodes between a -inf padding and its max pooling only move values (layout, shape).
 _MOVES = ("Transpose", "Reshape", "Identity")
 

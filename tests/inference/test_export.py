@@ -163,7 +163,7 @@ def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monke
     assert labels.shape == frames[0].shape[:2] and labels.max() < 9
     # Close to float32 (a NaN scale, as -inf padding would give, leaves nothing in common).
     assert np.mean(labels == jax_run(frames[0])) >= 0.9
-    (path,) = (workdir / "export").glob("icnet_360x480_*_int8_n2.onnx")
+    (path,) = (workdir / "export").glob("icnet_360x480_*_int8_u8act_n2.onnx")
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # onnxruntime fuses every convolution's Q/DQ group into QLinearConv: one left float (as
