@@ -6,8 +6,9 @@ The exported function takes images already normalised as the checkpoint's config
 released weights: BGR, minus the mean, no scaling) `float32 [batch, H, W, 3]` and returns logits
 `[batch, H, W, classes]` of the inference branch (sub124). H and W are fixed at export (ICNet's
 align-corners resizing and pyramid-pooling windows are computed from the static sizes, which is
-also what makes the export exact, where generic ONNX resizes trip over align corners); the batch
-is dynamic. `fold_bn` exports the inference form with BatchNorm folded into the convolutions.
+also what makes the export exact: each resize is one ONNX `Resize` node with the sizes and the
+coordinate convention spelled out, `onnx_resize`); the batch is dynamic. `fold_bn` exports the
+inference form with BatchNorm folded into the convolutions.
 
 The SavedModel holds the network as StableHLO in an `XlaCallModule` op, lowered for each of
 `platforms` (default cpu, cuda and tpu): without that, jax2tf lowers for the exporting machine
@@ -34,6 +35,9 @@ from icnet_jax.weights.checkpoints import existing_checkpoint
 
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
+# The ONNX graph's revision, part of the onnxruntime backend's cache key: a change of the graph
+# (2: bilinear resizes as Resize nodes, `onnx_resize`) makes cached exports anew.
+ONNX_REVISION = 2
 PLATFORMS = ("cpu", "cuda", "tpu")
 # The modules each format needs (the extras of requirements-export.txt).
 NEEDS = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
@@ -110,14 +114,17 @@ def export_onnx(
     import jax2onnx
     import onnx
 
-    model = jax2onnx.to_onnx(
-        lambda images: apply_fn(variables, images),
-        inputs=[("B", *size, 3)],
-        input_names=["images"],
-        output_names=["logits"],
-        opset=opset,
-        return_mode="proto",
-    )
+    from icnet_jax.inference.onnx_resize import resize_nodes
+
+    with resize_nodes():
+        model = jax2onnx.to_onnx(
+            lambda images: apply_fn(variables, images),
+            inputs=[("B", *size, 3)],
+            input_names=["images"],
+            output_names=["logits"],
+            opset=opset,
+            return_mode="proto",
+        )
     onnx.save_model(model, str(output), save_as_external_data=False)
 
 

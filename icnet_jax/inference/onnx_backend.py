@@ -9,7 +9,8 @@ An export has fixed H and W (see `inference.export`), so one is made per network
     <workdir>/export/icnet_<H>x<W>_<key>_int8_<recipe>_n<N>.onnx  (int8: recipe, N images)
 
 where `<key>` hashes the step folder (path, step, modification time), the model config, the
-number of classes and the branch: a new checkpoint or another branch never reuses a stale file.
+number of classes, the branch and the exporter's graph revision: a new checkpoint, another branch
+or a newer export never reuses a stale file.
 Files are written under a temporary name and renamed, so a killed export leaves no half file.
 
 `OnnxModel` stands in for the Flax module in the jitted test-time functions (`multiscale`): its
@@ -69,7 +70,7 @@ JAX = Backend()  # the default
 
 def cache_key(loaded: Any, branch: str) -> str:
     """12 hex digits naming a checkpoint's export: the step folder (path, step, modification
-    time), the model config, the classes and the branch."""
+    time), the model config, the classes, the branch and `export.ONNX_REVISION`."""
     path = pathlib.Path(loaded.path).resolve()
     spec = {
         "path": str(path),
@@ -78,6 +79,7 @@ def cache_key(loaded: Any, branch: str) -> str:
         "model": loaded.config.model.to_dict(),
         "num_classes": int(loaded.num_classes),
         "branch": branch,
+        "onnx_revision": export_lib.ONNX_REVISION,
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -101,13 +101,11 @@ def quantize_static(
         root.setLevel(level)
 
 
-# Convolutions (and the ReLUs after them, which then vanish into the int8 range): quantising
-# every op type was no faster than float32 at 1025x2049 on a 2-core CPU (Q/DQ pairs around the
-# interpolations' gathers and the shape arithmetic). With uint8 activations, adding Add,
-# Concat, MaxPool and AveragePool (or Gather and Expand) gained nothing measurable at
-# 512x1024: what stays float is mostly the bilinear interpolations (Gather, Sub, Mul, Add,
-# Expand), over half the int8 model's time (the logits' upsampling to full size alone a fifth),
-# so faster convolutions alone cannot make int8 much more than 2x float32.
+# Convolutions (and the ReLUs after them, which then vanish into the int8 range). With uint8
+# activations, adding Add, Concat, MaxPool and AveragePool gained nothing measurable at
+# 512x1024 on a 2-core CPU; the float interpolations, over half the int8 model's time while
+# the export traced them into Gathers and arithmetic, are single Resize nodes now
+# (`onnx_resize`), and int8 runs 2.2x float32 (docs/inference_speed.md).
 OP_TYPES = ("Conv", "Relu")
 # Names these settings in the export cache's file names (`onnx_backend`): a model cached by an
 # earlier recipe (int8 activations: 15 of 64 convolutions left in float32) is made anew.

@@ -63,6 +63,32 @@ def test_onnx_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
     assert dims[0].dim_param and not dims[0].HasField("dim_value")  # symbolic: dynamic batch
     assert [d.dim_value for d in dims[1:]] == [*SIZE, 3]
     assert model.graph.output[0].name == "logits"
+    # Each bilinear resize is one Resize node, not gathers and arithmetic (onnx_resize).
+    ops = {node.op_type for node in model.graph.node}
+    assert "Resize" in ops and "Gather" not in ops
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_resize_nodes_match_numpy(align_corners, tmp_path):
+    jax2onnx = pytest.importorskip("jax2onnx")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from icnet_jax.inference.onnx_resize import resize_nodes
+    from icnet_jax.models import layers
+    from tests import numpy_reference as ref
+
+    x = np.random.default_rng(0).normal(size=(2, 9, 17, 3)).astype(np.float32)
+    sizes = [(17, 33), (5, 9), (4, 30), (1, 17), (9, 1)]
+
+    def resizes(images):
+        return [layers.resize_bilinear(images, size, align_corners) for size in sizes]
+
+    with resize_nodes():
+        model = jax2onnx.to_onnx(resizes, inputs=[("B", 9, 17, 3)], return_mode="proto")
+    onnx.save_model(model, str(tmp_path / "r.onnx"))
+    outputs = export.onnx_session(tmp_path / "r.onnx").run(None, {model.graph.input[0].name: x})
+    for size, got in zip(sizes, outputs):
+        np.testing.assert_allclose(got, ref.resize_bilinear(x, size, align_corners), atol=1e-5)
 
 
 def test_export_speed_benchmark_runs_on_an_export(checkpoint, tmp_path):
