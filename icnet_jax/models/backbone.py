@@ -29,13 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icnet_jax.models.layers import (
-    ConvBN,
-    avg_pool_ceil,
-    channels,
-    max_pool_ceil,
-    max_pool_floor,
-)
+from icnet_jax.models.layers import ConvBN, channels
+from icnet_jax.models.pooling import avg_pool_ceil, max_pool_ceil, max_pool_floor
 
 Array = jax.Array
 ConvBNDef = Callable[..., ConvBN]

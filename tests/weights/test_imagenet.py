@@ -18,7 +18,8 @@ from configs import cityscapes, quickstart
 from icnet_jax import config as default
 from icnet_jax.errors import UserError
 from icnet_jax.models import ICNet, PSPNet
-from icnet_jax.models.layers import BN_EPSILON, avg_pool_ceil, max_pool_floor, resize_bilinear
+from icnet_jax.models.layers import BN_EPSILON, resize_bilinear
+from icnet_jax.models.pooling import avg_pool_ceil, max_pool_floor
 from icnet_jax.state import bn_affine_mask
 from icnet_jax.train import loop as train_lib
 from icnet_jax.weights import files as weight_files
