@@ -88,14 +88,16 @@ def instruction_texts(hlo: str) -> dict[str, tuple[str, str]]:
     return texts
 
 
-def hlo_groups(hlo: str) -> dict[str, str]:
-    """`{instruction name: group}` of every instruction of the compiled HLO text."""
+def hlo_groups(hlo: str, classify_op=None) -> dict[str, str]:
+    """`{instruction name: group}` of every instruction of the compiled HLO text, the group from
+    `classify_op(opcode, text, functions)` (default: `classify`, the forward's groups)."""
+    classify_op = classify_op or classify
     stacks = stack_functions(hlo)
     groups = {}
     for instruction, (opcode, text) in instruction_texts(hlo).items():
         frames = re.findall(r"stack_frame_id=(\d+)", text)
         functions = {f for frame in frames for f in stacks.get(frame, [])}
-        groups[instruction] = classify(opcode, text, functions)
+        groups[instruction] = classify_op(opcode, text, functions)
         layer = re.search(r'op_name="jit\(apply\)/(?:ICNet/)?([^"]*)/[a-z_]+"', text)
         LAYERS[instruction] = layer.group(1) if layer else ""
     return groups

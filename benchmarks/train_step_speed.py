@@ -44,7 +44,8 @@ IGNORE = 255
 
 
 def jax_step(args: argparse.Namespace):
-    """`(step, state, variables)`: the training step of `configs/camvid.py` at this crop."""
+    """`(step, state, variables, config)`: the pmapped training step of `configs/camvid.py` at
+    this crop, its replicated state, the starting variables as numpy and the config."""
     config = camvid.get_config()
     config.input.crop_size = (args.height, args.width)
     model = state_lib.create_model(config, NUM_CLASSES, axis_name=loop.AXIS)
@@ -103,7 +104,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def classify(name: str, text: str, functions: set[str]) -> str:
+def classify(opcode: str, text: str, functions: set[str]) -> str:
     """The group of one HLO instruction of the training step from its text (with a fusion's
     body) and the functions on the source stacks JAX recorded for it: what it computes, and
     whether it belongs to the backward pass (the ops JAX names `transpose(jvp(...))`)."""
@@ -116,7 +117,7 @@ def classify(name: str, text: str, functions: set[str]) -> str:
         return "convolution input gradients" if backward else "convolutions"
     if "dot(" in text or any("dot_general" in n for n in names):
         return "1x1 convolutions as matmuls" + backward
-    if name.startswith("transpose") or " transpose(" in text:
+    if opcode == "transpose" or " transpose(" in text:
         return "layout transposes (for weight gradients)"
     if any("/bn/" in n for n in names):
         return "BatchNorm" + backward
@@ -135,16 +136,12 @@ def profile(step, state, batch, runs: int = 2) -> dict[str, float]:
     """XLA's op time of the compiled step by group (`classify`), summed over threads: printed
     and returned (ms per step)."""
     compiled = step.lower(state, batch).compile()
-    hlo = compiled.as_text()
-    texts = cpu_profile.instruction_texts(hlo)
-    stacks = cpu_profile.stack_functions(hlo)
+    groups = cpu_profile.hlo_groups(compiled.as_text(), classify)
     ops, wall = cpu_profile.op_times(compiled, (state, batch), runs)
     totals: collections.Counter = collections.Counter()
     for op, ms in ops.items():
-        if op in texts:
-            frames = re.findall(r"stack_frame_id=(\d+)", texts[op][1])
-            functions = {f for frame in frames for f in stacks.get(frame, [])}
-            totals[classify(op, texts[op][1], functions)] += ms
+        if op in groups:
+            totals[groups[op]] += ms
     cpu_profile.show("XLA training step", dict(totals), wall)
     return dict(totals)
 

@@ -15,12 +15,13 @@ traced form.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from jax.extend.core import Primitive
 
-from icnet_jax.models import icnet, layers, pspnet
+from icnet_jax.models import layers
 
 _RESIZE = Primitive("icnet_resize_bilinear")
 
@@ -50,7 +51,12 @@ def resize_nodes() -> Iterator[None]:
     lowers to one `Resize` node."""
     _register_plugin()
     original = layers.resize_bilinear
-    modules = (layers, icnet, pspnet)
+    # Every module that imported the function by name (the models), not a list to keep in step.
+    modules = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("icnet_jax.") and getattr(module, "resize_bilinear", None) is original
+    ]
     for module in modules:
         module.resize_bilinear = _as_node(original)
     try:

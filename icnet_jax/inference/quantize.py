@@ -84,8 +84,7 @@ def quantize_static(
             # only) first rewrites each int8 Q/DQ pair to uint8 and misses those whose
             # DequantizeLinear feeds two convolutions (a residual block's projection and first
             # 1x1): 15 of 64 stayed float Conv between DQ and Q, with layout Transposes around
-            # them (39 against 5). int8 / float32 time on a 2-core EPYC (VNNI), one session at
-            # a time: 1.1-1.4x then, 1.7-2.0x now at 512x1024, 1.1x and 1.7-1.9x at 1024x2048.
+            # them (39 against 5). Figures: docs/inference_speed.md.
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             # 7-bit weights: without VNNI (AVX2) the u8 x s8 products are summed in pairs into
