@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from configs import cityscapes
 from icnet_jax import cli, errors
+from icnet_jax import state as state_lib
 from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
@@ -232,7 +234,9 @@ def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path,
         state.batch_stats["conv1_sub1"]["bn"]["var"], np.float32(1 - BN_EPSILON)
     )
     assert float(jnp.abs(state.params["conv6_sub4"]["kernel"]).sum()) > 0  # initialised
-    assert jax.tree.structure(state.opt_state) is not None
+    # a fresh optimizer state of the release's config: zero momentum, step counts 0
+    tx = state_lib.create_optimizer(cw.release_config(cityscapes.get_config(), width=0.5))
+    chex.assert_trees_all_equal(state.opt_state, tx.init(state.params))
 
     x = images()
     ours = ICNet(num_classes=19).apply(
@@ -405,3 +409,27 @@ def test_command_line_errors_are_one_line_with_status_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "11 classes where the config says 19" in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+class _System:
+    """Pickles as `os.system(command)`."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_converting_a_crafted_npy_runs_nothing(tmp_path):
+    marker = tmp_path / "written_by_the_pickle"
+    crafted = np.empty((), object)
+    crafted[()] = {"conv1_sub1": {"weights": _System(f"touch {marker}")}}
+    np.save(tmp_path / "evil.npy", crafted, allow_pickle=True)
+    result = run_tool(tmp_path, "--input=evil.npy", "--output=out")
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: evil.npy: refused to unpickle {os.system.__module__}.system: a weights .npy "
+        "holds only arrays and containers of them, and this file would run code when loaded"
+    ]
+    assert not marker.exists() and not (tmp_path / "out").exists()
