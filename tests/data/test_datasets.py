@@ -240,6 +240,93 @@ def test_custom_folder_dataset(tmp_path):
     assert num_examples("custom", "val", **kw) == 1
 
 
+PLANT_COLOURS = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], np.uint8)
+
+
+def _colour_dataset(root: pathlib.Path, ids: dict[str, np.ndarray], palette=True) -> None:
+    """A three-class dataset whose labels are RGB PNGs: class i drawn in PLANT_COLOURS[i], 255
+    (ignored) in white; ``palette``: write palette.txt."""
+    write(root / "classes.txt", b"background\nleaf\nstem\n")
+    if palette:
+        lines = (" ".join(map(str, colour)) for colour in PLANT_COLOURS)
+        write(root / "palette.txt", "\n".join(lines).encode())
+    for key, label in ids.items():
+        split, stem = key.split("/")
+        write(root / f"images/{split}/{stem}.png", png(random_image(*label.shape, 0)))
+        write(root / f"labels/{split}/{stem}.png", png(_colours(label)))
+
+
+def _colours(ids: np.ndarray) -> np.ndarray:
+    """RGB ``[H, W, 3]`` of class ids ``[H, W]``: PLANT_COLOURS, white where 255."""
+    return np.concatenate([PLANT_COLOURS, np.full((253, 3), 255, np.uint8)])[ids]
+
+
+def test_custom_colour_labels_become_the_palette_line_numbers(tmp_path):
+    ids = {
+        "train/a": np.array([[0, 1, 2], [255, 2, 1]], np.uint8),
+        "train/b": np.array([[2, 2, 2], [0, 0, 255]], np.uint8),
+        "val/c": np.array([[1, 0, 255], [255, 255, 255]], np.uint8),
+    }
+    _colour_dataset(tmp_path / "m", ids)
+    rgba = np.concatenate([_colours(ids["train/b"]), np.full((2, 3, 1), 128, np.uint8)], -1)
+    write(tmp_path / "m/labels/train/b.png", cv2.imencode(".png", rgba[..., [2, 1, 0, 3]])[1])
+    kw = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "m"}
+    train, info = get_data_source("custom", "train", **kw)
+    np.testing.assert_array_equal(info.palette, PLANT_COLOURS)
+    stored = {pathlib.PurePath(n).stem: ex["label"][..., 0] for n, ex in by_name(train).items()}
+    assert stored.keys() == {"a", "b"}
+    np.testing.assert_array_equal(stored["a"], ids["train/a"])
+    np.testing.assert_array_equal(stored["b"], ids["train/b"])
+    val, _ = get_data_source("custom", "val", **kw)
+    np.testing.assert_array_equal(val[0]["label"][..., 0], ids["val/c"])
+
+
+def test_custom_colour_outside_the_palette_names_the_file_and_the_colour(tmp_path):
+    _colour_dataset(tmp_path / "m", {"train/a": np.zeros((2, 2), np.uint8)})
+    label = np.full((2, 2, 3), 10, np.uint8)
+    label[0, 0] = (12, 200, 7)
+    write(tmp_path / "m/labels/train/0003.png", png(label))
+    write(tmp_path / "m/images/train/0003.png", png(random_image(2, 2, 0)))
+    kw = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "m"}
+    with pytest.raises(BadFileError) as error:
+        get_data_source("custom", "train", **kw)
+    message = str(error.value)
+    assert (
+        f"{tmp_path}/m/labels/train/0003.png: colours (10, 10, 10), (12, 200, 7) are not in "
+        f"{tmp_path}/m/palette.txt (its 3 colours are the classes; (255, 255, 255) is ignored)"
+    ) in message
+    assert "\n" not in message and message.count("palette.txt") == 1
+
+
+def test_custom_colour_labels_without_palette_are_one_short_error(tmp_path):
+    _colour_dataset(
+        tmp_path / "m", {f"train/{i}": np.zeros((2, 2), np.uint8) for i in range(9)}, palette=False
+    )
+    kw = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "m", "on_bad_file": "skip"}
+    with pytest.raises(MissingDataError) as error:
+        get_data_source("custom", "train", **kw)
+    assert str(error.value) == (
+        f"{tmp_path}/m/labels/train/0.png is a colour label: list the class colours in "
+        f"{tmp_path}/m/palette.txt (R G B a line, line i = class i), or save labels as one "
+        "channel of class ids"
+    )
+
+
+def test_custom_palette_txt_errors_name_the_line(tmp_path):
+    root = tmp_path / "m"
+    _colour_dataset(root, {"train/a": np.zeros((2, 2), np.uint8)})
+    kw = {"data_dir": tmp_path / "tfds", "manual_dir": root}
+    write(root / "palette.txt", b"10 20 30\n40 50\n70 80 90\n")
+    with pytest.raises(BadFileError, match=r"palette\.txt:2: '40 50' is not 'R G B'"):
+        get_data_source("custom", "train", **kw)
+    write(root / "palette.txt", b"10 20 30\n40 50 60\n")
+    with pytest.raises(BadFileError, match=r"palette\.txt: 2 colours for the 3 classes"):
+        get_data_source("custom", "train", **kw)
+    write(root / "palette.txt", b"10 20 30\n40 50 60\n10 20 30\n")
+    with pytest.raises(UserError, match=r"classes 0 and 2 have the same colour \(10, 20, 30\)"):
+        get_data_source("custom", "train", **kw)
+
+
 def _custom_dataset(root: pathlib.Path, labels: dict[str, np.ndarray]) -> None:
     (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("background\nleaf\n")
