@@ -125,6 +125,7 @@ def _proto_fields(buf: bytes) -> dict[int, list[Any]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -208,7 +209,9 @@ def read_tf_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     entries = []
     for _, handle in _table_block(index, footer, pos):
         entries += _table_block(index, handle)
-    num_shards, big_endian, tensors, shards = 1, False, {}, {}
+    num_shards, big_endian = 1, False
+    tensors: dict[str, np.ndarray] = {}
+    shards: dict[int, bytes] = {}
     for key, value in entries:
         fields = _proto_fields(value)
         if key == b"":  # BundleHeaderProto
