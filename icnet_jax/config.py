@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.power = 0.9  # 'poly' decay
     config.optim.momentum = 0.9
     config.optim.weight_decay = 1e-4  # kernels only
-    config.optim.freeze_bn_affine = False  # True: BatchNorm scales and offsets are not trained
+    config.optim.freeze_bn_affine = False  # True: frozen-statistics layers keep BN scale/offset
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
     # Options against class imbalance (docs/camvid.md); both off in the paper's recipe.
