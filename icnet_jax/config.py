@@ -77,10 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
     # '' | 'median_frequency' (SegNet) | 'enet' (1 / ln(1.02 + p)), from the training split's
     # pixel counts | one weight per class, e.g. '1,1,4,1,2,2,5,5,1,5,8'.
     config.loss.class_weights = ""
-    config.loss.ohem = False  # online hard pixel mining, per image and branch
+    config.loss.ohem = False  # online hard pixel mining, on every branch (docs/training.md)
     config.loss.ohem_thresh = 0.7  # keep pixels whose probability of the true class is below
     config.loss.ohem_min_kept = 100_000  # ... but at least this many per image (label resolution)
-    config.loss.ohem_normalize = "kept"  # divide by the kept pixels (ports) | 'labelled' (mmseg)
+    # 'image': min_kept in each image | 'batch': min_kept * batch size in the batch (mmseg's)
+    config.loss.ohem_scope = "image"
+    # Denominator: 'kept' pixels' class weights (ports) | count of 'labelled' | all 'pixels' (mmseg)
+    config.loss.ohem_normalize = "kept"
 
     # Start from this checkpoint when the workdir has none (fine-tuning; see README).
     config.init_checkpoint = ""
