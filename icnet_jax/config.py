@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.power = 0.9  # 'poly' decay
     config.optim.momentum = 0.9
     config.optim.weight_decay = 1e-4  # kernels only
-    config.optim.freeze_bn_affine = False  # True: BatchNorm scales and offsets are not trained
+    config.optim.freeze_bn_affine = False  # True: frozen-statistics layers keep BN scale/offset
     config.loss_weights = ml_collections.ConfigDict({"sub4": 0.4, "sub24": 0.4, "sub124": 1.0})
     config.ignore_label = 255
     # Options against class imbalance (docs/camvid.md); both off in the paper's recipe.
@@ -77,10 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
     # '' | 'median_frequency' (SegNet) | 'enet' (1 / ln(1.02 + p)), from the training split's
     # pixel counts | one weight per class, e.g. '1,1,4,1,2,2,5,5,1,5,8'.
     config.loss.class_weights = ""
-    config.loss.ohem = False  # online hard pixel mining, per image and branch
+    config.loss.ohem = False  # online hard pixel mining, on every branch (docs/training.md)
     config.loss.ohem_thresh = 0.7  # keep pixels whose probability of the true class is below
     config.loss.ohem_min_kept = 100_000  # ... but at least this many per image (label resolution)
-    config.loss.ohem_normalize = "kept"  # divide by the kept pixels (ports) | 'labelled' (mmseg)
+    # 'image': min_kept in each image | 'batch': min_kept * batch size in the batch (mmseg's)
+    config.loss.ohem_scope = "image"
+    # Denominator: 'kept' pixels' class weights (ports) | count of 'labelled' | all 'pixels' (mmseg)
+    config.loss.ohem_normalize = "kept"
 
     # Start from this checkpoint when the workdir has none (fine-tuning; see README).
     config.init_checkpoint = ""

@@ -2,9 +2,9 @@
 
 `check(config)` raises one `errors.UserError` naming every field out of its domain, each as the
 flag that sets it (`--config.optim.lr=-1: must be > 0`), joined by '; '. Fields a config lacks
-(configs saved before they existed) are skipped. The architecture's names are repeated here, not
-imported from `models/` (this module sits beside `config`, below the models);
-tests/test_config_checks.py keeps them in step.
+(configs saved before they existed) are skipped. The architecture's and the loss's names are
+repeated here, not imported from `models/` or `train/` (this module sits beside `config`, below
+them); tests/test_config_checks.py keeps them in step.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ SHORTCUTS = ("conv", "avgpool")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 OUTPUT_STRIDES = (8, 16, 32)
 CLASS_WEIGHT_METHODS = ("median_frequency", "enet")
+OHEM_SCOPES = ("image", "batch")
+OHEM_NORMALIZE = ("kept", "labelled", "pixels")
 
 _MISSING = object()
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
@@ -167,6 +169,8 @@ FIELDS: dict[str, Check] = {
     "loss.class_weights": class_weights,
     "loss.ohem_thresh": number(0, 1, closed=(False, True)),
     "loss.ohem_min_kept": integer(0),
+    "loss.ohem_scope": one_of(OHEM_SCOPES),
+    "loss.ohem_normalize": one_of(OHEM_NORMALIZE),
 }
 
 

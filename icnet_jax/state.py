@@ -3,6 +3,8 @@ and prediction build them here; nothing here reads data)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +16,10 @@ import optax
 from flax.training import train_state
 
 from icnet_jax.models import ICNet, PSPNet
+from icnet_jax.models.backbone import Trunk, frozen_layers
 
 Array = jax.Array
+_log = logging.getLogger(__name__)
 
 
 class TrainState(train_state.TrainState):
@@ -74,16 +78,31 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
-def bn_affine_mask(params: Mapping[str, Any]) -> Any:
-    """True for BatchNorm's scale and offset (leaves under a `bn` module), False elsewhere: the
-    parameters `config.optim.freeze_bn_affine` keeps fixed."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(getattr(k, "key", None) == "bn" for k in path), params
-    )
+def bn_affine_mask(params: Mapping[str, Any], layers: tuple[str, ...] = ("*",)) -> Any:
+    """True for the BatchNorm scale and offset (leaves under a `bn` module) of the top-level
+    layers named in `layers` ('*': every layer; the rule of `ConvBN.frozen_layers`), False
+    elsewhere: the parameters `config.optim.freeze_bn_affine` keeps fixed."""
+
+    def frozen(path, _) -> bool:
+        top = getattr(path[0], "key", None)
+        in_bn = any(getattr(k, "key", None) == "bn" for k in path)
+        return in_bn and ("*" in layers or top in layers)
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
+
+
+def frozen_bn_affine(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The top-level layers whose BatchNorm scale and offset `config.optim.freeze_bn_affine`
+    keeps fixed: those whose statistics are frozen (`frozen_bn`), so with 'trunk' the fresh
+    layers learn their affine parameters as they learn their statistics."""
+    m = config.model
+    return frozen_layers(frozen_bn(config), Trunk(m.stem, m.stride_on, m.shortcut))
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD with momentum; weight decay (added to the gradient, as in Caffe) on kernels only."""
+    """SGD with momentum; weight decay (added to the gradient, as in Caffe) on kernels only; with
+    `config.optim.freeze_bn_affine`, no update of the BatchNorm scales and offsets of the layers
+    `frozen_bn_affine` names."""
 
     def kernels(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
@@ -92,8 +111,17 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
         optax.add_decayed_weights(config.optim.weight_decay, mask=kernels),
         optax.sgd(learning_rate_schedule(config), momentum=config.optim.momentum),
     )
-    if config.optim.get("freeze_bn_affine", False):  # BatchNorm scales and offsets stay put
-        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), bn_affine_mask))
+    if config.optim.get("freeze_bn_affine", False):
+        layers = frozen_bn_affine(config)
+        if not layers:
+            _log.warning(
+                "config.optim.freeze_bn_affine=True has no effect without "
+                "config.model.freeze_bn_stats=True: only the layers whose BatchNorm statistics "
+                "are frozen keep their scales and offsets"
+            )
+        # Chained even when no layer is named: the optimiser state keeps one structure.
+        mask = functools.partial(bn_affine_mask, layers=layers)
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), mask))
     return tx
 
 

@@ -12,6 +12,7 @@ import pytest
 from icnet_jax import cli, config_checks, errors
 from icnet_jax import config as default
 from icnet_jax.models import backbone, icnet, pspnet
+from icnet_jax.train import losses
 from icnet_jax.weights import prune
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,6 +40,8 @@ def test_the_names_match_the_models():
     assert config_checks.STRIDE_ON == backbone.STRIDE_ON
     assert config_checks.SHORTCUTS == backbone.SHORTCUTS
     assert tuple(sorted(pspnet._STAGE_GEOMETRY)) == config_checks.OUTPUT_STRIDES
+    assert config_checks.OHEM_SCOPES == losses.OHEM_SCOPES
+    assert config_checks.OHEM_NORMALIZE == losses.OHEM_NORMALIZE
 
 
 BAD = [
@@ -63,6 +66,8 @@ BAD = [
     ("loss_weights", {"sub4": -0.4, "sub124": 1}, "--config.loss_weights.sub4=-0.4: must be >= 0"),
     ("loss.ohem_thresh", 0.0, "--config.loss.ohem_thresh=0: must be in (0, 1]"),
     ("loss.ohem_min_kept", -1, "--config.loss.ohem_min_kept=-1: must be an integer >= 0"),
+    ("loss.ohem_scope", "device", "--config.loss.ohem_scope=device: must be one of image, batch"),
+    ("loss.ohem_normalize", "all", "--config.loss.ohem_normalize=all: must be one of kept,"),
     ("num_steps", -1, "--config.num_steps=-1: must be an integer >= 0"),
     ("log_every", 0, "--config.log_every=0: must be an integer >= 1"),
     ("checkpoint_every", 0, "--config.checkpoint_every=0: must be an integer >= 1"),
