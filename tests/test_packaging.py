@@ -75,8 +75,7 @@ def test_shipped_configs_are_found_by_name_and_by_path(tmp_path, monkeypatch):
 def _from_elsewhere(tmp_path: pathlib.Path, code: str, *args: str) -> subprocess.CompletedProcess:
     """`python -c code *args` in a folder outside the clone, the package importable."""
     env = {**scripts.ENV, "PYTHONPATH": str(scripts.REPO), "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-c", code, *args]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    return scripts.run("-c", code, *args, cwd=tmp_path, env=env)
 
 
 @pytest.mark.slow
