@@ -31,6 +31,14 @@ TOP = 12  # the slowest single ops listed
 LAYERS: dict[str, str] = {}  # HLO instruction: the layer (Flax module path) it computes
 
 
+def _search(pattern: str, text: str) -> re.Match:
+    """The match of `pattern` in a line of the profile, which always holds it."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"unexpected line in the profile: {text!r}")
+    return match
+
+
 def stack_functions(hlo: str) -> dict[str, list[str]]:
     """`{stack frame id: function names, innermost first}` from the HLO text's frame tables."""
     tables: dict[str, dict[str, str]] = {}
@@ -45,11 +53,11 @@ def stack_functions(hlo: str) -> dict[str, list[str]]:
             table = None
     names = {k: v.strip('"') for k, v in tables.get("FunctionNames", {}).items()}
     locations = {
-        k: names.get(re.search(r"function_name_id=(\d+)", v).group(1), "")
+        k: names.get(_search(r"function_name_id=(\d+)", v).group(1), "")
         for k, v in tables.get("FileLocations", {}).items()
     }
     frames = {
-        k: re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v).groups()
+        k: _search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v).groups()
         for k, v in tables.get("StackFrames", {}).items()
     }
     stacks = {}
@@ -144,7 +152,7 @@ def op_times(compiled, args: tuple, runs: int) -> tuple[collections.Counter, flo
 def xla_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
     """`({group: ms per call}, ms per call measured around the calls)` of the compiled forward."""
     compiled = jax.jit(apply_fn).lower(variables, images).compile()
-    groups = hlo_groups(compiled.as_text())
+    groups = hlo_groups(compiled.as_text() or "")
     ops, wall = op_times(compiled, (variables, images), runs)
     ops = collections.Counter({op: ms for op, ms in ops.items() if op in groups})
     totals: collections.Counter = collections.Counter()

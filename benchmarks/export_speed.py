@@ -15,12 +15,19 @@ deployment with a GPU one.
 """
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 from icnet_jax.inference.export import inference_function, max_relative_error, onnx_session
+
+
+def _run_onnx(session, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return session.run(None, feeds)[0]
 
 
 def main() -> None:
@@ -41,12 +48,14 @@ def main() -> None:
     images = images.astype(np.float32)
     apply_fn, variables, _ = inference_function(args.checkpoint, fold_bn=True)
     forward = jax.jit(apply_fn)
-    calls = {"jax": lambda: jax.block_until_ready(forward(variables, images))}
+    calls: dict[str, Callable[[], Any]] = {
+        "jax": lambda: jax.block_until_ready(forward(variables, images))
+    }
     for path, session in sessions.items():
         name = "onnxruntime" if len(paths) == 1 else f"onnxruntime {path}"
-        calls[name] = lambda session=session: session.run(None, {spec.name: images})[0]
+        calls[name] = functools.partial(_run_onnx, session, {spec.name: images})
     outputs = {name: np.asarray(call()) for name, call in calls.items()}  # warm-up, compile
-    seconds = {name: [] for name in calls}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.runs):
         for name, call in calls.items():
             time.sleep(args.pause)

@@ -137,7 +137,7 @@ def worker_cost(
         t0 = time.process_time()
         {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         spent["batch"] += time.process_time() - t0
-    if profiler:
+    if profiler and profile:
         profiler.disable()
         profiler.dump_stats(profile)
     images = num_batches * batch_size

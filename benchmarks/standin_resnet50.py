@@ -16,6 +16,7 @@ import argparse
 import json
 import pathlib
 import struct
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -30,7 +31,8 @@ _SAFETENSORS_DTYPES = {
 
 def write_safetensors(path: str | pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
     """The safetensors format (an 8-byte header size, a JSON header, little-endian data)."""
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
     for name, array in tensors.items():
         raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
         header[name] = {

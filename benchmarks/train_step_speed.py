@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    batch = {
+    batch: dict[str, np.ndarray] = {
         "image": rng.standard_normal((args.batch, args.height, args.width, 3), dtype=np.float32),
         "label": rng.integers(0, NUM_CLASSES + 1, (args.batch, args.height, args.width)),
     }

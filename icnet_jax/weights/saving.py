@@ -88,7 +88,7 @@ def remove_interrupted_saves(directory: pathlib.Path) -> list[pathlib.Path]:
     return leftovers
 
 
-def no_space(error: BaseException) -> bool:
+def no_space(error: BaseException | None) -> bool:
     """True when `error` (or what caused it) is ENOSPC; tensorstore says it in words only."""
     seen = 0
     while error is not None and seen < 20:
