@@ -14,7 +14,6 @@ run them: XLA runs independent ops side by side, so the sum is CPU time and can 
 wall time.
 """
 
-import argparse
 import collections
 import glob
 import json
@@ -25,7 +24,9 @@ import time
 import jax
 import numpy as np
 
+from icnet_jax import cli
 from icnet_jax.benchmarking.models import build_model
+from icnet_jax.cli import flags
 
 TOP = 12  # the slowest single ops listed
 LAYERS: dict[str, str] = {}  # HLO instruction: the layer (Flax module path) it computes
@@ -199,13 +200,9 @@ def show(title: str, totals: dict, wall: float) -> None:
         print(f"  {group:46s} {ms:8.1f} ms  {100 * ms / counted:5.1f} %")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=1025)
-    parser.add_argument("--width", type=int, default=2049)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--onnx", action="store_true", help="also onnxruntime's profile")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
     model, variables = build_model("icnet_sub124", "float32", fold_bn=True)
     rng = np.random.default_rng(0)
     images = jax.numpy.asarray(
@@ -219,4 +216,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_integer("height", 1025, "Input height.")
+    flags.DEFINE_integer("width", 2049, "Input width.")
+    flags.DEFINE_integer("runs", 3, "Profiled calls.")
+    flags.DEFINE_bool("onnx", False, "Also onnxruntime's profile.")
+    cli.run(main)

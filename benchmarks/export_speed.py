@@ -14,7 +14,6 @@ Needs the extras of requirements-export.txt (onnxruntime). onnxruntime runs on t
 deployment with a GPU one.
 """
 
-import argparse
 import functools
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from icnet_jax import cli
+from icnet_jax.cli import flags
 from icnet_jax.inference.export import inference_function, max_relative_error, onnx_session
 
 
@@ -30,16 +31,9 @@ def _run_onnx(session, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument(
-        "--onnx", required=True, help="the checkpoint's export(s), comma-separated (e.g. + int8)"
-    )
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds between calls")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
 
     paths = args.onnx.split(",")
     sessions = {path: onnx_session(path) for path in paths}
@@ -73,4 +67,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("checkpoint", None, "The checkpoint.", required=True)
+    flags.DEFINE_string(
+        "onnx", None, "The checkpoint's export(s), comma-separated (e.g. + int8).", required=True
+    )
+    flags.DEFINE_integer("batch", 1, "Images per call.")
+    flags.DEFINE_integer("runs", 5, "Timed calls per backend.")
+    flags.DEFINE_float("pause", 0.3, "Seconds between calls.")
+    cli.run(main)
