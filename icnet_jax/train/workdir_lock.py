@@ -2,7 +2,8 @@
 writes anything.
 
 `workdir/train.lock` is locked with `filelock` (`flock` on Unix): the operating system releases it
-when its process ends, killed or not, so a lock is never left behind. Next to it,
+when its process ends, killed or not, so a killed run's lock never blocks the next (its empty file
+stays and the next run takes it; a run that ends normally removes it). Next to it,
 `workdir/train.lock.json` records `{"pid", "host", "since"}` of the holder, only to name it: a
 second run is refused with one line naming the first, and a record left by a killed run is
 replaced with a line saying so. With several processes only process 0 takes it: the workdir is
@@ -113,10 +114,9 @@ def hold(workdir: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         (workdir / HOLDER_NAME).unlink(missing_ok=True)
-        if created and [p.name for p in workdir.iterdir()] == [LOCK_NAME]:
-            # A run that wrote nothing leaves no folder; unlinked while held, so that a run
-            # waiting on this file finds it gone and locks a new one.
-            (workdir / LOCK_NAME).unlink(missing_ok=True)
+        # Removed while held, so that a run that opened this file meanwhile finds it unlinked
+        # (filelock checks) and looks again, rather than holding a lock nobody else can see.
+        (workdir / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
         _remove_empty(created)
 
