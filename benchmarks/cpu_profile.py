@@ -14,7 +14,6 @@ run them: XLA runs independent ops side by side, so the sum is CPU time and can 
 wall time.
 """
 
-import argparse
 import collections
 import glob
 import json
@@ -25,10 +24,20 @@ import time
 import jax
 import numpy as np
 
+from icnet_jax import cli
 from icnet_jax.benchmarking.models import build_model
+from icnet_jax.cli import flags
 
 TOP = 12  # the slowest single ops listed
 LAYERS: dict[str, str] = {}  # HLO instruction: the layer (Flax module path) it computes
+
+
+def _search(pattern: str, text: str) -> re.Match:
+    """The match of `pattern` in a line of the profile, which always holds it."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"unexpected line in the profile: {text!r}")
+    return match
 
 
 def stack_functions(hlo: str) -> dict[str, list[str]]:
@@ -45,11 +54,11 @@ def stack_functions(hlo: str) -> dict[str, list[str]]:
             table = None
     names = {k: v.strip('"') for k, v in tables.get("FunctionNames", {}).items()}
     locations = {
-        k: names.get(re.search(r"function_name_id=(\d+)", v).group(1), "")
+        k: names.get(_search(r"function_name_id=(\d+)", v).group(1), "")
         for k, v in tables.get("FileLocations", {}).items()
     }
     frames = {
-        k: re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v).groups()
+        k: _search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v).groups()
         for k, v in tables.get("StackFrames", {}).items()
     }
     stacks = {}
@@ -144,7 +153,7 @@ def op_times(compiled, args: tuple, runs: int) -> tuple[collections.Counter, flo
 def xla_profile(apply_fn, variables, images, runs: int) -> tuple[dict, float]:
     """`({group: ms per call}, ms per call measured around the calls)` of the compiled forward."""
     compiled = jax.jit(apply_fn).lower(variables, images).compile()
-    groups = hlo_groups(compiled.as_text())
+    groups = hlo_groups(compiled.as_text() or "")
     ops, wall = op_times(compiled, (variables, images), runs)
     ops = collections.Counter({op: ms for op, ms in ops.items() if op in groups})
     totals: collections.Counter = collections.Counter()
@@ -191,13 +200,9 @@ def show(title: str, totals: dict, wall: float) -> None:
         print(f"  {group:46s} {ms:8.1f} ms  {100 * ms / counted:5.1f} %")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=1025)
-    parser.add_argument("--width", type=int, default=2049)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--onnx", action="store_true", help="also onnxruntime's profile")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
     model, variables = build_model("icnet_sub124", "float32", fold_bn=True)
     rng = np.random.default_rng(0)
     images = jax.numpy.asarray(
@@ -211,4 +216,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_integer("height", 1025, "Input height.")
+    flags.DEFINE_integer("width", 2049, "Input width.")
+    flags.DEFINE_integer("runs", 3, "Profiled calls.")
+    flags.DEFINE_bool("onnx", False, "Also onnxruntime's profile.")
+    cli.run(main)

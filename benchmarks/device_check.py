@@ -264,6 +264,9 @@ def _quickstart(runner: Runner, workdir: pathlib.Path, qs_overrides: list[str]) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, where the other benchmarks take absl flags through `icnet_jax.cli`: this parses
+    before `ensure_packages` installs what `icnet_jax.cli` imports (ml_collections) on a bare
+    device machine."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

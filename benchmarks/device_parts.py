@@ -94,7 +94,7 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from icnet_jax.benchmarking import profiling
 
-    sizes = TINY if args.tiny else FULL
+    sizes: dict[str, Any] = TINY if args.tiny else FULL
     batch, crop = sizes["train_batch"], sizes["train_crop"]
     config = _train_config(args.dtype, sizes)
     device = jax.local_devices()[0]

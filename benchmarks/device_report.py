@@ -61,7 +61,7 @@ def format_table(document: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     status = ", ".join(f"{k} {v['status']}" for k, v in document["parts"].items())
     parts = document["parts"]
-    inference = next(
+    inference: dict[str, Any] = next(
         (parts[p] for p in (*BATCH1, "inference_batch4") if "device" in parts.get(p, {})),
         {},
     )

@@ -14,25 +14,26 @@ Needs the extras of requirements-export.txt (onnxruntime). onnxruntime runs on t
 deployment with a GPU one.
 """
 
-import argparse
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
+from icnet_jax import cli
+from icnet_jax.cli import flags
 from icnet_jax.inference.export import inference_function, max_relative_error, onnx_session
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument(
-        "--onnx", required=True, help="the checkpoint's export(s), comma-separated (e.g. + int8)"
-    )
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds between calls")
-    args = parser.parse_args()
+def _run_onnx(session, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return session.run(None, feeds)[0]
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
 
     paths = args.onnx.split(",")
     sessions = {path: onnx_session(path) for path in paths}
@@ -41,12 +42,14 @@ def main() -> None:
     images = images.astype(np.float32)
     apply_fn, variables, _ = inference_function(args.checkpoint, fold_bn=True)
     forward = jax.jit(apply_fn)
-    calls = {"jax": lambda: jax.block_until_ready(forward(variables, images))}
+    calls: dict[str, Callable[[], Any]] = {
+        "jax": lambda: jax.block_until_ready(forward(variables, images))
+    }
     for path, session in sessions.items():
         name = "onnxruntime" if len(paths) == 1 else f"onnxruntime {path}"
-        calls[name] = lambda session=session: session.run(None, {spec.name: images})[0]
+        calls[name] = functools.partial(_run_onnx, session, {spec.name: images})
     outputs = {name: np.asarray(call()) for name, call in calls.items()}  # warm-up, compile
-    seconds = {name: [] for name in calls}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.runs):
         for name, call in calls.items():
             time.sleep(args.pause)
@@ -64,4 +67,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("checkpoint", None, "The checkpoint.", required=True)
+    flags.DEFINE_string(
+        "onnx", None, "The checkpoint's export(s), comma-separated (e.g. + int8).", required=True
+    )
+    flags.DEFINE_integer("batch", 1, "Images per call.")
+    flags.DEFINE_integer("runs", 5, "Timed calls per backend.")
+    flags.DEFINE_float("pause", 0.3, "Seconds between calls.")
+    cli.run(main)

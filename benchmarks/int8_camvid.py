@@ -11,12 +11,13 @@ layout), as `predict.py` does, through the same `Segmenter` with `--backend` and
 ONNX files are cached under `<checkpoint workdir>/export/`.
 """
 
-import argparse
 import time
 
 import numpy as np
 
 from configs import camvid
+from icnet_jax import cli
+from icnet_jax.cli import flags
 from icnet_jax.data import augment, datasets
 from icnet_jax.evaluation.metrics import segmentation_metrics
 from icnet_jax.inference import load
@@ -48,14 +49,9 @@ def run_backend(loaded, backend: Backend, source, limit: int) -> dict:
     return {"predictions": predictions, "confusion": total, "seconds": seconds[1:] or seconds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--manual_dir", required=True, help="CamVid in the SegNet layout")
-    parser.add_argument("--data_dir", default="data/tfds", help="where it is prepared")
-    parser.add_argument("--calibration_images", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=0, help="val frames (0: all)")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
 
     config = camvid.get_config()
     config.dataset.data_dir = args.data_dir
@@ -92,4 +88,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("checkpoint", None, "The checkpoint.", required=True)
+    flags.DEFINE_string("manual_dir", None, "CamVid in the SegNet layout.", required=True)
+    flags.DEFINE_string("data_dir", "data/tfds", "Where it is prepared.")
+    flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8.")
+    flags.DEFINE_integer("limit", 0, "Val frames (0: all).")
+    cli.run(main)

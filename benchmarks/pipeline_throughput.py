@@ -3,17 +3,17 @@
 Prints images/s of `train_dataset` (the real grain pipeline: random resize 0.5-2, pad, crop,
 mirror, normalise) for each worker count, timed after one warm-up batch:
 
-    PYTHONPATH=. python benchmarks/pipeline_throughput.py --crop 1025 --workers 0 1 2
-    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source street --data-dir /tmp/tfds
-    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source street --data-dir /tmp/tfds \
-        --image-format png raw --cpu-cost --rounds 3 --json cost.json
-    PYTHONPATH=. python benchmarks/pipeline_throughput.py --workers 0 --profile prof.out
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --crop=1025 --workers=0,1,2
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source=street --data_dir=/tmp/tfds
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --source=street --data_dir=/tmp/tfds \
+        --image_format=png,raw --cpu_cost --rounds=3 --json=cost.json
+    PYTHONPATH=. python benchmarks/pipeline_throughput.py --workers=0 --profile=prof.out
 
 Sources: `arrays` (default) holds decoded random images in memory, so it times the augmentation
 alone; `street` is the quickstart's tfds dataset drawn at 1024x2048 and read from array_record
-like Cityscapes (decoding of image and label included), prepared under `--data-dir` on first use
-in each `--image-format` (`builders.storage`). `--cpu-cost` does one worker's work for
-`--num-batches` batches in this thread (read and decode each example, augment it, stack the
+like Cityscapes (decoding of image and label included), prepared under `--data_dir` on first use
+in each `--image_format` (`builders.storage`). `--cpu_cost` does one worker's work for
+`--num_batches` batches in this thread (read and decode each example, augment it, stack the
 batch) and prints its CPU milliseconds per image by stage and in all (`cpu_ms_per_image`), and
 the images/s one worker on a core of its own gives (`images_per_s_per_worker`): figures a loaded
 machine does not inflate as it does wall time. With several formats it measures them in turn,
@@ -23,7 +23,6 @@ the top functions. `--json FILE` writes the figures, per source (and per worker 
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import dataclasses
 import json
@@ -33,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax import cli, errors
 from icnet_jax import config as default
+from icnet_jax.cli import flags
 from icnet_jax.data.augment import train_transform
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
@@ -137,7 +138,7 @@ def worker_cost(
         t0 = time.process_time()
         {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         spent["batch"] += time.process_time() - t0
-    if profiler:
+    if profiler and profile:
         profiler.disable()
         profiler.dump_stats(profile)
     images = num_batches * batch_size
@@ -165,7 +166,7 @@ def compare_costs(
     }
 
 
-def _report_costs(args: argparse.Namespace, sources: dict[str, Any]) -> dict:
+def _report_costs(args: flags.FlagValues, sources: dict[str, Any]) -> dict:
     costs = compare_costs(
         sources,
         rounds=args.rounds,
@@ -184,30 +185,12 @@ def _report_costs(args: argparse.Namespace, sources: dict[str, Any]) -> dict:
     return costs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", choices=["arrays", "street"], default="arrays")
-    parser.add_argument("--data-dir", default="data/tfds", help="street: prepared dataset folder")
-    parser.add_argument(
-        "--image-format",
-        nargs="+",
-        default=["png"],
-        choices=["png", "raw"],
-        help="street: stored formats, compared in turn by --cpu-cost",
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="--cpu-cost: rounds per format")
-    parser.add_argument("--crop", type=int, default=1025, help="square crop side, pixels")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch")
-    parser.add_argument("--num-examples", type=int, default=8, help="source size")
-    parser.add_argument("--num-batches", type=int, default=10, help="timed batches per run")
-    parser.add_argument("--read-threads", type=int, default=1, help="threads per process")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
-    parser.add_argument(
-        "--cpu-cost", action="store_true", help="one worker's CPU ms per image, by stage"
-    )
-    parser.add_argument("--profile", metavar="FILE", help="--cpu-cost, and a cProfile into FILE")
-    parser.add_argument("--json", metavar="FILE", help="write the figures to FILE")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
+    unknown = set(args.image_format) - {"png", "raw"}
+    if unknown:
+        raise errors.UserError(f"--image_format: {sorted(unknown)}; choose among png, raw")
 
     if args.source == "street":
         sources = {
@@ -239,11 +222,11 @@ def main() -> None:
             json.dump(figures, f, indent=1)
 
 
-def _report_throughput(args: argparse.Namespace, name: str, source: Any) -> dict:
+def _report_throughput(args: flags.FlagValues, name: str, source: Any) -> dict:
     """Images/s of the real pipeline per worker count, and per worker (0 workers: this process
     does the work, one worker's worth)."""
     out = {}
-    for workers in args.workers:
+    for workers in map(int, args.workers):
         rate = throughput(
             source,
             workers=workers,
@@ -265,4 +248,21 @@ def _report_throughput(args: argparse.Namespace, name: str, source: Any) -> dict
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_enum("source", "arrays", ["arrays", "street"], "What the pipeline reads.")
+    flags.DEFINE_string("data_dir", "data/tfds", "street: prepared dataset folder.")
+    flags.DEFINE_list(
+        "image_format",
+        ["png"],
+        "street: formats (png, raw), compared in turn by --cpu_cost.",
+    )
+    flags.DEFINE_integer("rounds", 3, "--cpu_cost: rounds per format.")
+    flags.DEFINE_integer("crop", 1025, "Square crop side, pixels.")
+    flags.DEFINE_integer("batch_size", 4, "Images per batch.")
+    flags.DEFINE_integer("num_examples", 8, "Source size.")
+    flags.DEFINE_integer("num_batches", 10, "Timed batches per run.")
+    flags.DEFINE_integer("read_threads", 1, "Threads per process.")
+    flags.DEFINE_list("workers", ["0", "2"], "Worker counts, e.g. 0,1,2.")
+    flags.DEFINE_bool("cpu_cost", False, "One worker's CPU ms per image, by stage.")
+    flags.DEFINE_string("profile", None, "--cpu_cost, and a cProfile into FILE.")
+    flags.DEFINE_string("json", None, "Write the figures to FILE.")
+    cli.run(main)

@@ -12,13 +12,16 @@ use the same generator and writer (an independent writer of the format our reade
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import struct
+from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from icnet_jax import cli, errors
+from icnet_jax.cli import flags
 
 _SAFETENSORS_DTYPES = {
     np.dtype(np.float32): "F32",
@@ -30,7 +33,8 @@ _SAFETENSORS_DTYPES = {
 
 def write_safetensors(path: str | pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
     """The safetensors format (an 8-byte header size, a JSON header, little-endian data)."""
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
     for name, array in tensors.items():
         raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
         header[name] = {
@@ -83,19 +87,21 @@ def torchvision_resnet50(seed: int = 0, dtype=np.float32) -> dict[str, np.ndarra
     return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in out.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="the .safetensors file to write")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
     tensors = torchvision_resnet50(args.seed)
     try:
         write_safetensors(args.out, tensors)
     except OSError as error:
-        parser.exit(2, f"error: cannot write {args.out}: {error.strerror}; choose another --out\n")
+        raise errors.UserError(
+            f"cannot write {args.out}: {error.strerror}; choose another --out"
+        ) from None
     count = sum(v.size for k, v in tensors.items() if not k.endswith("num_batches_tracked"))
     print(f"wrote {args.out}: torchvision resnet50 names, {count:,} random values")
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("out", None, "The .safetensors file to write.", required=True)
+    flags.DEFINE_integer("seed", 0, "Seed of the random values.")
+    cli.run(main)

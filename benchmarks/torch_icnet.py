@@ -27,7 +27,7 @@ def _width(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)

@@ -22,7 +22,6 @@ Needs torch (requirements-pretrained.txt).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -36,14 +35,16 @@ import torch
 
 from benchmarks import cpu_profile, torch_icnet
 from configs import camvid
+from icnet_jax import cli
 from icnet_jax import state as state_lib
+from icnet_jax.cli import flags
 from icnet_jax.train import loop
 
 NUM_CLASSES = 11
 IGNORE = 255
 
 
-def jax_step(args: argparse.Namespace):
+def jax_step(args: flags.FlagValues):
     """`(step, state, variables, config)`: the pmapped training step of `configs/camvid.py` at
     this crop, its replicated state, the starting variables as numpy and the config."""
     config = camvid.get_config()
@@ -146,17 +147,11 @@ def profile(step, state, batch, runs: int = 2) -> dict[str, float]:
     return dict(totals)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--height", type=int, default=385)
-    parser.add_argument("--width", type=int, default=481)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--profile", action="store_true", help="XLA's per-op profile of the step")
-    parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
     rng = np.random.default_rng(0)
-    batch = {
+    batch: dict[str, np.ndarray] = {
         "image": rng.standard_normal((args.batch, args.height, args.width, 3), dtype=np.float32),
         "label": rng.integers(0, NUM_CLASSES + 1, (args.batch, args.height, args.width)),
     }
@@ -204,4 +199,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_integer("batch", 8, "Images per step.")
+    flags.DEFINE_integer("height", 385, "Crop height.")
+    flags.DEFINE_integer("width", 481, "Crop width.")
+    flags.DEFINE_integer("runs", 7, "Timed steps per framework.")
+    flags.DEFINE_bool("profile", False, "XLA's per-op profile of the step.")
+    flags.DEFINE_string("json", None, "Write the figures here.")
+    cli.run(main)

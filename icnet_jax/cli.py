@@ -26,6 +26,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from icnet_jax import config_files
 from icnet_jax.errors import UserError
 
 EXIT_OK = 0
@@ -75,7 +76,7 @@ def _chain(error: BaseException | None) -> list[BaseException]:
 def _where_in(config_file: str, error: BaseException) -> str:
     """' (raised at FILE, line N)': the last line of `config_file` in the tracebacks of `error`'s
     chain (a syntax error: its own line); '' when the error did not come from that file."""
-    path = os.path.realpath(config_file.split(":", 1)[0])
+    path = os.path.realpath(config_files.resolve(config_file).split(":", 1)[0])
     line = None
     for link in reversed(_chain(error)):
         syntax = isinstance(link, SyntaxError) and link.filename and link.lineno
@@ -118,7 +119,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def define_config(
-    default: str, help_text: str = "Config file (`path.py` or `path.py:variant`).", **kwargs
+    default: str,
+    help_text: str = "Config file (`path.py[:variant]`, or a shipped one by name: `camvid:cpu`).",
+    **kwargs,
 ) -> flags.FlagHolder:
     """`--config` (with `--config.a.b=value` overrides) whose errors are one line.
 
@@ -126,12 +129,30 @@ def define_config(
     entry point, before `run`: a typo there must be caught here.
     """
     try:
-        return config_flags.DEFINE_config_file("config", default, help_text, **kwargs)
+        holder = config_flags.DEFINE_config_file(
+            "config", config_files.resolve(default), help_text, **kwargs
+        )
     except Exception as error:
         if any(a.startswith("--verbosity") for a in sys.argv):
             raise
         fail(f"{_flag_error_message(error)} (--help lists the flags)")
         raise  # unreachable: fail() exits
+    flags.FLAGS["config"].parser = _NamedConfigParser(flags.FLAGS["config"].parser)
+    return holder
+
+
+class _NamedConfigParser(flags.ArgumentParser):
+    """ml_collections' config file parser that also reads the shipped configs by name
+    (`--config=camvid:cpu`, `config_files.resolve`)."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self._parser = parser
+
+    def parse(self, argument):
+        return self._parser.parse(config_files.resolve(argument))
+
+    def flag_type(self) -> str:
+        return self._parser.flag_type()
 
 
 def define_multihost_flags() -> None:

@@ -11,15 +11,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 
-def run(*command, env=ENV) -> subprocess.CompletedProcess:
-    """`python *command` from the repository root (`-m module`, a script, or `-c code`)."""
+def run(*command, env=ENV, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
+    """`python *command` (`-m module`, a script, or `-c code`), from the repository root unless
+    `cwd` says otherwise; four simulated CPU devices, as in the tests' own process."""
     return subprocess.run(
         [sys.executable, *map(str, command)],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -2,10 +2,7 @@
 compilation or write; every shipped config and variant passes."""
 
 import importlib
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +11,7 @@ from icnet_jax import config as default
 from icnet_jax.models import backbone, icnet, pspnet
 from icnet_jax.train import losses
 from icnet_jax.weights import prune
+from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = [*default.ABLATIONS, *default.RECIPES]
@@ -132,13 +130,7 @@ def test_fields_a_saved_config_lacks_are_skipped():
 
 
 def run(*command, cwd=REPO):
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "PYTHONPATH": str(REPO),
-    }
-    command = [sys.executable, *map(str, command)]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return scripts.run(*command, cwd=cwd, env={**scripts.ENV, "PYTHONPATH": str(REPO)})
 
 
 def assert_one_error(done, *words):

@@ -1,16 +1,14 @@
 """The entry points' answers to user mistakes: one `error:` line, exit status 2, no traceback and
 nothing written, decided before any compilation."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from icnet_jax import cli
+from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DATA = [
@@ -22,9 +20,7 @@ TINY_DATA = [
 
 
 def run(script, *args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    command = [sys.executable, script, *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return scripts.run(script, *args)
 
 
 @pytest.fixture

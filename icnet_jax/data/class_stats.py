@@ -102,10 +102,10 @@ def _file_part(split: str) -> str:
 def median_frequency_weights(pixels: Sequence[int], image_pixels: Sequence[int]) -> np.ndarray:
     """SegNet: `w_c = median(f) / f_c`, `f_c = pixels of c / pixels of the images containing c`;
     the median over the classes present; 0 for absent classes."""
-    pixels = np.asarray(pixels, np.float64)
-    present = pixels > 0
-    freq = pixels[present] / np.asarray(image_pixels, np.float64)[present]
-    weights = np.zeros_like(pixels)
+    counts = np.asarray(pixels, np.float64)
+    present = counts > 0
+    freq = counts[present] / np.asarray(image_pixels, np.float64)[present]
+    weights = np.zeros_like(counts)
     weights[present] = np.median(freq) / freq
     return weights
 
@@ -113,9 +113,9 @@ def median_frequency_weights(pixels: Sequence[int], image_pixels: Sequence[int])
 def enet_weights(pixels: Sequence[int], c: float = 1.02) -> np.ndarray:
     """ENet: `w_c = 1 / ln(c + p_c)`, `p_c` the fraction of labelled pixels of class c; 0 for
     absent classes."""
-    pixels = np.asarray(pixels, np.float64)
-    weights = 1.0 / np.log(c + pixels / pixels.sum())
-    return np.where(pixels > 0, weights, 0.0)
+    counts = np.asarray(pixels, np.float64)
+    weights = 1.0 / np.log(c + counts / counts.sum())
+    return np.where(counts > 0, weights, 0.0)
 
 
 def class_weights(stats: dict[str, Any], method: str) -> np.ndarray:

@@ -85,7 +85,7 @@ def decode_image(data: bytes) -> DecodedImage:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # Image.open is lazy: decoding errors surface here
             orientation = _orientation(image)
-            upright = image
+            upright: Image.Image = image
             if orientation != 1:
                 try:
                     upright = ImageOps.exif_transpose(image) or image

@@ -8,6 +8,7 @@ every call.
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
 import ml_collections
 
@@ -28,8 +29,8 @@ class InputSpec:
       eval_size: `(height, width)` evaluation resizes to; None = native resolution.
     """
 
-    crop_size: tuple[int, ...]
-    scale_range: tuple[float, ...]
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float]
     mirror: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -43,8 +44,8 @@ class InputSpec:
         """The record of `config.input` and `config.ignore_label`."""
         cfg = config.input
         return cls(
-            crop_size=_ints(cfg.crop_size),
-            scale_range=_floats(cfg.scale_range),
+            crop_size=_pair(_ints(cfg.crop_size)),
+            scale_range=_pair(_floats(cfg.scale_range)),
             mirror=bool(cfg.mirror),
             mean=_floats(cfg.mean),
             std=_floats(cfg.std),
@@ -55,9 +56,18 @@ class InputSpec:
         )
 
 
+_T = TypeVar("_T")
+
+
 def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
 def _floats(values) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
+
+
+def _pair(values: tuple[_T, ...]) -> tuple[_T, _T]:
+    """The two values of a pair (config_checks has refused any other length)."""
+    first, second = values
+    return first, second

@@ -163,7 +163,7 @@ class BackboneReport:
 def trunk_layers(params: Mapping[str, Any], trunk: Trunk) -> list[tuple[str, ...]]:
     """Module paths of the trunk's ConvBN layers in `params` (stem, then each bottleneck's
     1x1_reduce, 3x3, 1x1_increase and, in a stage's first block, 1x1_proj)."""
-    paths = [(name,) for name, _, _ in STEM_LAYERS[trunk.stem]]
+    paths: list[tuple[str, ...]] = [(name,) for name, _, _ in STEM_LAYERS[trunk.stem]]
     for stage, blocks in STAGE_BLOCKS.items():
         for i in range(1, blocks + 1):
             for conv in ("1x1_reduce", "3x3", "1x1_increase", "1x1_proj"):

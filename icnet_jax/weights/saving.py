@@ -72,7 +72,13 @@ def prepare(directory: pathlib.Path) -> None:
 
 def remove_interrupted_saves(directory: pathlib.Path) -> list[pathlib.Path]:
     """Deletes orbax's temporary folders (`<step>.orbax-checkpoint-tmp*`) in `directory`: an
-    unfinished save is never read, and on a full disk it holds the space a new save needs."""
+    unfinished save is never read, and on a full disk it holds the space a new save needs.
+
+    Not orbax's `CheckpointManagerOptions(cleanup_tmp_directories=True)` (orbax 0.12.8): it
+    removes them in a background thread that only the first save waits for, so a run that ends
+    before saving (a full disk at its first save, Ctrl-C) ends with that thread's traceback
+    ("cannot schedule new futures after shutdown"); it cannot free a failed save's space at once
+    either, nor say what it removed."""
     leftovers = sorted(directory.glob(f"*{TMP_SUFFIX}*"))
     for path in leftovers:
         if path.is_dir():
@@ -82,7 +88,7 @@ def remove_interrupted_saves(directory: pathlib.Path) -> list[pathlib.Path]:
     return leftovers
 
 
-def no_space(error: BaseException) -> bool:
+def no_space(error: BaseException | None) -> bool:
     """True when `error` (or what caused it) is ENOSPC; tensorstore says it in words only."""
     seen = 0
     while error is not None and seen < 20:

@@ -28,6 +28,7 @@ placeholder statistics (which also catches runs fine-tuned from such weights).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -206,11 +207,9 @@ def merge_variables(
     """
     flat_target = traverse_util.flatten_dict(plain_dict(target))
     flat_source = traverse_util.flatten_dict(plain_dict(source))
-    merged, report, errors = (
-        {},
-        {"loaded": [], "reinitialised": [], "missing": [], "unused": []},
-        [],
-    )
+    merged: dict = {}
+    report: dict[str, list] = {"loaded": [], "reinitialised": [], "missing": [], "unused": []}
+    errors: list[str] = []
     for path, value in flat_target.items():
         name = "/".join(path)
         if path not in flat_source:
@@ -304,7 +303,10 @@ def folded_layers(batch_stats: Mapping[str, Any]) -> list[str]:
 
 
 def check_folded_start(
-    batch_stats: Mapping[str, Any], saved_config: Mapping[str, Any] | None, config, source: str
+    batch_stats: Mapping[str, Any],
+    saved_config: Mapping[str, Any] | None,
+    config,
+    source: str | os.PathLike,
 ) -> None:
     """Refuses to train from BN-folded weights with BatchNorm on batch statistics.
 

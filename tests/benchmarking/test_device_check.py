@@ -2,10 +2,11 @@
 
 import json
 import pathlib
-import subprocess
 import sys
 
 import pytest
+
+from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -17,10 +18,9 @@ MODELS = {"icnet_sub4", "icnet_sub24", "icnet_sub124", "pspnet50_half"}
 @pytest.mark.slow
 def test_device_check_tiny_writes_every_section(tmp_path):
     out = tmp_path / "check.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/device_check.py", "--tiny", "--json", str(out),
-         "--workdir", str(tmp_path / "work"), "--budget", "1500"],
-        cwd=REPO, capture_output=True, text=True, timeout=1800, check=False,
+    proc = scripts.run(
+        "benchmarks/device_check.py", "--tiny", "--json", out,
+        "--workdir", tmp_path / "work", "--budget", "1500", timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())

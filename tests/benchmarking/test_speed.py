@@ -5,8 +5,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import pytest
 from icnet_jax.benchmarking import models as networks
 from icnet_jax.benchmarking import profiling
 from icnet_jax.benchmarking import speed as benchmarking
+from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = benchmarking.Options(
@@ -25,10 +24,7 @@ TINY_FLAGS = ["--height=65", "--width=129", "--width_scale=0.125", "--runs=2", "
 
 
 def run_script(*flags):
-    return subprocess.run(
-        [sys.executable, "benchmark.py", *TINY_FLAGS, "--noprogress", *flags],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    return scripts.run("benchmark.py", *TINY_FLAGS, "--noprogress", *flags)
 
 
 def test_xla_flops_of_matmul_is_2mnk():

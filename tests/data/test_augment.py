@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import numpy as np
 import pytest
 
@@ -44,14 +45,14 @@ def test_random_resize_by_two_repeats_label_pixels() -> None:
     image, label = _pair(5, 7)
     out_image, out_label = augment.random_resize(image, label, np.random.default_rng(0), (2.0, 2.0))
     np.testing.assert_array_equal(out_label, label.repeat(2, axis=0).repeat(2, axis=1))
-    assert out_image.shape == (10, 14, 3)
+    chex.assert_shape(out_image, (10, 14, 3))
 
 
 def test_random_resize_bilinear_keeps_a_constant_image_and_rejects_bad_range() -> None:
     image = np.full((20, 30, 3), (10, 200, 77), dtype=np.uint8)
     label = np.zeros((20, 30), np.uint8)
     out_image, _ = augment.random_resize(image, label, np.random.default_rng(1), (0.5, 0.5))
-    assert out_image.shape == (10, 15, 3)
+    chex.assert_shape(out_image, (10, 15, 3))
     np.testing.assert_array_equal(out_image, np.broadcast_to(image[0, 0], (10, 15, 3)))
     with pytest.raises(ValueError, match="scale_range"):
         augment.random_resize(image, label, np.random.default_rng(0), (2.0, 1.0))
@@ -60,8 +61,8 @@ def test_random_resize_bilinear_keeps_a_constant_image_and_rejects_bad_range() -
 def test_pad_to_fills_image_with_mean_and_label_with_ignore() -> None:
     image, label = _pair(4, 6)
     out_image, out_label = augment.pad_to(image, label, (7, 5), image_fill=MEAN, ignore_label=255)
-    assert out_image.shape == (7, 6, 3) and out_label.shape == (7, 6)
-    assert out_image.dtype == np.float32  # fractional fill must survive exactly
+    chex.assert_shape([out_image, out_label], [(7, 6, 3), (7, 6)])
+    chex.assert_type(out_image, np.float32)  # fractional fill must survive exactly
     np.testing.assert_array_equal(out_image[:4], image.astype(np.float32))
     np.testing.assert_array_equal(out_image[4:], np.broadcast_to(np.float32(MEAN), (3, 6, 3)))
     np.testing.assert_array_equal(out_label[:4], label)
@@ -73,7 +74,8 @@ def test_pad_to_fills_image_with_mean_and_label_with_ignore() -> None:
 def test_pad_to_integer_fill_keeps_uint8_and_no_padding_returns_inputs() -> None:
     image, label = _pair(4, 6)
     out_image, out_label = augment.pad_to(image, label, 8, image_fill=(1, 2, 3), ignore_label=9)
-    assert out_image.dtype == np.uint8 and out_image.shape == (8, 8, 3)
+    chex.assert_type(out_image, np.uint8)
+    chex.assert_shape(out_image, (8, 8, 3))
     np.testing.assert_array_equal(out_image[:, 6:], np.broadcast_to((1, 2, 3), (8, 2, 3)))
     assert np.all(out_label[:, 6:] == 9) and np.all(out_label[4:] == 9)
     same_image, same_label = augment.pad_to(image, label, (4, 6), image_fill=MEAN)
@@ -90,7 +92,7 @@ def test_random_crop_cuts_the_same_window_from_both() -> None:
         out_image, out_label = augment.random_crop(
             image, label, (4, 6), np.random.default_rng(seed)
         )
-        assert out_image.shape == (4, 6, 3) and out_label.shape == (4, 6)
+        chex.assert_shape([out_image, out_label], [(4, 6, 3), (4, 6)])
         top, left = divmod(int(out_label[0, 0]), w)
         np.testing.assert_array_equal(out_label, label[top : top + 4, left : left + 6])
         np.testing.assert_array_equal(out_image[..., 0], out_label)
@@ -140,8 +142,8 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
         crop_size=(16, 20), scale_range=(1.0, 1.0), mirror=False, mean=MEAN, std=ONES, bgr=True
     )
     out = augment.train_transform(example, np.random.default_rng(0), spec)
-    assert out["image"].shape == (16, 20, 3) and out["image"].dtype == np.float32
-    assert out["label"].shape == (16, 20) and out["label"].dtype == np.int32
+    chex.assert_shape([out["image"], out["label"]], [(16, 20, 3), (16, 20)])
+    chex.assert_type([out["image"], out["label"]], [np.float32, np.int32])
     # No resize and a crop the size of the padded image: the original sits top-left.
     np.testing.assert_array_equal(out["label"][:10, :12], example["label"][:, :, 0])
     np.testing.assert_allclose(
@@ -157,8 +159,7 @@ def test_train_transform_is_a_function_of_the_generator() -> None:
     )
     example = _example(13, 17)
     a, b, c = (augment.train_transform(example, np.random.default_rng(s), spec) for s in (5, 5, 6))
-    np.testing.assert_array_equal(a["image"], b["image"])
-    np.testing.assert_array_equal(a["label"], b["label"])
+    chex.assert_trees_all_equal(a, b)
     assert not np.array_equal(a["image"], c["image"])
 
 
@@ -199,7 +200,8 @@ def test_photometric_distortion_against_a_reference() -> None:
     for seed in range(24):
         ours = augment.photometric_distortion(image, np.random.default_rng(seed))
         expected = reference_photometric(image, np.random.default_rng(seed))
-        assert ours.dtype == np.float32 and ours.shape == image.shape
+        chex.assert_type(ours, np.float32)
+        chex.assert_equal_shape([ours, image])
         np.testing.assert_allclose(ours, expected, atol=2e-3)
         changed += not np.allclose(ours, image)
     assert changed >= 20  # 1/16 of draws change nothing

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -78,7 +79,7 @@ def test_camvid_cross_sequence_splits(shared_data, tmp_path):
     assert all(n.startswith("0006R0") for n in names(only))
     assert not any(n.startswith("0006R0") for n in names(without))
     assert sorted(names(without) + names(only)) == sorted(names(train))
-    assert only[0]["image"].shape == (360, 480, 3)
+    chex.assert_shape(only[0]["image"], (360, 480, 3))
     with pytest.raises(UserError, match="0006RX"):
         datasets.get_data_source("camvid", "train[-0006RX]", **kw)
     with pytest.raises(UserError, match="leaves no example"):
@@ -94,7 +95,8 @@ def test_camvid_counts_are_stored_once_and_reused(shared_data, tmp_path, monkeyp
     assert stats["split"] == "train[-0006R0]" and stats["num_images"] == 266
     # CamVid's SegNet labels: 360x480 frames, void pixels not counted.
     assert 0 < sum(stats["pixels"]) < 266 * 360 * 480
-    assert weights.shape == (11,) and np.all(weights > 0)
+    chex.assert_shape(weights, (11,))
+    assert np.all(weights > 0)
     # Thin and rare classes weigh more than road and sky.
     names = stats["class_names"]
     assert weights[names.index("pole")] > 5 * weights[names.index("road")]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
-import socket
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,17 +87,40 @@ def _leftover(tmp_path: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def _marker(tmp_path: pathlib.Path, pid: int) -> pathlib.Path:
-    marker = tmp_path / f"tfds/icnet_custom/default/.preparing.{socket.gethostname()}.{pid}"
-    return write(marker, b"")
+def _marker(tmp_path: pathlib.Path, name: str) -> pathlib.Path:
+    return tmp_path / f"tfds/icnet_custom/default/.preparing.{name}"
+
+
+MARKER_HOLDER = """
+import sys
+import filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()  # until the test closes stdin or kills it
+"""
+
+
+def _holding(marker: pathlib.Path) -> subprocess.Popen:
+    """Another process registered as preparing: it holds `marker`'s lock until it ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", MARKER_HOLDER, str(marker)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, capsys):
     _custom(tmp_path / "m", {"train": 2, "val": 1})
     leftover = _leftover(tmp_path)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    dead = _marker(tmp_path, gone.pid)  # the killed process's registration
+    dead = _marker(tmp_path, "host.1")
+    killed = _holding(dead)
+    killed.send_signal(signal.SIGKILL)  # its registration stays, its lock goes with it
+    killed.wait(timeout=60)
+    assert dead.exists()
     check_splits(_config(tmp_path))
     assert not leftover.exists() and not dead.exists()
     assert f"removed {leftover}, left by an interrupted preparation" in capsys.readouterr().out
@@ -108,8 +131,12 @@ def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, capsy
 def test_leftover_kept_while_another_process_prepares(tmp_path, capsys):
     _custom(tmp_path / "m", {"train": 2, "val": 1})
     leftover = _leftover(tmp_path)
-    live = _marker(tmp_path, os.getppid())  # a running process preparing the same dataset
-    check_splits(_config(tmp_path))
+    live = _marker(tmp_path, "host.2")
+    holder = _holding(live)  # a running process preparing the same dataset
+    try:
+        check_splits(_config(tmp_path))
+    finally:
+        holder.communicate(timeout=60)
     assert leftover.exists() and live.exists()
     assert "removed" not in capsys.readouterr().out
 

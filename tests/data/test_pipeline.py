@@ -2,6 +2,7 @@
 
 import time
 
+import chex
 import grain
 import numpy as np
 import pytest
@@ -59,16 +60,13 @@ def _take(iterator, n: int) -> list[dict]:
 
 
 def _assert_same(batches_a: list[dict], batches_b: list[dict]) -> None:
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b, strict=True):
-        np.testing.assert_array_equal(a["image"], b["image"])
-        np.testing.assert_array_equal(a["label"], b["label"])
+    chex.assert_trees_all_equal(batches_a, batches_b)
 
 
 def test_train_batches_shapes_and_dtypes() -> None:
     batch = next(_train(_source()))
-    assert batch["image"].shape == (4, *CROP, 3) and batch["image"].dtype == np.float32
-    assert batch["label"].shape == (4, *CROP) and batch["label"].dtype == np.int32
+    chex.assert_shape([batch["image"], batch["label"]], [(4, *CROP, 3), (4, *CROP)])
+    chex.assert_type([batch["image"], batch["label"]], [np.float32, np.int32])
 
 
 def test_each_epoch_is_a_new_permutation_that_drops_the_remainder() -> None:
@@ -201,8 +199,8 @@ def test_eval_dataset_strided_shards_in_fixed_order() -> None:
             i = int(example["label"][0, 0])
             assert example["file_name"] == f"img_{i:03d}.png"
             h, w = source[i]["image"].shape[:2]
-            assert example["image"].shape == (h, w, 3) and example["image"].dtype == np.float32
-            assert example["label"].shape == (h, w) and example["label"].dtype == np.int32
+            chex.assert_shape([example["image"], example["label"]], [(h, w, 3), (h, w)])
+            chex.assert_type([example["image"], example["label"]], [np.float32, np.int32])
             # BGR: channel 0 is blue minus the blue mean (float32 precision).
             np.testing.assert_allclose(
                 example["image"][..., 0], source[i]["image"][..., 2] - MEAN[2], atol=1e-4

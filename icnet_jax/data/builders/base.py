@@ -173,7 +173,7 @@ class SegmentationBuilder(PreparedBuilder):
 
     def _options(self) -> dict:
         """Builder arguments that change the prepared data without changing its folder name."""
-        options = {"on_bad_file": self.on_bad_file}
+        options: dict[str, str] = {"on_bad_file": self.on_bad_file}
         if self.image_format != "png":  # so that datasets prepared before it existed still match
             options["image_format"] = self.image_format
         return options

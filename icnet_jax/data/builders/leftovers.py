@@ -3,10 +3,11 @@ its version folder and renames it when done, so a preparation killed (SIGKILL, p
 that folder behind for ever. ``preparing`` removes such leftovers at the next preparation, but only
 when no other process is preparing into the same folder.
 
-Each preparation registers itself with a marker file ``.preparing.<host>.<pid>`` while it runs. A
-marker is live if its process runs (same host), or, from another host sharing the folder, if it
-is younger than ``OTHER_HOST_STALE_S``; a dead one (its process killed) is removed with the
-leftovers.
+Each preparation holds an operating-system lock (``filelock``) on a marker file
+``.preparing.<host>.<pid>`` of its own while it runs; the name only says whose it is. A marker
+whose lock can be taken belongs to a process that is gone (the system released its lock when it
+ended) and is removed with the leftovers. Across hosts sharing the folder this is as reliable as
+the file system's ``flock`` (NFS emulates it; some network file systems do not lock across hosts).
 """
 
 from __future__ import annotations
@@ -16,26 +17,24 @@ import os
 import pathlib
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 
+import filelock
+
 MARKER_PREFIX = ".preparing."
-OTHER_HOST_STALE_S = 24 * 3600  # no preparation of ours takes a day
 
 
-def _is_live(marker: pathlib.Path) -> bool:
-    host, _, pid = marker.name.removeprefix(MARKER_PREFIX).rpartition(".")
-    if host != socket.gethostname():
-        try:
-            return time.time() - marker.stat().st_mtime < OTHER_HOST_STALE_S
-        except FileNotFoundError:
-            return False
+def _take_if_dead(marker: pathlib.Path) -> bool:
+    """True (and the marker removed) when no process holds `marker`'s lock."""
+    lock = filelock.FileLock(marker)
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
         return False
-    except (PermissionError, ValueError):  # another user's process, or not our marker: keep it
-        return True
+    try:
+        marker.unlink(missing_ok=True)  # while held: a process just starting on it looks again
+    finally:
+        lock.release()
     return True
 
 
@@ -46,16 +45,16 @@ def preparing(folder: pathlib.Path) -> Iterator[None]:
     there when no other live process is registered."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / f"{MARKER_PREFIX}{socket.gethostname()}.{os.getpid()}"
-    marker.touch()  # before looking at the others: two starting together both see a live one
+    lock = filelock.FileLock(marker)
+    lock.acquire()  # before looking at the others: two starting together both see a live one
     try:
         others = [m for m in folder.glob(MARKER_PREFIX + "*") if m != marker]
-        dead = [m for m in others if not _is_live(m)]
-        if len(dead) == len(others):
+        live = [m for m in others if not _take_if_dead(m)]
+        if not live:
             for leftover in sorted(p for p in folder.glob("incomplete.*") if p.is_dir()):
                 shutil.rmtree(leftover, ignore_errors=True)
                 print(f"removed {leftover}, left by an interrupted preparation")
-            for m in dead:
-                m.unlink(missing_ok=True)
         yield
     finally:
         marker.unlink(missing_ok=True)
+        lock.release()
