@@ -17,9 +17,10 @@ checkpoint's classifier has classes. `--branch` picks ICNet's output (sub4, sub2
 
 An image above `--max_pixels` (default 4096x4096) is segmented in overlapping windows of the
 checkpoint's training crop (`--tile=H,W` for other windows, or for every image), every two thirds
-of a window (`--tile_stride=H,W`), their probabilities averaged (icnet_jax/inference/
-sliding_window.py), in bounded memory. Running out of memory stops with one `error:` line naming
-the flag that avoids it (exit status 2; the inputs before it keep their outputs).
+of a window (`--tile_stride=H,W`), over the image resized to `input.eval_size` as whole images
+are, their logits averaged (docs/evaluation.md, icnet_jax/inference/sliding_window.py).
+Running out of memory stops with one `error:` line naming the flag that avoids it (exit status
+2; the inputs before it keep their outputs).
 `--backend=onnxruntime` runs the network on onnxruntime (CPU; the extras of
 requirements-export.txt): exported to ONNX once per network input size and cached under
 `<workdir>/export/` (`icnet_jax/inference/onnx_backend.py`); the labels agree with JAX's.

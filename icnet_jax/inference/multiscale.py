@@ -60,6 +60,36 @@ def scaled_size(size: Sequence[int], scale: float, align_corners: bool = True) -
     return tuple(max(1, round(n * scale)) for n in size)  # type: ignore[return-value]
 
 
+def network_size(
+    image_size: Sequence[int],
+    scale: float,
+    eval_size: Sequence[int] | None = None,
+    align_corners: bool = True,
+) -> tuple[int, int] | None:
+    """The network input (H, W) of an image of `image_size` at test-time `scale`:
+    `scaled_size(eval_size or image_size, scale)`, None for the image as is (scale 1 without
+    `eval_size`)."""
+    if scale <= 0:
+        raise ValueError(f"scales must be positive, got {scale}")
+    if eval_size is None and scale == 1.0:
+        return None
+    base = tuple(eval_size) if eval_size is not None else tuple(image_size)
+    return scaled_size(base, scale, align_corners)
+
+
+def network_sizes(
+    image_size: Sequence[int],
+    scales: Sequence[float],
+    eval_size: Sequence[int] | None = None,
+    align_corners: bool = True,
+) -> list[tuple[int, int]]:
+    """Every network input (H, W) that `average_probabilities` feeds for an image of
+    `image_size` (flips change no size), in the order of `scales`, without repeats."""
+    sizes = [network_size(image_size, s, eval_size, align_corners) for s in scales]
+    unique = dict.fromkeys(tuple(image_size[:2]) if s is None else s for s in sizes)
+    return list(unique)  # type: ignore[arg-type]
+
+
 def average_probabilities(
     model: nn.Module,
     variables: Any,
@@ -79,18 +109,10 @@ def average_probabilities(
     """
     if not scales:
         raise ValueError("scales is empty")
-    h, w = images.shape[1:3]
-    base = tuple(eval_size) if eval_size is not None else (h, w)
     total: dict[str, Array] | None = None
     count = 0
     for scale in scales:
-        if scale <= 0:
-            raise ValueError(f"scales must be positive, got {scale}")
-        size = (
-            None
-            if (eval_size is None and scale == 1.0)
-            else scaled_size(base, scale, align_corners)
-        )
+        size = network_size(images.shape[1:3], scale, eval_size, align_corners)
         # The mirrored images join the batch: one network pass (and one copy of it to compile)
         # per scale.
         n = images.shape[0]

@@ -15,7 +15,10 @@ Files are written under a temporary name and renamed, so a killed export leaves 
 
 `OnnxModel` stands in for the Flax module in the jitted test-time functions (`multiscale`): its
 `apply(variables, images)` calls onnxruntime through `jax.pure_callback`, so resizing, scales,
-flips, softmax and argmax stay the JAX path's own code and the labels agree with it.
+flips, softmax and argmax stay the JAX path's own code and the labels agree with it. Its sessions
+are made by `prepare(sizes)` before those functions are traced: exporting and quantising run JAX
+code of their own (the calibration images are resized by JAX), which inside a trace would be
+staged into the caller's function instead of running.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -123,8 +126,7 @@ def cpu_session(path: str | os.PathLike):
 class OnnxModel:
     """A checkpoint's network on onnxruntime, with the `apply(variables, images)` of a Flax
     module (variables ignored): `float32 [N, H, W, 3]` normalised images -> logits
-    `[N, H, W, classes]`, usable under `jax.jit`. Sessions are made (exported, quantised,
-    loaded) on the first call at each size."""
+    `[N, H, W, classes]`, usable under `jax.jit` at the sizes made ready by `prepare`."""
 
     def __init__(self, loaded: Any, branch: str, backend: Backend, *, verbose: bool = True):
         model = state_lib.inference_model(loaded.config, loaded.num_classes, branch)
@@ -159,6 +161,12 @@ class OnnxModel:
             ),
         )
 
+    def prepare(self, sizes: Iterable[tuple[int, int]]) -> None:
+        """Makes the sessions of the network input `sizes` (H, W): exported, quantised, loaded
+        (or read from the cache). Call outside any traced function."""
+        for size in sizes:
+            self.session(tuple(size))  # type: ignore[arg-type]
+
     def session(self, size: tuple[int, int]):
         if size not in self._sessions:
             path = self.model_file(size)
@@ -176,7 +184,11 @@ class OnnxModel:
     def apply(self, variables: Any, images: jax.Array) -> jax.Array:
         del variables
         n, h, w, _ = images.shape
-        self.session((h, w))  # export at trace time, not inside the callback
+        if (h, w) not in self._sessions:
+            raise RuntimeError(
+                f"no onnxruntime session for the input size {h}x{w}: call prepare([({h}, {w})]) "
+                "before tracing (exporting and quantising cannot run inside a trace)"
+            )
         shape = jax.ShapeDtypeStruct((n, h, w, self.num_classes), jnp.float32)
         return jax.pure_callback(self, shape, images.astype(jnp.float32))
 
@@ -186,3 +198,10 @@ def inference_network(loaded: Any, branch: str, backend: Backend) -> Any:
     if backend.name == "onnxruntime":
         return OnnxModel(loaded, branch, backend)
     return state_lib.inference_model(loaded.config, loaded.num_classes, branch)
+
+
+def prepare(network: Any, sizes: Iterable[tuple[int, int]]) -> None:
+    """Makes an `OnnxModel`'s sessions of the input `sizes` (H, W) before its functions are
+    traced; nothing for a Flax module."""
+    if isinstance(network, OnnxModel):
+        network.prepare(sizes)

@@ -103,18 +103,19 @@ class Segmenter:
         crop = loaded.saved_config.get("input", {}).get("crop_size") or cfg.input.crop_size
         self.tiles = (tiles or sliding_window.TilePolicy()).for_checkpoint(crop)
         self._told = False
-        model = onnx_backend.inference_network(loaded, branch, backend)
-        eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
+        self._network = onnx_backend.inference_network(loaded, branch, backend)
+        self._eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
+        self._scales = tuple(scales)
         self._predict = test_time.make_predict_fn(
-            model,
+            self._network,
             loaded.num_classes,
-            eval_size=eval_size,
+            eval_size=self._eval_size,
             align_corners=cfg.model.align_corners,
             scales=scales,
             flip=flip,
         )
         self._window = sliding_window.make_window_fn(
-            model, self.variables, self._prepare, align_corners=cfg.model.align_corners,
+            self._network, self.variables, align_corners=cfg.model.align_corners,
             scales=scales, flip=flip,
         )  # fmt: skip
 
@@ -124,10 +125,15 @@ class Segmenter:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         tiling = self.tiles.tiling_for(image.shape)
+        align_corners = self.config.model.align_corners
         try:
             if tiling is not None:
                 self._tell(image.shape, tiling)
-                return sliding_window.segment(image, self._window, tiling, self.dtype)
+                return self._segment_tiled(image, tiling)
+            sizes = test_time.network_sizes(
+                image.shape[:2], self._scales, self._eval_size, align_corners
+            )
+            onnx_backend.prepare(self._network, sizes)  # outside the jitted function
             (labels,) = self._predict(self.variables, self._prepare(image)[None]).values()
             return np.asarray(labels)[0]
         except Exception as error:
@@ -135,13 +141,29 @@ class Segmenter:
                 raise
             raise sliding_window.out_of_memory_error(image.shape, tiling, self.tiles) from None
 
+    def _segment_tiled(self, image: np.ndarray, tiling: sliding_window.Tiling) -> np.ndarray:
+        """Windows over the image as the network sees whole images: resized to the eval size
+        (normalised whole, then resized), else as is (each window normalised alone)."""
+        align_corners = self.config.model.align_corners
+        if self._eval_size is None:
+            view, window_fn = image, lambda w: self._window(self._prepare(w))
+        else:
+            view = sliding_window.resized(self._prepare(image), self._eval_size, align_corners)
+            window_fn = self._window
+        sizes = sliding_window.window_sizes(view.shape, tiling, self._scales, align_corners)
+        onnx_backend.prepare(self._network, sizes)
+        return sliding_window.segment(
+            view, window_fn, tiling, self.dtype,
+            output_size=image.shape[:2], align_corners=align_corners,
+        )  # fmt: skip
+
     def _tell(self, shape, tiling: sliding_window.Tiling) -> None:
         if not self._told:
             why = "--tile" if self.tiles.size else f"above --max_pixels={self.tiles.max_pixels}"
-            eval_size = self.config.input.eval_size
+            eval_size = self._eval_size
             tqdm.write(
                 f"a {shape[0]}x{shape[1]} image ({why}): segmented in {tiling.describe()}"
-                + (f" (input.eval_size={eval_size} is for whole images)" if eval_size else "")
+                + (f" of it resized to input.eval_size={eval_size}" if eval_size else "")
             )
             self._told = True
 

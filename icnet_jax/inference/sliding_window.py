@@ -1,30 +1,47 @@
-"""Sliding-window inference for images too large to segment whole (mmsegmentation's `slide` mode).
+"""Sliding-window inference for images too large to segment whole, after mmsegmentation's
+`slide` mode.
 
+The windows see the image at the scale whole-image inference gives the network: resized to the
+checkpoint's `input.eval_size` first where it has one (`segment`'s `image` is that view, and
+window sizes and strides are pixels of it, as mmseg's crop size is of the resized image).
 Windows of `size` start every `stride` pixels; the last row and column of windows is shifted back
 to end at the border, so no window leaves the image and every pixel is covered; a window larger
-than the image is cut to the image. Each window goes through the network alone (with the
-test-time scales and flips, at its own resolution: `input.eval_size` describes whole frames, not
-windows); the class probabilities of overlapping windows are summed and divided by the number of
-windows that cover each pixel (the count map), then the class ids taken.
+than the image is cut to the image. Each window goes through the network alone; as in mmseg, the
+logits of overlapping windows are summed and divided by the number of windows that cover each
+pixel (the count map), then turned into probabilities by a softmax, resized to the image's own
+size where it was resized (bilinear, the model's align-corners convention) and the class ids
+taken. One window covering the image is whole-image inference: the same labels.
 
-Memory: one window's activations on the device, and on the host the averaged probabilities of
-one band of rows (about a window high x the image width x classes, float32): a finished band
-(rows no later window reaches) is turned into class ids and dropped. The whole image's
-probabilities, [H, W, C] float32, are never held: 4.5 GiB for 19 classes at 8000x8000.
+Test-time augmentation is applied per window (mmseg resizes and mirrors the whole image and
+slides over each): each scale resizes the window (the logits are resized back to it), a flip
+mirrors it; the windows' logits are averaged per pass, and the passes' probabilities averaged.
+At scale 1, with or without flip, one covering window still gives the whole-image labels; other
+scales resize the window rather than the image, so labels can differ from whole-image
+inference near window borders.
+
+Memory: one window's activations on the device, and on the host the averaged logits of one
+band of rows (about a window high x the image width x classes x passes, float32): a finished
+band (rows no later window reaches) is turned into class ids and dropped, so the whole image's
+probabilities, [H, W, C] float32, are never held (4.5 GiB for 19 classes at 8000x8000). With an
+`input.eval_size` the probabilities of the resized view are kept and resized to the image's
+size at once, as whole-image inference does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from icnet_jax import errors
 from icnet_jax.inference import multiscale as test_time
+from icnet_jax.models.layers import resize_bilinear
 
 # Above this many pixels predict.py segments an image in windows (4096x4096; a 4K UHD frame and a
 # Cityscapes frame stay whole).
@@ -32,7 +49,8 @@ MAX_PIXELS = 4096 * 4096
 # mmsegmentation's Cityscapes windows: 512x1024 every 341x683 pixels, two thirds of the size.
 STRIDE_FRACTION = 2 / 3
 
-WindowFn = Callable[[np.ndarray], np.ndarray]  # image window [h, w, 3] -> probabilities [h, w, C]
+# A window [h, w, 3] of the image as the network sees it -> logits [h, w, passes, C].
+WindowFn = Callable[[np.ndarray], np.ndarray]
 
 
 class OutOfMemoryError(errors.UserError):
@@ -123,8 +141,9 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 def averaged_bands(
     image: np.ndarray, window_fn: WindowFn, tiling: Tiling
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """`(first row, averaged probabilities [rows, W, C])` of consecutive bands of `image`
-    `[H, W, ...]`, top to bottom, each final (no later window reaches it)."""
+    """`(first row, averaged window outputs [rows, W, ...])` of consecutive bands of `image`
+    `[H, W, ...]`, top to bottom, each final (no later window reaches it): the sum of the
+    outputs of the windows covering each pixel divided by their number."""
     h, w = image.shape[:2]
     ys = window_starts(h, tiling.size[0], tiling.stride[0])
     xs = window_starts(w, tiling.size[1], tiling.stride[1])
@@ -132,12 +151,12 @@ def averaged_bands(
     top, sums, counts = 0, None, None
     for y in ys:
         if sums is not None and y > top:  # rows above y are final
-            yield top, sums[: y - top] / counts[: y - top, :, None]
+            yield top, sums[: y - top] / _expand(counts[: y - top], sums.ndim)
             sums, counts, top = sums[y - top :], counts[y - top :], y
         for x in xs:
             p = np.asarray(window_fn(image[y : y + wh, x : x + ww]), np.float32)
             if sums is None:
-                sums, counts = np.zeros((0, w, p.shape[-1]), np.float32), np.zeros((0, w))
+                sums, counts = np.zeros((0, w, *p.shape[2:]), np.float32), np.zeros((0, w))
             missing = y - top + wh - sums.shape[0]
             if missing > 0:  # the band reaches rows below those held
                 sums = np.concatenate([sums, np.zeros((missing, *sums.shape[1:]), np.float32)])
@@ -145,37 +164,99 @@ def averaged_bands(
             sums[y - top : y - top + wh, x : x + ww] += p
             counts[y - top : y - top + wh, x : x + ww] += 1
     assert sums is not None and counts is not None
-    yield top, sums / counts[..., None]
+    yield top, sums / _expand(counts, sums.ndim)
 
 
-def segment(image: np.ndarray, window_fn: WindowFn, tiling: Tiling, dtype: Any) -> np.ndarray:
-    """Class ids `[H, W]` (`dtype`) of `image` `[H, W, 3]`, window by window (module docstring)."""
-    labels = np.empty(image.shape[:2], dtype)
-    for top, probabilities in averaged_bands(image, window_fn, tiling):
-        labels[top : top + probabilities.shape[0]] = probabilities.argmax(-1)
-    return labels
+def _expand(counts: np.ndarray, ndim: int) -> np.ndarray:
+    return counts.reshape(counts.shape + (1,) * (ndim - counts.ndim))
+
+
+@jax.jit
+def _probabilities(logits: jax.Array) -> jax.Array:
+    """`[rows, W, passes, C]` averaged logits -> `[rows, W, C]` probabilities: softmax per
+    pass, then the passes' mean (summed in order, as `average_probabilities` sums them)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    total = p.sum(axis=2)
+    return total if logits.shape[2] == 1 else total / logits.shape[2]
+
+
+@functools.partial(jax.jit, static_argnames=("size", "align_corners", "dtype"))
+def _resized_labels(probabilities, size, align_corners, dtype):
+    """Class ids `[H, W]` of `[h, w, C]` probabilities resized to `size` (H, W)."""
+    p = resize_bilinear(probabilities[None], size, align_corners)[0]
+    return jnp.argmax(p, axis=-1).astype(dtype)
+
+
+def resized(image: np.ndarray, size: Sequence[int], align_corners: bool = True) -> np.ndarray:
+    """`image` `[H, W, C]` resized to `size` (H, W) as whole-image inference resizes it."""
+    return np.asarray(_resize(jnp.asarray(image)[None], tuple(size), align_corners))[0]
+
+
+_resize = jax.jit(resize_bilinear, static_argnums=(1, 2))
+
+
+def segment(
+    image: np.ndarray,
+    window_fn: WindowFn,
+    tiling: Tiling,
+    dtype: Any,
+    *,
+    output_size: tuple[int, int] | None = None,
+    align_corners: bool = True,
+) -> np.ndarray:
+    """Class ids `[H, W]` (`dtype`) of `image` `[h, w, 3]` as the network sees it, window by
+    window (module docstring); `output_size` (H, W): the probabilities resized to it first."""
+    h, w = image.shape[:2]
+    if output_size is None or tuple(output_size) == (h, w):
+        labels = np.empty((h, w), dtype)
+        for top, logits in averaged_bands(image, window_fn, tiling):
+            labels[top : top + logits.shape[0]] = np.asarray(_probabilities(logits)).argmax(-1)
+        return labels
+    bands = [np.asarray(_probabilities(b)) for _, b in averaged_bands(image, window_fn, tiling)]
+    size = tuple(int(n) for n in output_size)
+    labels = _resized_labels(np.concatenate(bands), size, align_corners, np.dtype(dtype))
+    return np.asarray(labels)
+
+
+def window_sizes(
+    image_size: Sequence[int], tiling: Tiling, scales: Sequence[float], align_corners: bool
+) -> list[tuple[int, int]]:
+    """The network input sizes (H, W) of the windows of `tiling` over an image of `image_size`
+    (as the network sees it) at the test-time `scales`."""
+    window = tuple(min(t, n) for t, n in zip(tiling.size, image_size[:2], strict=True))
+    return test_time.network_sizes(window, scales, None, align_corners)
 
 
 def make_window_fn(
     model: nn.Module,
     variables: Any,
-    prepare: Callable[[np.ndarray], np.ndarray],
     *,
     align_corners: bool = True,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> WindowFn:
-    """`window [h, w, 3] -> probabilities [h, w, C]` of the model's (single) output: `prepare`
-    (normalisation) on the host, then the test-time scales and flips of `average_probabilities`,
-    jitted (every window of an image has one shape: one compilation)."""
-    tta = dict(align_corners=align_corners, scales=tuple(scales), flip=flip)
+    """`window [h, w, 3] (normalised) -> logits [h, w, passes, C]` of the model's (single)
+    output, one pass per scale (the window resized by it, the logits resized back) and, with
+    `flip`, per mirrored window (the logits mirrored back); jitted (every window of an image has
+    one shape: one compilation)."""
 
     @jax.jit
-    def probabilities(variables, images):
-        (p,) = test_time.average_probabilities(model, variables, images, **tta).values()
-        return p[0]
+    def logits(variables, window):
+        h, w = window.shape[:2]
+        images = jnp.stack([window, window[:, ::-1]]) if flip else window[None]
+        passes = []
+        for scale in scales:
+            size = test_time.network_size((h, w), scale, None, align_corners)
+            x = images if size is None else resize_bilinear(images, size, align_corners)
+            out = model.apply(variables, x)
+            (out,) = out.values() if isinstance(out, Mapping) else (out,)
+            out = out.astype(jnp.float32)
+            if size is not None:
+                out = resize_bilinear(out, (h, w), align_corners)
+            passes += [out[0], out[1, :, ::-1]] if flip else [out[0]]
+        return jnp.stack(passes, axis=2)
 
-    return lambda window: np.asarray(probabilities(variables, prepare(window)[None]))
+    return lambda window: np.asarray(logits(variables, jnp.asarray(window, jnp.float32)))
 
 
 def is_out_of_memory(error: BaseException) -> bool:

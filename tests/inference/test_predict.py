@@ -179,3 +179,26 @@ def test_predict_cli_exit_codes(tmp_path, checkpoint):
     assert bad.returncode == 1 and "corrupt.png" in bad.stdout
     missing = run(f"--input={tmp_path / 'none'}", f"--output={tmp_path / 'o'}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+class ShapeRecorder:
+    """Stands in for a network: records the input sizes it is traced with."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def apply(self, variables, images):
+        self.sizes.append(tuple(images.shape[1:3]))
+        return jnp.zeros((*images.shape[:3], 3))
+
+
+@pytest.mark.parametrize("eval_size", [None, (25, 41)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
+    """What an onnxruntime network is made ready for before tracing (onnx_backend.prepare)."""
+    from icnet_jax.inference import multiscale as test_time
+
+    model, scales = ShapeRecorder(), (0.5, 1.0, 1.25, 1.0)
+    predict_fn = test_time.make_predict_fn(model, 3, eval_size=eval_size, scales=scales, flip=flip)
+    jax.eval_shape(predict_fn, {}, jnp.zeros((1, 37, 53, 3)))
+    assert test_time.network_sizes((37, 53), scales, eval_size) == list(dict.fromkeys(model.sizes))

@@ -1,9 +1,11 @@
-"""Sliding-window inference: the windows and their average against an independent numpy version
-of mmsegmentation's `slide` mode, equality with whole-image inference when one window covers the
-image, the automatic switch above the pixel budget, and out of memory as one error line."""
+"""Sliding-window inference: the windows and their logits' average against an independent numpy
+version of mmsegmentation's `slide` mode, the view resized to the eval size first, equality with
+whole-image inference when one window covers the image (with and without an eval size), the
+automatic switch above the pixel budget, and out of memory as one error line."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -20,25 +22,26 @@ from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference import predict as prediction
 from icnet_jax.inference import sliding_window as sw
+from tests import numpy_reference as ref
 from tests.checkpoint_fakes import NUM_CLASSES
 from tests.inference.test_predict import RedBandModel, cli_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
-MIX, GLOBAL = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
+MIX, GLOBAL = RNG.normal(size=(2, 3, 5)), RNG.normal(size=(2, 3, 5))
 
 
 def toy_window_fn(window: np.ndarray) -> np.ndarray:
-    """Probabilities [h, w, 5] of each pixel and of the window's mean colour: not translation
+    """Logits [h, w, 2 passes, 5] of each pixel and of the window's mean colour: not translation
     equivariant, so every window's own contribution shows in the average."""
     x = window.astype(np.float64) / 255
-    logits = x @ MIX + x.mean(axis=(0, 1)) @ GLOBAL
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    logits = np.einsum("hwc,pck->hwpk", x, 3 * MIX) + np.einsum("c,pck->pk", x.mean((0, 1)), GLOBAL)
+    return logits.astype(np.float32)
 
 
 def reference_slide(image, window_fn, size, stride):
-    """mmsegmentation's `slide_inference`, on a full canvas: [H, W, C] probabilities."""
+    """mmsegmentation's `slide_inference`, on a full canvas: the windows' logits summed into
+    `preds`, divided by `count_mat` ([H, W, ...] float64)."""
     h_img, w_img = image.shape[:2]
     (h_crop, w_crop), (h_stride, w_stride) = size, stride
     h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
@@ -51,11 +54,21 @@ def reference_slide(image, window_fn, size, stride):
             y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
             p = window_fn(image[y1:y2, x1:x2]).astype(np.float64)
             if preds is None:
-                preds = np.zeros((h_img, w_img, p.shape[-1]))
+                preds = np.zeros((h_img, w_img, *p.shape[2:]))
             preds[y1:y2, x1:x2] += p
             count[y1:y2, x1:x2] += 1
     assert count.min() >= 1
-    return preds / count[..., None]
+    return preds / count.reshape(count.shape + (1,) * (preds.ndim - 2))
+
+
+def reference_probabilities(logits):
+    """[H, W, passes, C] averaged logits -> [H, W, C]: softmax per pass, passes averaged."""
+    return ref.softmax_probabilities(logits).mean(axis=2)
+
+
+def not_tied(p, tolerance=1e-4):
+    top = np.sort(p, -1)
+    return top[..., -1] - top[..., -2] >= tolerance
 
 
 @pytest.mark.parametrize(
@@ -84,11 +97,25 @@ def test_the_average_is_mmsegmentations_slide_mode(shape, size, stride):
     assert all(b.shape[0] <= size[0] for _, b in bands)
     got = np.concatenate([b for _, b in bands])
     expected = reference_slide(image, toy_window_fn, size, stride)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     labels = sw.segment(image, toy_window_fn, tiling, np.uint8)
     assert labels.dtype == np.uint8
-    ties = np.sort(expected, -1)[..., -1] - np.sort(expected, -1)[..., -2] < 1e-4
-    np.testing.assert_array_equal(labels[~ties], expected.argmax(-1)[~ties])
+    p = reference_probabilities(expected)
+    np.testing.assert_array_equal(labels[not_tied(p)], p.argmax(-1)[not_tied(p)])
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_probabilities_are_resized_to_the_image_before_the_labels(align_corners):
+    """The view was the image resized (to an eval size): labels at the image's own size."""
+    view = RNG.integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    tiling = sw.Tiling((16, 16), (8, 12))
+    labels = sw.segment(
+        view, toy_window_fn, tiling, np.int32, output_size=(45, 37), align_corners=align_corners
+    )
+    assert labels.shape == (45, 37) and labels.dtype == np.int32
+    p = reference_probabilities(reference_slide(view, toy_window_fn, (16, 16), (8, 12)))
+    p = ref.resize_bilinear(p[None], (45, 37), align_corners)[0]
+    np.testing.assert_array_equal(labels[not_tied(p)], p.argmax(-1)[not_tied(p)])
 
 
 @pytest.fixture(scope="module")
@@ -96,21 +123,78 @@ def loaded(tiny_checkpoint):
     return inference.load_checkpoint(tiny_checkpoint[0], cli_config())
 
 
-@pytest.mark.slow  # three compilations of the network
-def test_one_window_covering_the_image_is_whole_image_inference(loaded):
-    """The checkpoint's ICNet: probabilities and labels identical, bit for bit."""
+def with_eval_size(loaded, eval_size):
+    config = loaded.config.copy_and_resolve_references()
+    config.input.eval_size = eval_size
+    return dataclasses.replace(loaded, config=config)
+
+
+@pytest.mark.slow  # four compilations of the network
+@pytest.mark.parametrize("flip", [False, True])
+def test_one_window_covering_the_image_is_whole_image_inference(loaded, flip):
+    """The checkpoint's ICNet: identical labels; the probabilities equal to rounding (the softmax
+    is compiled apart from the network, a few probabilities differ in their last digits)."""
     image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    whole = prediction.Segmenter(loaded)
-    tiled = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(64, 64)))
+    whole = prediction.Segmenter(loaded, flip=flip)
+    tiled = prediction.Segmenter(loaded, flip=flip, tiles=sw.TilePolicy(size=(64, 64)))
     np.testing.assert_array_equal(tiled(image), whole(image))
     model = state_lib.inference_model(loaded.config, loaded.num_classes, "sub124")
     whole_probabilities = jax.jit(
-        lambda v, x: test_time.average_probabilities(model, v, x, align_corners=True)
+        lambda v, x: test_time.average_probabilities(model, v, x, align_corners=True, flip=flip)
     )
     (p,) = whole_probabilities(loaded.variables, whole._prepare(image)[None]).values()
-    (band,) = sw.averaged_bands(image, tiled._window, sw.Tiling((37, 53), (37, 53)))
-    assert band[0] == 0
-    np.testing.assert_array_equal(band[1], np.asarray(p[0]))
+    window_fn = lambda w: tiled._window(tiled._prepare(w))  # noqa: E731
+    (band,) = sw.averaged_bands(image, window_fn, sw.Tiling((37, 53), (37, 53)))
+    assert band[0] == 0 and band[1].shape == (37, 53, 2 if flip else 1, NUM_CLASSES)
+    probabilities = np.asarray(sw._probabilities(band[1]))
+    np.testing.assert_allclose(probabilities, np.asarray(p[0]), rtol=1e-3, atol=1e-6)
+
+
+def pointwise_probabilities(red: np.ndarray, size) -> np.ndarray:
+    """RedBandModel's probabilities of a view's red channel `[h, w]`, resized to `size`."""
+    p = ref.softmax_probabilities(10 * np.eye(NUM_CLASSES)[np.floor(red / 32).astype(int)])
+    return ref.resize_bilinear(p[None], size)[0]
+
+
+@pytest.mark.parametrize("eval_size", [(25, 41), (49, 65)])  # smaller and larger than the image
+def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monkeypatch, capsys):
+    """Whole images go to the network at the eval size: a window covering that view (a --tile
+    at least the image's size and the eval size) gives the same labels; smaller windows tile the
+    view, whose size (not the image's) decides their number and size."""
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    loaded = with_eval_size(loaded, eval_size)
+    image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    whole = prediction.Segmenter(loaded)(image)
+    tiled = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(64, 72)))(image)
+    np.testing.assert_array_equal(tiled, whole)
+    # The pointwise model's labels of the view, resized as probabilities to the image's size;
+    # pixels whose view has a red value at a class boundary (float32 rounding) are not compared.
+    view = ref.resize_bilinear(image[None].astype(np.float64), eval_size)[0, ..., 0]
+    p, q = (pointwise_probabilities(view + d, image.shape[:2]) for d in (-1e-3, 1e-3))
+    compared = not_tied(p) & not_tied(q) & (p.argmax(-1) == q.argmax(-1))
+    windows = []
+    segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(24, 40), stride=(16, 24)))
+    window = segmenter._window
+    segmenter._window = lambda w: windows.append(w.shape) or window(w)
+    labels = segmenter(image)
+    assert compared.mean() > 0.9
+    np.testing.assert_array_equal(labels[compared], p.argmax(-1)[compared])
+    starts = [sw.window_starts(n, t, s) for n, t, s in zip(eval_size, (24, 40), (16, 24))]
+    assert windows == [(24, 40, 3)] * (len(starts[0]) * len(starts[1]))
+    assert "of it resized to input.eval_size" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # three compilations of the network
+def test_a_covering_window_reproduces_whole_image_inference_at_an_eval_size(loaded):
+    loaded = with_eval_size(loaded, (25, 41))
+    image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    whole = prediction.Segmenter(loaded)(image)
+    np.testing.assert_array_equal(
+        prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(37, 53)))(image), whole
+    )
+    # Windows over the image's own pixels (no eval size) would not: the old behaviour.
+    unresized = prediction.Segmenter(with_eval_size(loaded, None), tiles=sw.TilePolicy((37, 53)))
+    assert np.mean(unresized(image) != whole) > 0.01
 
 
 def test_overlapping_windows_of_a_pointwise_model_give_its_labels(loaded, monkeypatch):
@@ -124,7 +208,7 @@ def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, capsy
     monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
     calls = []
     segment = sw.segment
-    monkeypatch.setattr(sw, "segment", lambda *a: calls.append(a[2]) or segment(*a))
+    monkeypatch.setattr(sw, "segment", lambda *a, **k: calls.append(a[2]) or segment(*a, **k))
     image = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     for max_pixels, tiled in ((40 * 50, False), (40 * 50 - 1, True), (0, False)):
         calls.clear()
