@@ -26,6 +26,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from icnet_jax import errors
 from icnet_jax.errors import UserError
 
 EXIT_OK = 0
@@ -89,9 +90,41 @@ def _where_in(config_file: str, error: BaseException) -> str:
     return ""
 
 
-def _flag_error_message(error: BaseException) -> str:
-    """One line out of a (possibly chained, multi-line) flag parsing error."""
+def _config_argument(argv: list[str], default: str) -> str:
+    """The `--config` value of `argv` (`--config=X` or `--config X`), else `default`."""
+    for i, arg in enumerate(argv):
+        if re.fullmatch(r"--?config=.*", arg):
+            return arg.split("=", 1)[1]
+        if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def _cannot_load(config: str, error: BaseException) -> str:
+    """One line for a `--config` file that did not load: the file, the cause and where."""
+    file = config.split(":", 1)[0]
+    if not os.path.isfile(file):
+        what = "is a folder" if os.path.isdir(file) else "does not exist"
+        return (
+            f"cannot load --config={config}: {file} {what} (config paths are relative to the "
+            f"current folder, {os.getcwd()}; run from the repository root or give the full path)"
+        )
+    reason = str(_chain(error)[-1]).strip().splitlines() or [type(error).__name__]
+    return f"cannot load --config={config}: {reason[-1].strip()}{_where_in(config, error)}"
+
+
+def _flag_error_message(error: BaseException, config: str | None = None) -> str:
+    """One line out of a (possibly chained, multi-line) flag parsing error; `config`: the
+    `--config` value, for a config file that did not load (ml_collections' words name neither
+    the file nor the cause)."""
     texts = [str(link) for link in _chain(error)]
+    text = " ".join(texts)
+    if config is not None and "failure to load: Failed loading config file" in text:
+        return _cannot_load(config, error)
+    return f"{_flag_problem(texts, error)} (--help lists the flags)"
+
+
+def _flag_problem(texts: list[str], error: BaseException) -> str:
     text = " ".join(texts)
     if "Error whilst parsing config file" in texts[0] and texts[-1].strip():
         # An error raised by the config file's get_config (an unknown variant): its own words,
@@ -109,11 +142,27 @@ def _flag_error_message(error: BaseException) -> str:
     return first
 
 
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "h", "?")
+
+
+def _asks_for_help(argv: list[str]) -> bool:
+    names = (arg.lstrip("-").split("=", 1)[0] for arg in argv[1:] if arg.startswith("-"))
+    return any(name in _HELP_FLAGS for name in names)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
+    except SystemExit as done:
+        # absl ends --help and --helpfull with status 1; the user asked for it and got it.
+        if done.code == EXIT_FAILED and _asks_for_help(argv):
+            sys.exit(EXIT_OK)
+        raise
     except Exception as error:  # noqa: BLE001 - any parse failure is a usage error
-        print(f"error: {_flag_error_message(error)} (--help lists the flags)", file=sys.stderr)
+        config = None
+        if "config" in flags.FLAGS:
+            config = _config_argument(argv, flags.FLAGS["config"].default_as_str.strip("'"))
+        print(f"error: {_flag_error_message(error, config)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -130,7 +179,7 @@ def define_config(
     except Exception as error:
         if any(a.startswith("--verbosity") for a in sys.argv):
             raise
-        fail(f"{_flag_error_message(error)} (--help lists the flags)")
+        fail(_flag_error_message(error, _config_argument(sys.argv, default)))
         raise  # unreachable: fail() exits
 
 
@@ -143,7 +192,9 @@ def define_multihost_flags() -> None:
 
 
 def join_multihost() -> None:
-    """Joins the job the multi-host flags describe (explicitly, or as JAX detects it)."""
+    """Joins the job the multi-host flags describe (explicitly, or as JAX detects it), then
+    starts JAX's backend: a requested platform that is not available fails here, before
+    anything is written (`run` turns it into one line)."""
     import jax
 
     f = flags.FLAGS
@@ -157,6 +208,73 @@ def join_multihost() -> None:
         )
     elif f.distributed:
         jax.distributed.initialize()
+    jax.local_devices()
+
+
+# Where a script writes: flag name -> "folder" (created with its parents) or "file" (its folder
+# created), checked by `run` before `main` (`errors.check_writable`, `errors.check_writable_file`).
+_OUTPUTS: dict[str, str] = {}
+
+
+def define_output(
+    name: str, default: str | None, help_text: str, *, kind: str = "folder", **kwargs
+) -> flags.FlagHolder:
+    """A string flag naming a folder (`kind='folder'`) or a file (`'file'`) the script writes;
+    `run` checks that it can be written before any work (one `error:` line naming the flag)."""
+    if kind not in ("folder", "file"):
+        raise ValueError(f"kind must be 'folder' or 'file', not {kind!r}")
+    _OUTPUTS[name] = kind
+    return flags.DEFINE_string(name, default, help_text, **kwargs)
+
+
+def check_outputs() -> None:
+    """Raises UserError for the first output flag (`define_output`) that cannot be written."""
+    for name, kind in _OUTPUTS.items():
+        value = flags.FLAGS[name].value if name in flags.FLAGS else None
+        if not value:
+            continue
+        if kind == "file":
+            errors.check_writable_file(value, f"--{name}")
+        else:
+            errors.check_writable(value, f"--{name}")
+
+
+# The install lines of https://docs.jax.dev/en/latest/installation.html, by platform.
+_NVIDIA = 'an NVIDIA GPU: pip install -U "jax[cuda13]" ("jax[cuda12]" with CUDA 12 drivers)'
+_JAX_INSTALL = {
+    "cuda": _NVIDIA,
+    "gpu": _NVIDIA,
+    "rocm": 'an AMD GPU: pip install -U "jax[rocm7-local]"',
+    "tpu": 'a TPU: pip install -U "jax[tpu]"',
+}
+
+
+def _unavailable_platform(error: BaseException) -> str | None:
+    """One line for a requested JAX platform that did not start (JAX_PLATFORMS=cuda on a
+    machine or install without CUDA: jax raises a bare AssertionError or a RuntimeError); None
+    for any other error."""
+    import jax
+
+    requested = jax.config.jax_platforms or ""
+    from_backends = any(
+        "Unable to initialize backend" in str(link)
+        or any(
+            frame.filename.endswith(os.path.join("jax", "_src", "xla_bridge.py"))
+            for frame in traceback.extract_tb(link.__traceback__)[-1:]
+        )
+        for link in _chain(error)
+    )
+    if not requested or not from_backends:
+        return None
+    platforms = [p.strip() for p in requested.split(",")]
+    installs = dict.fromkeys(_JAX_INSTALL[p] for p in platforms if p in _JAX_INSTALL)
+    install = "; ".join(f"for {i}" for i in installs) or (
+        "see https://docs.jax.dev/en/latest/installation.html"
+    )
+    return (
+        f"JAX platform {requested!r} (JAX_PLATFORMS={requested}) is not available to the "
+        f"installed jax {jax.__version__}; {install}; or unset JAX_PLATFORMS to run on the CPU"
+    )
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -172,9 +290,7 @@ def _check_config_loads() -> None:
     try:
         flags.FLAGS.config.to_dict()
     except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
-        path = flags.FLAGS["config"].config_filename
-        reason = str(error).strip().splitlines()[-1].strip()
-        fail(f"cannot load --config={path}: {reason}{_where_in(path, error)}")
+        fail(_cannot_load(flags.FLAGS["config"].config_filename, error))
 
 
 def _interrupt(signum, frame) -> None:
@@ -196,11 +312,17 @@ def run(main: Callable[[list[str]], int | None]) -> None:
             quiet_libraries()
         _check_config_loads()
         try:
+            check_outputs()
             return main(argv)
         except UserError as error:
             if verbose():
                 raise
             fail(str(error))
+        except Exception as error:
+            platform = None if verbose() else _unavailable_platform(error)
+            if platform is None:
+                raise
+            fail(platform)
         except KeyboardInterrupt:
             if verbose():
                 raise
