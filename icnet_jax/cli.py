@@ -29,6 +29,10 @@ from ml_collections import config_flags
 from icnet_jax import errors
 from icnet_jax.errors import UserError
 
+# The flags defined here (`define_config`, `define_output`, ...) belong to the script that calls
+# them: its `--help` lists them.
+flags.disclaim_key_flags()
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but did not succeed (e.g. every input of predict.py failed)
 EXIT_USAGE = 2  # bad input (flags, config, files, paths): nothing was computed or written
@@ -191,10 +195,18 @@ def define_multihost_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
 
 
+def start_backend() -> None:
+    """Starts JAX's backend now: a requested platform that is not available (JAX_PLATFORMS)
+    fails here, before anything is written (`run` turns it into one line). Not before
+    `jax.distributed.initialize` or a change of XLA_FLAGS, which must come first."""
+    import jax
+
+    jax.local_devices()
+
+
 def join_multihost() -> None:
     """Joins the job the multi-host flags describe (explicitly, or as JAX detects it), then
-    starts JAX's backend: a requested platform that is not available fails here, before
-    anything is written (`run` turns it into one line)."""
+    starts the backend (`start_backend`)."""
     import jax
 
     f = flags.FLAGS
@@ -208,7 +220,7 @@ def join_multihost() -> None:
         )
     elif f.distributed:
         jax.distributed.initialize()
-    jax.local_devices()
+    start_backend()
 
 
 # Where a script writes: flag name -> "folder" (created with its parents) or "file" (its folder

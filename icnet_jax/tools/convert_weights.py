@@ -38,6 +38,7 @@ from icnet_jax.weights.release import convert
 
 def main(argv):
     del argv
+    cli.start_backend()
     config_checks.check(FLAGS.config)
     convert(
         FLAGS.input,

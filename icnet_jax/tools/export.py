@@ -30,6 +30,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv):
     del argv
+    cli.start_backend()
     size = parse_size(FLAGS.size)
     export(
         FLAGS.checkpoint,

@@ -15,6 +15,7 @@ from icnet_jax.weights.prune import prune_checkpoint
 
 def main(argv):
     del argv
+    cli.start_backend()
     prune_checkpoint(FLAGS.checkpoint, FLAGS.keep, FLAGS.output, seed=FLAGS.seed)
 
 
