@@ -27,6 +27,7 @@ import argparse
 import cProfile
 import dataclasses
 import json
+import pathlib
 import pstats
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import config as default
+from icnet_jax import errors
 from icnet_jax.data.augment import train_transform
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.data.pipeline import measure_throughput, train_dataset
@@ -208,6 +210,10 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="--cpu-cost, and a cProfile into FILE")
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     args = parser.parse_args()
+    try:
+        errors.check_outputs({"--json": (args.json, "file"), "--profile": (args.profile, "file")})
+    except errors.UserError as error:
+        parser.exit(2, f"error: {error}\n")
 
     if args.source == "street":
         sources = {
@@ -235,6 +241,7 @@ def main() -> None:
         for name, source in sources.items():
             figures[name] = _report_throughput(args, name, source)
     if args.json:
+        pathlib.Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
 

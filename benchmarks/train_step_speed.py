@@ -26,6 +26,7 @@ import argparse
 import collections
 import json
 import os
+import pathlib
 import re
 import statistics
 import time
@@ -36,6 +37,7 @@ import torch
 
 from benchmarks import cpu_profile, torch_icnet
 from configs import camvid
+from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.train import loop
 
@@ -155,6 +157,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="XLA's per-op profile of the step")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    try:
+        errors.check_outputs({"--json": (args.json, "file")})
+    except errors.UserError as error:
+        parser.exit(2, f"error: {error}\n")
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.standard_normal((args.batch, args.height, args.width, 3), dtype=np.float32),
@@ -199,6 +205,7 @@ def main() -> None:
     if args.profile:
         result["xla_op_ms"] = profile(step, state, sharded)
     if args.json:
+        pathlib.Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
 

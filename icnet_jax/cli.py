@@ -224,7 +224,7 @@ def join_multihost() -> None:
 
 
 # Where a script writes: flag name -> "folder" (created with its parents) or "file" (its folder
-# created), checked by `run` before `main` (`errors.check_writable`, `errors.check_writable_file`).
+# created), checked by `run` before `main` (`errors.check_outputs`).
 _OUTPUTS: dict[str, str] = {}
 
 
@@ -241,14 +241,9 @@ def define_output(
 
 def check_outputs() -> None:
     """Raises UserError for the first output flag (`define_output`) that cannot be written."""
-    for name, kind in _OUTPUTS.items():
-        value = flags.FLAGS[name].value if name in flags.FLAGS else None
-        if not value:
-            continue
-        if kind == "file":
-            errors.check_writable_file(value, f"--{name}")
-        else:
-            errors.check_writable(value, f"--{name}")
+    errors.check_outputs(
+        {f"--{name}": (flags.FLAGS[name].value, kind) for name, kind in _OUTPUTS.items()}
+    )
 
 
 # The install lines of https://docs.jax.dev/en/latest/installation.html, by platform.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from collections.abc import Mapping
 
 
 class UserError(Exception):
@@ -36,6 +37,14 @@ def check_writable_file(path: str | os.PathLike, what: str) -> None:
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{what} {path}: the file is not writable; choose another path")
     _check_folder(path.parent, path, what)
+
+
+def check_outputs(outputs: Mapping[str, tuple[str | os.PathLike | None, str]]) -> None:
+    """`{flag: (path, 'folder' | 'file')}`: raises UserError for the first given path that
+    cannot be written (`check_writable`, `check_writable_file`); None or '' paths are skipped."""
+    for flag, (path, kind) in outputs.items():
+        if path:
+            (check_writable_file if kind == "file" else check_writable)(path, flag)
 
 
 def _check_folder(folder: pathlib.Path, path: pathlib.Path, what: str) -> None:

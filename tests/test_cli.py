@@ -291,3 +291,8 @@ def test_a_json_output_that_is_a_folder_or_cannot_be_created_is_refused(tmp_path
     if pathlib.Path("/proc/self").exists():  # nothing can be created in /proc, also as root
         error = one_error_line(run("benchmark.py", "--json=/proc/no_such/out.json"))
         assert "--json /proc/no_such/out.json" in error and "cannot create" in error, error
+
+
+def test_a_benchmark_json_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    error = one_error_line(run("-m", "benchmarks.pipeline_throughput", f"--json={tmp_path}"))
+    assert f"--json {tmp_path}: is a folder, not a file" in error, error
