@@ -29,7 +29,8 @@ leave out; no FLOPs or memory figures). `--dtype=int8` adds the statically quant
 too), timed after float32, with `speedup_vs_float32` in the JSON.
 
 Exit status: 0 benchmarked (table printed, JSON written); 2 bad input (an unknown model or flag,
-a value out of range, a --json folder that cannot be written), nothing run; 130 interrupted.
+a value out of range, a --json that cannot be written: checked first; its folder is created),
+nothing run; 130 interrupted.
 """
 
 from absl import flags
