@@ -6,6 +6,12 @@ the terminal as one `error: ...` line with exit status `EXIT_USAGE`, no tracebac
 `--verbosity=1` or higher. Library loggers (orbax, tfds, absl, jax) stay at WARNING unless
 `--verbosity` is given; our own progress and results are printed, not logged.
 
+Before `main`: the `--config` file loads (else one line naming it and the current folder), and
+every output flag declared with `define_output` can be written (`errors.check_outputs`).
+`--help` and `--helpfull` exit with 0. A JAX platform asked for with JAX_PLATFORMS that the
+installed jax cannot start is one line with the install command (`start_backend` makes it
+happen before anything is written).
+
 This is the one module of the package that imports absl: the tools (`icnet_jax/tools/`) define
 their flags with its `flags`, so that the library below stays free of it (`.importlinter`).
 """
@@ -165,7 +171,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except Exception as error:  # noqa: BLE001 - any parse failure is a usage error
         config = None
         if "config" in flags.FLAGS:
-            config = _config_argument(argv, flags.FLAGS["config"].default_as_str.strip("'"))
+            default = (flags.FLAGS["config"].default_as_str or "").strip("'")
+            config = _config_argument(argv, default)
         print(f"error: {_flag_error_message(error, config)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
@@ -262,7 +269,7 @@ def _unavailable_platform(error: BaseException) -> str | None:
     for any other error."""
     import jax
 
-    requested = jax.config.jax_platforms or ""
+    requested = os.environ.get("JAX_PLATFORMS", "")
     from_backends = any(
         "Unable to initialize backend" in str(link)
         or any(
