@@ -152,7 +152,7 @@ def _flag_problem(texts: list[str], error: BaseException) -> str:
     return first
 
 
-_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "h", "?")
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 
 
 def _asks_for_help(argv: list[str]) -> bool:
