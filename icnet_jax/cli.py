@@ -19,6 +19,8 @@ their flags with its `flags`, so that the library below stays free of it (`.impo
 from __future__ import annotations
 
 import difflib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
@@ -110,6 +112,25 @@ def _config_argument(argv: list[str], default: str) -> str:
     return default
 
 
+def _load_error(config: str) -> Exception | None:
+    """What loading the config file `config` (`path.py[:variant]`) raises, or None if it loads.
+
+    Run again after a flag error: ml_collections defers a missing file's error to the first use
+    of the config, or reports it without the file's name (with `--config.X` overrides).
+    """
+    file, *variant = config.split(":", 1)
+    loader = importlib.machinery.SourceFileLoader("config_file", file)
+    try:
+        module = importlib.util.module_from_spec(
+            importlib.util.spec_from_loader(loader.name, loader)
+        )
+        loader.exec_module(module)
+        module.get_config(*variant)
+    except Exception as error:  # noqa: BLE001 - whatever the file raises is the cause
+        return error
+    return None
+
+
 def _cannot_load(config: str, error: BaseException) -> str:
     """One line for a `--config` file that did not load: the file, the cause and where."""
     file = config.split(":", 1)[0]
@@ -119,29 +140,19 @@ def _cannot_load(config: str, error: BaseException) -> str:
             f"cannot load --config={config}: {file} {what} (config paths are relative to the "
             f"current folder, {os.getcwd()}; run from the repository root or give the full path)"
         )
-    reason = str(_chain(error)[-1]).strip().splitlines() or [type(error).__name__]
-    return f"cannot load --config={config}: {reason[-1].strip()}{_where_in(config, error)}"
+    cause = _chain(error)[-1]
+    if isinstance(cause, AttributeError) and "get_config" in str(cause):
+        return f"cannot load --config={config}: {file} defines no get_config()"
+    reason = str(cause).strip().splitlines() or [type(cause).__name__]
+    # A SyntaxError names its file and line itself.
+    where = "" if isinstance(cause, SyntaxError) else _where_in(config, error)
+    return f"cannot load --config={config}: {reason[-1].strip()}{where}"
 
 
-def _flag_error_message(error: BaseException, config: str | None = None) -> str:
-    """One line out of a (possibly chained, multi-line) flag parsing error; `config`: the
-    `--config` value, for a config file that did not load (ml_collections' words name neither
-    the file nor the cause)."""
+def _flag_error_message(error: BaseException) -> str:
+    """One line out of a (possibly chained, multi-line) flag parsing error."""
     texts = [str(link) for link in _chain(error)]
     text = " ".join(texts)
-    if config is not None and "failure to load: Failed loading config file" in text:
-        return _cannot_load(config, error)
-    return f"{_flag_problem(texts, error)} (--help lists the flags)"
-
-
-def _flag_problem(texts: list[str], error: BaseException) -> str:
-    text = " ".join(texts)
-    if "Error whilst parsing config file" in texts[0] and texts[-1].strip():
-        # An error raised by the config file's get_config (an unknown variant): its own words,
-        # and where in the file.
-        flag = texts[0].split(": Error whilst", 1)[0]
-        where = _where_in(flag.split("=", 1)[-1], error)
-        return f"{flag}: {texts[-1].strip().splitlines()[-1]}{where}"
     hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     if hint:
         return f"no config field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"
@@ -150,6 +161,15 @@ def _flag_problem(texts: list[str], error: BaseException) -> str:
     if missing:
         return f"no config field {missing.group(1)!r} (see the config file for the fields)"
     return first
+
+
+def _flag_failure(error: BaseException, config: str | None) -> str:
+    """The line for a failure while parsing the flags: the config file's (`config`: the
+    `--config` value) if it does not load, else the flag's."""
+    cause = _load_error(config) if config else None
+    if config and cause is not None:
+        return _cannot_load(config, cause)
+    return f"{_flag_error_message(error)} (--help lists the flags)"
 
 
 _HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
@@ -173,7 +193,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if "config" in flags.FLAGS:
             default = (flags.FLAGS["config"].default_as_str or "").strip("'")
             config = _config_argument(argv, default)
-        print(f"error: {_flag_error_message(error, config)}", file=sys.stderr)
+        print(f"error: {_flag_failure(error, config)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -190,7 +210,7 @@ def define_config(
     except Exception as error:
         if any(a.startswith("--verbosity") for a in sys.argv):
             raise
-        fail(_flag_error_message(error, _config_argument(sys.argv, default)))
+        fail(_flag_failure(error, _config_argument(sys.argv, default)))
         raise  # unreachable: fail() exits
 
 
@@ -304,7 +324,8 @@ def _check_config_loads() -> None:
     try:
         flags.FLAGS.config.to_dict()
     except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
-        fail(_cannot_load(flags.FLAGS["config"].config_filename, error))
+        config = flags.FLAGS["config"].config_filename
+        fail(_cannot_load(config, _load_error(config) or error))
 
 
 def _interrupt(signum, frame) -> None:

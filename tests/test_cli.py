@@ -296,3 +296,21 @@ def test_a_json_output_that_is_a_folder_or_cannot_be_created_is_refused(tmp_path
 def test_a_benchmark_json_that_is_a_folder_is_refused_before_any_work(tmp_path):
     error = one_error_line(run("-m", "benchmarks.pipeline_throughput", f"--json={tmp_path}"))
     assert f"--json {tmp_path}: is a folder, not a file" in error, error
+
+
+BROKEN_CONFIGS = {
+    "no get_config": ("x = 1\n", "defines no get_config()"),
+    "an import that fails": ("import no_such_module\n", "No module named 'no_such_module'"),
+    "not Python": ("# Title\nIt's text.\n", "line 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_a_broken_config_file_with_an_override_is_named_with_its_cause(case, tmp_path):
+    text, words = BROKEN_CONFIGS[case]
+    config = tmp_path / "my_config.py"
+    config.write_text(text)
+    done = run("train.py", f"--config={config}", "--config.batch_size=2", f"--workdir={tmp_path}/x")
+    error = one_error_line(done)
+    assert f"cannot load --config={config}: " in error and words in error, error
+    assert not (tmp_path / "x").exists()
