@@ -29,10 +29,9 @@ leave out; no FLOPs or memory figures). `--dtype=int8` adds the statically quant
 too), timed after float32, with `speedup_vs_float32` in the JSON.
 
 Exit status: 0 benchmarked (table printed, JSON written); 2 bad input (an unknown model or flag,
-a value out of range, a --json folder that cannot be written), nothing run; 130 interrupted.
+a value out of range, a --json that cannot be written: checked first; its folder is created),
+nothing run; 130 interrupted.
 """
-
-import pathlib
 
 from absl import flags
 
@@ -59,7 +58,7 @@ flags.DEFINE_float(
 )
 flags.DEFINE_enum("memory", "auto", ["auto", "measured", "xla_estimate"], "Memory source.")
 flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before the backend starts.")
-flags.DEFINE_string("json", None, "Write all results as JSON to this file.")
+cli.define_output("json", None, "Write all results as JSON to this file.", kind="file")
 flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 flags.DEFINE_bool("fold_bn", True, "Fold BatchNorm into the convolutions (as the paper).")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
@@ -75,8 +74,6 @@ for _flag in (
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.json:
-        errors.check_writable(pathlib.Path(FLAGS.json).parent, "--json folder")
     options = benchmarking.Options(
         models=FLAGS.models,
         dtypes=benchmarking.dtypes_of(FLAGS.dtype, FLAGS.backend),

@@ -47,7 +47,7 @@ from icnet_jax.inference import multiscale as test_time
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Config (dataset fields are used as given).")
-flags.DEFINE_string("workdir", None, "Workdir: its latest checkpoint, and where eval/ goes.")
+cli.define_output("workdir", None, "Workdir: its latest checkpoint, and where eval/ goes.")
 flags.DEFINE_string(
     "checkpoint", None, "A workdir, checkpoints dir or step dir (default: workdir)."
 )
@@ -55,7 +55,7 @@ flags.DEFINE_string("split", None, "Split to evaluate (default: config.dataset.e
 flags.DEFINE_bool("flip", False, "Average probabilities with the horizontally mirrored image.")
 flags.DEFINE_string("scales", "1.0", "Comma-separated input scales whose probabilities average.")
 flags.DEFINE_integer("save_predictions", 0, "Save coloured predictions of the first N images.")
-flags.DEFINE_string(
+cli.define_output(
     "submission_dir", None, "Write every prediction in the benchmark server's format here."
 )
 flags.DEFINE_float(

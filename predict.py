@@ -54,7 +54,7 @@ flags.DEFINE_string("checkpoint", None, "A workdir, checkpoints dir or step dir.
 flags.DEFINE_string(
     "input", None, "An image, a folder of images/videos, or a video.", required=True
 )
-flags.DEFINE_string("output", None, "Output folder.", required=True)
+cli.define_output("output", None, "Output folder.", required=True)
 flags.DEFINE_enum("branch", "sub124", BRANCHES, "ICNet output branch.")
 flags.DEFINE_bool("flip", False, "Average probabilities with the mirrored image.")
 flags.DEFINE_string("scales", "1.0", "Comma-separated input scales whose probabilities average.")

@@ -21,7 +21,7 @@ from icnet_jax.train import run_control, workdir_lock
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
-flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, logs and evaluation go here.")
+cli.define_output("workdir", "runs/quickstart", "Checkpoints, logs and evaluation go here.")
 cli.define_multihost_flags()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import cProfile
 import dataclasses
 import json
+import pathlib
 import pstats
 import time
 from typing import Any
@@ -218,6 +219,7 @@ def main(argv: list[str]) -> None:
         for name, source in sources.items():
             figures[name] = _report_throughput(args, name, source)
     if args.json:
+        pathlib.Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
 
@@ -263,6 +265,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("read_threads", 1, "Threads per process.")
     flags.DEFINE_list("workers", ["0", "2"], "Worker counts, e.g. 0,1,2.")
     flags.DEFINE_bool("cpu_cost", False, "One worker's CPU ms per image, by stage.")
-    flags.DEFINE_string("profile", None, "--cpu_cost, and a cProfile into FILE.")
-    flags.DEFINE_string("json", None, "Write the figures to FILE.")
+    cli.define_output("profile", None, "--cpu_cost, and a cProfile into FILE.", kind="file")
+    cli.define_output("json", None, "Write the figures to FILE.", kind="file")
     cli.run(main)

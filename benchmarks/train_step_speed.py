@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pathlib
 import re
 import statistics
 import time
@@ -194,6 +195,7 @@ def main(argv: list[str]) -> None:
     if args.profile:
         result["xla_op_ms"] = profile(step, state, sharded)
     if args.json:
+        pathlib.Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
 
@@ -204,5 +206,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("width", 481, "Crop width.")
     flags.DEFINE_integer("runs", 7, "Timed steps per framework.")
     flags.DEFINE_bool("profile", False, "XLA's per-op profile of the step.")
-    flags.DEFINE_string("json", None, "Write the figures here.")
+    cli.define_output("json", None, "Write the figures here.", kind="file")
     cli.run(main)

@@ -6,6 +6,12 @@ the terminal as one `error: ...` line with exit status `EXIT_USAGE`, no tracebac
 `--verbosity=1` or higher. Library loggers (orbax, tfds, absl, jax) stay at WARNING unless
 `--verbosity` is given; our own progress and results are printed, not logged.
 
+Before `main`: the `--config` file loads (else one line naming it and the current folder), and
+every output flag declared with `define_output` can be written (`errors.check_outputs`).
+`--help` and `--helpfull` exit with 0. A JAX platform asked for with JAX_PLATFORMS that the
+installed jax cannot start is one line with the install command (`start_backend` makes it
+happen before anything is written).
+
 This is the one module of the package that imports absl: the tools (`icnet_jax/tools/`) define
 their flags with its `flags`, so that the library below stays free of it (`.importlinter`).
 """
@@ -13,6 +19,8 @@ their flags with its `flags`, so that the library below stays free of it (`.impo
 from __future__ import annotations
 
 import difflib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
@@ -26,8 +34,12 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from icnet_jax import config_files
+from icnet_jax import config_files, errors
 from icnet_jax.errors import UserError
+
+# The flags defined here (`define_config`, `define_output`, ...) belong to the script that calls
+# them: its `--help` lists them.
+flags.disclaim_key_flags()
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but did not succeed (e.g. every input of predict.py failed)
@@ -90,16 +102,57 @@ def _where_in(config_file: str, error: BaseException) -> str:
     return ""
 
 
+def _config_argument(argv: list[str], default: str) -> str:
+    """The `--config` value of `argv` (`--config=X` or `--config X`), else `default`."""
+    for i, arg in enumerate(argv):
+        if re.fullmatch(r"--?config=.*", arg):
+            return arg.split("=", 1)[1]
+        if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def _load_error(config: str) -> Exception | None:
+    """What loading the config file `config` (`path.py[:variant]`) raises, or None if it loads.
+
+    Run again after a flag error: ml_collections defers a missing file's error to the first use
+    of the config, or reports it without the file's name (with `--config.X` overrides).
+    """
+    file, *variant = config.split(":", 1)
+    loader = importlib.machinery.SourceFileLoader("config_file", file)
+    try:
+        module = importlib.util.module_from_spec(
+            importlib.util.spec_from_loader(loader.name, loader)
+        )
+        loader.exec_module(module)
+        module.get_config(*variant)
+    except Exception as error:  # noqa: BLE001 - whatever the file raises is the cause
+        return error
+    return None
+
+
+def _cannot_load(config: str, error: BaseException) -> str:
+    """One line for a `--config` file that did not load: the file, the cause and where."""
+    file = config.split(":", 1)[0]
+    if not os.path.isfile(file):
+        what = "is a folder" if os.path.isdir(file) else "does not exist"
+        return (
+            f"cannot load --config={config}: {file} {what} (config paths are relative to the "
+            f"current folder, {os.getcwd()}; run from the repository root or give the full path)"
+        )
+    cause = _chain(error)[-1]
+    if isinstance(cause, AttributeError) and "get_config" in str(cause):
+        return f"cannot load --config={config}: {file} defines no get_config()"
+    reason = str(cause).strip().splitlines() or [type(cause).__name__]
+    # A SyntaxError names its file and line itself.
+    where = "" if isinstance(cause, SyntaxError) else _where_in(config, error)
+    return f"cannot load --config={config}: {reason[-1].strip()}{where}"
+
+
 def _flag_error_message(error: BaseException) -> str:
     """One line out of a (possibly chained, multi-line) flag parsing error."""
     texts = [str(link) for link in _chain(error)]
     text = " ".join(texts)
-    if "Error whilst parsing config file" in texts[0] and texts[-1].strip():
-        # An error raised by the config file's get_config (an unknown variant): its own words,
-        # and where in the file.
-        flag = texts[0].split(": Error whilst", 1)[0]
-        where = _where_in(flag.split("=", 1)[-1], error)
-        return f"{flag}: {texts[-1].strip().splitlines()[-1]}{where}"
     hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     if hint:
         return f"no config field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"
@@ -110,11 +163,37 @@ def _flag_error_message(error: BaseException) -> str:
     return first
 
 
+def _flag_failure(error: BaseException, config: str | None) -> str:
+    """The line for a failure while parsing the flags: the config file's (`config`: the
+    `--config` value) if it does not load, else the flag's."""
+    cause = _load_error(config) if config else None
+    if config and cause is not None:
+        return _cannot_load(config, cause)
+    return f"{_flag_error_message(error)} (--help lists the flags)"
+
+
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _asks_for_help(argv: list[str]) -> bool:
+    names = (arg.lstrip("-").split("=", 1)[0] for arg in argv[1:] if arg.startswith("-"))
+    return any(name in _HELP_FLAGS for name in names)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
+    except SystemExit as done:
+        # absl ends --help and --helpfull with status 1; the user asked for it and got it.
+        if done.code == EXIT_FAILED and _asks_for_help(argv):
+            sys.exit(EXIT_OK)
+        raise
     except Exception as error:  # noqa: BLE001 - any parse failure is a usage error
-        print(f"error: {_flag_error_message(error)} (--help lists the flags)", file=sys.stderr)
+        config = None
+        if "config" in flags.FLAGS:
+            default = (flags.FLAGS["config"].default_as_str or "").strip("'")
+            config = _config_argument(argv, default)
+        print(f"error: {_flag_failure(error, config)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -135,7 +214,7 @@ def define_config(
     except Exception as error:
         if any(a.startswith("--verbosity") for a in sys.argv):
             raise
-        fail(f"{_flag_error_message(error)} (--help lists the flags)")
+        fail(_flag_failure(error, _config_argument(sys.argv, default)))
         raise  # unreachable: fail() exits
     flags.FLAGS["config"].parser = _NamedConfigParser(flags.FLAGS["config"].parser)
     return holder
@@ -163,8 +242,18 @@ def define_multihost_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
 
 
+def start_backend() -> None:
+    """Starts JAX's backend now: a requested platform that is not available (JAX_PLATFORMS)
+    fails here, before anything is written (`run` turns it into one line). Not before
+    `jax.distributed.initialize` or a change of XLA_FLAGS, which must come first."""
+    import jax
+
+    jax.local_devices()
+
+
 def join_multihost() -> None:
-    """Joins the job the multi-host flags describe (explicitly, or as JAX detects it)."""
+    """Joins the job the multi-host flags describe (explicitly, or as JAX detects it), then
+    starts the backend (`start_backend`)."""
     import jax
 
     f = flags.FLAGS
@@ -178,6 +267,68 @@ def join_multihost() -> None:
         )
     elif f.distributed:
         jax.distributed.initialize()
+    start_backend()
+
+
+# Where a script writes: flag name -> "folder" (created with its parents) or "file" (its folder
+# created), checked by `run` before `main` (`errors.check_outputs`).
+_OUTPUTS: dict[str, str] = {}
+
+
+def define_output(
+    name: str, default: str | None, help_text: str, *, kind: str = "folder", **kwargs
+) -> flags.FlagHolder:
+    """A string flag naming a folder (`kind='folder'`) or a file (`'file'`) the script writes;
+    `run` checks that it can be written before any work (one `error:` line naming the flag)."""
+    if kind not in ("folder", "file"):
+        raise ValueError(f"kind must be 'folder' or 'file', not {kind!r}")
+    _OUTPUTS[name] = kind
+    return flags.DEFINE_string(name, default, help_text, **kwargs)
+
+
+def check_outputs() -> None:
+    """Raises UserError for the first output flag (`define_output`) that cannot be written."""
+    errors.check_outputs(
+        {f"--{name}": (flags.FLAGS[name].value, kind) for name, kind in _OUTPUTS.items()}
+    )
+
+
+# The install lines of https://docs.jax.dev/en/latest/installation.html, by platform.
+_NVIDIA = 'an NVIDIA GPU: pip install -U "jax[cuda13]" ("jax[cuda12]" with CUDA 12 drivers)'
+_JAX_INSTALL = {
+    "cuda": _NVIDIA,
+    "gpu": _NVIDIA,
+    "rocm": 'an AMD GPU: pip install -U "jax[rocm7-local]"',
+    "tpu": 'a TPU: pip install -U "jax[tpu]"',
+}
+
+
+def _unavailable_platform(error: BaseException) -> str | None:
+    """One line for a requested JAX platform that did not start (JAX_PLATFORMS=cuda on a
+    machine or install without CUDA: jax raises a bare AssertionError or a RuntimeError); None
+    for any other error."""
+    import jax
+
+    requested = os.environ.get("JAX_PLATFORMS", "")
+    from_backends = any(
+        "Unable to initialize backend" in str(link)
+        or any(
+            frame.filename.endswith(os.path.join("jax", "_src", "xla_bridge.py"))
+            for frame in traceback.extract_tb(link.__traceback__)[-1:]
+        )
+        for link in _chain(error)
+    )
+    if not requested or not from_backends:
+        return None
+    platforms = [p.strip() for p in requested.split(",")]
+    installs = dict.fromkeys(_JAX_INSTALL[p] for p in platforms if p in _JAX_INSTALL)
+    install = "; ".join(f"for {i}" for i in installs) or (
+        "see https://docs.jax.dev/en/latest/installation.html"
+    )
+    return (
+        f"JAX platform {requested!r} (JAX_PLATFORMS={requested}) is not available to the "
+        f"installed jax {jax.__version__}; {install}; or unset JAX_PLATFORMS to run on the CPU"
+    )
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -193,9 +344,8 @@ def _check_config_loads() -> None:
     try:
         flags.FLAGS.config.to_dict()
     except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
-        path = flags.FLAGS["config"].config_filename
-        reason = str(error).strip().splitlines()[-1].strip()
-        fail(f"cannot load --config={path}: {reason}{_where_in(path, error)}")
+        config = flags.FLAGS["config"].config_filename
+        fail(_cannot_load(config, _load_error(config) or error))
 
 
 def _interrupt(signum, frame) -> None:
@@ -217,11 +367,17 @@ def run(main: Callable[[list[str]], int | None]) -> None:
             quiet_libraries()
         _check_config_loads()
         try:
+            check_outputs()
             return main(argv)
         except UserError as error:
             if verbose():
                 raise
             fail(str(error))
+        except Exception as error:
+            platform = None if verbose() else _unavailable_platform(error)
+            if platform is None:
+                raise
+            fail(platform)
         except KeyboardInterrupt:
             if verbose():
                 raise

@@ -9,6 +9,7 @@ be overridden on the command line, e.g. `--config.batch_size=8`.
 from collections.abc import Mapping
 
 import ml_collections
+from ml_collections import config_dict
 
 # ImageNet mean in RGB order, on the 0-255 scale (the release subtracts it, BGR, no scaling).
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -147,7 +148,8 @@ def _input_config() -> ml_collections.ConfigDict:
     inputs.bgr = True  # as the release
     inputs.worker_count = 0
     # Evaluation: None = native resolution; Cityscapes' release protocol resizes to 1025x2049.
-    inputs.eval_size = None
+    # A typed placeholder (reads None), so that `--config.input.eval_size=(H,W)` can set it.
+    inputs.eval_size = config_dict.placeholder(tuple)
     return inputs
 
 

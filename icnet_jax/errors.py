@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from collections.abc import Mapping
 
 
 class UserError(Exception):
@@ -16,9 +17,39 @@ class UserError(Exception):
 
 
 def check_writable(path: str | os.PathLike, what: str) -> None:
-    """Raises UserError unless `path` (a folder, existing or not) can be created and written."""
+    """Raises UserError unless `path` (a folder, existing or not) can be created and written.
+
+    The rule of every output: the nearest existing folder at or above it is a folder in which
+    something can be created; the writer creates the missing folders (with their parents).
+    """
     path = pathlib.Path(path).absolute()
-    existing = path
+    _check_folder(path, path, what)
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> None:
+    """Raises UserError unless the file `path` can be written: not an existing folder, not a
+    read-only file, and its folder passes `check_writable` (the writer creates that folder)."""
+    path = pathlib.Path(path).absolute()
+    if path.is_dir():
+        raise UserError(
+            f"{what} {path}: is a folder, not a file; give a file name, e.g. {path / 'out.json'}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path}: the file is not writable; choose another path")
+    _check_folder(path.parent, path, what)
+
+
+def check_outputs(outputs: Mapping[str, tuple[str | os.PathLike | None, str]]) -> None:
+    """`{flag: (path, 'folder' | 'file')}`: raises UserError for the first given path that
+    cannot be written (`check_writable`, `check_writable_file`); None or '' paths are skipped."""
+    for flag, (path, kind) in outputs.items():
+        if path:
+            (check_writable_file if kind == "file" else check_writable)(path, flag)
+
+
+def _check_folder(folder: pathlib.Path, path: pathlib.Path, what: str) -> None:
+    """`check_writable` of `folder`, its errors naming `what` `path`."""
+    existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():

@@ -161,3 +161,156 @@ def test_a_config_file_with_a_syntax_error_is_named_with_its_line(tmp_path):
     error = one_error_line(run("train.py", f"--config={config}", f"--workdir={tmp_path}/x"))
     assert "my_config.py" in error and "line 1" in error
     assert not (tmp_path / "x").exists()
+
+
+# --- Every entry point: --help, unloadable configs, unavailable platforms, outputs ---------------
+
+SCRIPTS = ["train.py", "evaluate.py", "predict.py", "benchmark.py"]
+TOOL_MODULES = [f"-m icnet_jax.tools.{tool}" for tool in TOOLS]
+
+
+@pytest.mark.parametrize("program", SCRIPTS + TOOL_MODULES)
+def test_help_and_helpfull_exit_0_and_list_the_outputs(program):
+    output = {"train.py": "workdir", "evaluate.py": "workdir", "benchmark.py": "json"}
+    for flag in ("--help", "--helpfull"):
+        done = run(*program.split(), flag)
+        assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
+        # Also the flags that `cli` defines for the script.
+        assert f"  --{output.get(program, 'output')}: " in done.stdout, done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
+
+
+def run_in(folder, *command):
+    """`python *command` run from `folder`, as a user in another folder does."""
+    return subprocess.run(
+        [sys.executable, *map(str, command)], cwd=folder, env=ENV, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+CONFIG_USERS = ["train.py", "evaluate.py", "predict.py"]
+
+
+@pytest.mark.parametrize("script", CONFIG_USERS)
+@pytest.mark.parametrize("override", [[], ["--config.batch_size=2"]])
+def test_a_config_file_that_does_not_exist_is_named_with_the_current_folder(
+    script, override, tmp_path
+):
+    new = tmp_path / "new"
+    args = {
+        "train.py": [f"--workdir={new}"],
+        "evaluate.py": [f"--workdir={new}"],
+        "predict.py": [f"--checkpoint={tmp_path}", f"--input={tmp_path}", f"--output={new}"],
+    }[script]
+    # A typo, from the repository root.
+    error = one_error_line(run(script, "--config=configs/camvd.py", *override, *args))
+    assert "--config=configs/camvd.py" in error and "does not exist" in error, error
+    assert f"relative to the current folder, {REPO}" in error, error
+    assert "earlier failure" not in error and "config_config" not in error, error
+    # The default config, from another folder.
+    error = one_error_line(run_in(tmp_path, REPO / script, *override, *args))
+    assert "configs/quickstart.py does not exist" in error, error
+    assert f"relative to the current folder, {tmp_path}" in error, error
+    assert not new.exists()
+
+
+def test_a_config_file_typo_in_a_tool_is_named():
+    error = one_error_line(
+        run("-m", "icnet_jax.tools.convert_weights", "--input=x.npy", "--output=/tmp/x",
+            "--config=configs/camvd.py", "--config.batch_size=2")
+    )  # fmt: skip
+    assert "--config=configs/camvd.py" in error and "does not exist" in error, error
+
+
+def _cuda_installed() -> bool:
+    import importlib.metadata
+
+    return any(importlib.metadata.entry_points(group="jax_plugins"))
+
+
+@pytest.mark.skipif(_cuda_installed(), reason="a JAX GPU plugin is installed here")
+@pytest.mark.parametrize("program", SCRIPTS + TOOL_MODULES)
+def test_an_unavailable_jax_platform_is_one_line_with_the_install_command(
+    program, tmp_path, tiny_checkpoint
+):
+    import jax
+
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")  # never read: the platform fails first
+    args = {
+        "train.py": ["--workdir={new}"],
+        "evaluate.py": ["--checkpoint={checkpoint}", "--workdir={new}"],
+        "predict.py": ["--checkpoint={checkpoint}", f"--input={image}", "--output={new}"],
+        "benchmark.py": ["--models=icnet_sub4", "--height=33", "--width=65", "--json={new}/b.json"],
+        "-m icnet_jax.tools.convert_weights": ["--input=missing.npy", "--output={new}"],
+        "-m icnet_jax.tools.prune": ["--checkpoint={checkpoint}", "--output={new}"],
+        "-m icnet_jax.tools.export": ["--checkpoint={checkpoint}", "--output={new}"],
+    }[program]
+    paths = {"new": tmp_path / "new", "checkpoint": tiny_checkpoint[0]}
+    done = run(
+        *program.split(), *(a.format(**paths) for a in args), env={**ENV, "JAX_PLATFORMS": "cuda"}
+    )
+    error = one_error_line(done)
+    assert "JAX platform 'cuda'" in error and f"jax {jax.__version__}" in error, error
+    assert 'pip install -U "jax[cuda13]"' in error, error
+    assert not paths["new"].exists()
+
+
+# Each script's outputs: (script, flags, the output flag, kind) with {file}, {folder} and
+# {checkpoint} filled in; the output path is appended.
+OUTPUTS = {
+    "train --workdir": ("train.py", [], "--workdir", "folder"),
+    "evaluate --workdir": ("evaluate.py", ["--checkpoint={checkpoint}"], "--workdir", "folder"),
+    "evaluate --submission_dir": (
+        "evaluate.py", ["--checkpoint={checkpoint}", "--workdir={folder}/eval"],
+        "--submission_dir", "folder",
+    ),
+    "predict --output": (
+        "predict.py", ["--checkpoint={checkpoint}", "--input={folder}"], "--output", "folder"
+    ),
+    "benchmark --json": ("benchmark.py", ["--models=icnet_sub4"], "--json", "file"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OUTPUTS))
+def test_an_output_under_a_file_is_refused_before_any_work(case, tmp_path, tiny_checkpoint):
+    script, args, flag, _ = OUTPUTS[case]
+    file = tmp_path / "a_file"
+    file.write_text("")
+    paths = {"file": file, "folder": tmp_path, "checkpoint": tiny_checkpoint[0]}
+    before = sorted(tmp_path.rglob("*"))
+    done = run(script, *(a.format(**paths) for a in args), f"{flag}={file}/out")
+    error = one_error_line(done)
+    assert f"{flag} {file}/out" in error and "is a file, not a folder" in error, error
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_json_output_that_is_a_folder_or_cannot_be_created_is_refused(tmp_path):
+    error = one_error_line(run("benchmark.py", "--models=icnet_sub4", f"--json={tmp_path}"))
+    assert f"--json {tmp_path}: is a folder, not a file" in error, error
+    if pathlib.Path("/proc/self").exists():  # nothing can be created in /proc, also as root
+        error = one_error_line(run("benchmark.py", "--json=/proc/no_such/out.json"))
+        assert "--json /proc/no_such/out.json" in error and "cannot create" in error, error
+
+
+def test_a_benchmark_json_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    error = one_error_line(run("-m", "benchmarks.pipeline_throughput", f"--json={tmp_path}"))
+    assert f"--json {tmp_path}: is a folder, not a file" in error, error
+
+
+BROKEN_CONFIGS = {
+    "no get_config": ("x = 1\n", "defines no get_config()"),
+    "an import that fails": ("import no_such_module\n", "No module named 'no_such_module'"),
+    "not Python": ("# Title\nIt's text.\n", "line 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_a_broken_config_file_with_an_override_is_named_with_its_cause(case, tmp_path):
+    text, words = BROKEN_CONFIGS[case]
+    config = tmp_path / "my_config.py"
+    config.write_text(text)
+    done = run("train.py", f"--config={config}", "--config.batch_size=2", f"--workdir={tmp_path}/x")
+    error = one_error_line(done)
+    assert f"cannot load --config={config}: " in error and words in error, error
+    assert not (tmp_path / "x").exists()

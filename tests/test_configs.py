@@ -1,10 +1,15 @@
 """Every config and named variant resolves, and builds its model."""
 
+import functools
 import importlib
+import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from icnet_jax import config as default
 from icnet_jax.train import loop as train_lib
@@ -110,3 +115,87 @@ def test_joined_variants_that_disagree_are_one_error_naming_both_and_the_key():
     config = cityscapes.get_config("pspnet50_half+compress_half")
     assert config.model.name == "pspnet" and config.model.width == 0.5
     assert config.model.stem == "resnet"
+
+
+# --- Every field can be set from the command line ------------------------------------------------
+
+
+def _variants(module) -> list[str | None]:
+    """None, every ablation and recipe, and the config file's own recipes (which the error for an
+    unknown variant lists)."""
+    with pytest.raises(ValueError) as raised:
+        module.get_config("?")
+    own = str(raised.value).split("; recipes: ")[1].split(", ")
+    return [None, *sorted({*default.ABLATIONS, *default.RECIPES, *own})]
+
+
+def _leaves(config, prefix=""):
+    """(dotted key, declared type, value) of every leaf of `config`."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", config.get_type(key), value
+
+
+ALL_CONFIGS = [
+    (name, variant)
+    for name in CONFIGS
+    for variant in _variants(importlib.import_module(f"configs.{name}"))
+]
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_CONFIGS)
+def test_no_field_is_a_bare_none(name, variant):
+    """A field holding a bare None has no type, and ml_collections refuses to set it from the
+    command line ("Type <class 'NoneType'> ... is not supported for overriding"): such fields
+    are typed placeholders (`config_dict.placeholder(tuple)`), which read None."""
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    for key, declared, _ in _leaves(config):
+        assert declared is not type(None), f"configs/{name}.py:{variant} {key}"
+
+
+# A command-line value and what it parses to, per placeholder type.
+VALUES = {tuple: ("(65,129)", (65, 129)), int: ("3", 3), float: ("0.5", 0.5), str: ("x", "x")}
+PLACEHOLDERS = sorted(
+    {
+        (name, key, declared)
+        for name, variant in ALL_CONFIGS
+        for key, declared, value in _leaves(
+            importlib.import_module(f"configs.{name}").get_config(variant)
+        )
+        if value is None
+    },
+    key=str,
+)
+
+
+def test_placeholders_are_found():
+    # input.eval_size is one (None: native resolution) wherever the config does not set it.
+    assert ("camvid", "input.eval_size", tuple) in PLACEHOLDERS
+
+
+@pytest.mark.parametrize(("name", "key", "declared"), PLACEHOLDERS)
+def test_each_placeholder_is_set_from_the_command_line(name, key, declared):
+    text, expected = VALUES[declared]
+    argv = ["prog", f"--config=configs/{name}.py", f"--config.{key}={text}"]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+    values(argv)
+    node, *path = values.config, *key.split(".")
+    for part in path:
+        node = node[part]
+    assert node == expected
+    unset = importlib.import_module(f"configs.{name}").get_config()
+    assert functools.reduce(lambda n, p: n[p], key.split("."), unset) is None
+
+
+def test_a_placeholder_round_trips_through_the_json_saved_with_checkpoints():
+    for variant in (None, "cpu"):
+        config = importlib.import_module("configs.camvid").get_config(variant)
+        saved = json.loads(config.to_json())
+        assert saved["input"]["eval_size"] is None
+        restored = ml_collections.ConfigDict(saved)
+        assert restored.input.eval_size is None and json.loads(restored.to_json()) == saved
+        config.input.eval_size = saved["input"]["eval_size"] or [65, 129]  # JSON gives lists
+        assert config.input.eval_size == (65, 129)

@@ -297,6 +297,7 @@ def run(
     print()
     print(format_table(document["results"]))
     if json_path:
+        pathlib.Path(json_path).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(document, f, indent=2)
         print(f"\nwrote {json_path}")

@@ -32,13 +32,13 @@ randomly (and the tool says so).
 
 from __future__ import annotations
 
-from icnet_jax import cli, config_checks, errors
+from icnet_jax import cli, config_checks
 from icnet_jax.weights.release import convert
 
 
 def main(argv):
     del argv
-    errors.check_writable(FLAGS.output, "--output")
+    cli.start_backend()
     config_checks.check(FLAGS.config)
     convert(
         FLAGS.input,
@@ -57,7 +57,7 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "input", None, "Released weights: .npy dict or TF checkpoint.", required=True
     )
-    flags.DEFINE_string("output", None, "Output directory (DIR/checkpoints/0).", required=True)
+    cli.define_output("output", None, "Output directory (DIR/checkpoints/0).", required=True)
     flags.DEFINE_integer(
         "num_classes", 0, "Classes of the classifier (0: those of --config.dataset.name)."
     )

@@ -30,7 +30,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv):
     del argv
-    errors.check_writable(FLAGS.output, "--output")
+    cli.start_backend()
     size = parse_size(FLAGS.size)
     export(
         FLAGS.checkpoint,
@@ -47,7 +47,7 @@ if __name__ == "__main__":
 
     FLAGS = flags.FLAGS
     flags.DEFINE_string("checkpoint", None, "Checkpoint (workdir or step folder).", required=True)
-    flags.DEFINE_string("output", None, "Output folder.", required=True)
+    cli.define_output("output", None, "Output folder.", required=True)
     flags.DEFINE_string("size", "1025,2049", "Input height,width (fixed; the batch is dynamic).")
     flags.DEFINE_string("formats", ",".join(FORMATS), "saved_model and/or onnx.")
     flags.DEFINE_bool("fold_bn", True, "Fold BatchNorm into the convolutions.")

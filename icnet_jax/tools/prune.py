@@ -9,13 +9,13 @@ Writes `DIR2/checkpoints/0`: a training checkpoint at width * keep, to fine-tune
 
 from __future__ import annotations
 
-from icnet_jax import cli, errors
+from icnet_jax import cli
 from icnet_jax.weights.prune import prune_checkpoint
 
 
 def main(argv):
     del argv
-    errors.check_writable(FLAGS.output, "--output")
+    cli.start_backend()
     prune_checkpoint(FLAGS.checkpoint, FLAGS.keep, FLAGS.output, seed=FLAGS.seed)
 
 
@@ -27,6 +27,6 @@ if __name__ == "__main__":
         "checkpoint", None, "Checkpoint of a wider ICNet (workdir or step).", required=True
     )
     flags.DEFINE_float("keep", 0.5, "Kernel keeping rate (paper Table 1: 0.5, 0.25).")
-    flags.DEFINE_string("output", None, "Output directory (DIR/checkpoints/0).", required=True)
+    cli.define_output("output", None, "Output directory (DIR/checkpoints/0).", required=True)
     flags.DEFINE_integer("seed", 0, "Seed of the (unused) fresh initialisation.")
     cli.run(main)

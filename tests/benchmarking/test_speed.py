@@ -100,7 +100,7 @@ def test_add_ratios_against_half_width_pspnet():
 
 
 def test_script_json_schema(tmp_path):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "new" / "bench.json"  # the folder is created
     proc = run_script("--models=icnet_sub124,pspnet50_half", f"--json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = proc.stdout
