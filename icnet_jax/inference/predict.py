@@ -104,6 +104,7 @@ class Segmenter:
         self.tiles = (tiles or sliding_window.TilePolicy()).for_checkpoint(crop)
         self._told = False
         model = onnx_backend.inference_network(loaded, branch, backend)
+        self.model = model  # the Flax module (or OnnxModel) the functions below run
         eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._predict = test_time.make_predict_fn(
             model,
@@ -216,7 +217,7 @@ class PredictOptions:
 
 
 def predict(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | inference.CommandLine | None,
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
     output: str | os.PathLike,
@@ -237,10 +238,8 @@ def predict(
         )
     errors.check_writable(output, "--output")
     loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
-    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.num_classes} classes)")
-    print(inference.describe_settings(loaded.settings))
-    name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
-    info = inference.dataset_info_for(name, loaded.num_classes)
+    print(loaded.header())
+    info = loaded.info
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
     )
