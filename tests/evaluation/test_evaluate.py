@@ -177,10 +177,11 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
         workdir, workdir=out, split="val", flip=flip, scales=scales, save_predictions=5,
         progress=False,
     )  # fmt: skip
-    summary = evaluation.evaluate(
-        command_line_config(), options, source=hand_source(), info=HAND_INFO
-    )
-    metrics = json.loads((out / "eval" / "val" / "metrics.json").read_text())
+    summary = evaluation.evaluate(None, options, source=hand_source(), info=HAND_INFO)
+    # The run's own settings write eval/val; test-time options write beside it.
+    folder = out / "eval" / ("val_flip_scales-1-2" if flip else "val")
+    assert summary["output_dir"] == str(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["step"] == 7 and metrics["split"] == "val"
     assert metrics["flip"] is flip and metrics["scales"] == list(scales)
     assert metrics["checkpoint"].endswith(os.path.join("checkpoints", "7"))
@@ -197,16 +198,20 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
         assert m["num_pixels"] == 5 and m["absent_classes"] == []
     assert summary["branches"] == metrics["branches"]
 
-    region = json.loads((out / "eval" / "val" / "region_accuracy.json").read_text())
+    assert metrics["dataset"]["name"] == "street" and metrics["changed_from_run"] == {}
+    assert metrics["protocol"] == {
+        "eval_size": None, "flip": flip, "scales": list(scales), "ignore_label": 255
+    }  # fmt: skip
+    region = json.loads((folder / "region_accuracy.json").read_text())
     assert region["num_images"] == 1 and region["num_regions"] == 4
     assert region["region_counts"][0] == 4 and region["step"] == 7
     for branch, value in HAND_REGION_ACCURACY.items():
         assert region["overall_accuracy"][branch] == pytest.approx(value)
     assert set(region["differences"]) == {"sub24-sub4", "sub124-sub24"}
     for name in ("region_accuracy.png", "per_class_iou.png"):
-        assert (out / "eval" / "val" / name).stat().st_size > 1000
+        assert (folder / name).stat().st_size > 1000
 
-    predictions = out / "eval" / "val" / "predictions" / "city"
+    predictions = folder / "predictions" / "city"
     labels = np.asarray(Image.open(predictions / "a_leftImg8bit_labels.png"))
     np.testing.assert_array_equal(labels, HAND_PREDICTION)  # sub124, the checkpoint's branch
     for kind in ("color", "overlay", "gt"):
