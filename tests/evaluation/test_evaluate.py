@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
+from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
@@ -28,6 +29,7 @@ from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference.image_io import read_image
 from icnet_jax.train import loop as train_lib
 from icnet_jax.weights import checkpoints
+from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -323,33 +325,80 @@ def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
 # --- The command line ---------------------------------------------------------------------------
 
 
+def test_an_unknown_split_is_refused_before_reading_or_preparing(tiny_checkpoint, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("read or prepared before the split was checked")
+
+    monkeypatch.setattr(inference.spec, "restore_target", fail)
+    monkeypatch.setattr(evaluation.datasets, "config_source", fail)
+    options = evaluation.EvalOptions(tiny_checkpoint[0], split="nonexistent", progress=False)
+    with pytest.raises(errors.UserError, match=r"--split=nonexistent: dataset 'street' has no"):
+        evaluation.evaluate(None, options)
+
+
+def test_a_custom_split_is_a_folder_of_images(tmp_path):
+    config = checkpoint_config(**{"dataset.name": "custom", "dataset.manual_dir": str(tmp_path)})
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    evaluation.check_split_name(config, "val")
+    evaluation.check_split_name(config, "trainval")
+    evaluation.check_split_name(config, "train[-0006R0]")
+    with pytest.raises(errors.UserError, match="has no split 'test'; one of train, val"):
+        evaluation.check_split_name(config, "test")
+
+
+def run_files(workdir: pathlib.Path) -> dict[pathlib.Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
 def test_evaluate_cli_on_the_street_dataset(tmp_path):
+    """A run with its own dataset settings: evaluated with no --config; a changed dataset is
+    shown, recorded and written beside the run's files, which stay byte-identical."""
     workdir = tmp_path / "run"
-    write_checkpoint(workdir, checkpoint_config(), step=3)
-    command = [
-        sys.executable, "evaluate.py", f"--workdir={workdir}",
-        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-        "--config.dataset.builder_kwargs.num_train=1",
-        "--config.dataset.builder_kwargs.num_val=2",
-        "--config.dataset.builder_kwargs.height=33",
-        "--config.dataset.builder_kwargs.width=65",
-        "--config.model.width=0.5", "--save_predictions=1", "--flip",
-    ]  # fmt: skip
+    run_config = checkpoint_config(**{
+        "dataset.data_dir": str(tmp_path / "tfds"),
+        "dataset.builder_kwargs.num_train": 1, "dataset.builder_kwargs.num_val": 2,
+        "dataset.builder_kwargs.height": 33, "dataset.builder_kwargs.width": 65,
+    })  # fmt: skip
+    write_checkpoint(workdir, run_config, step=3)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    def evaluate(*args):
+        command = [sys.executable, "evaluate.py", f"--workdir={workdir}", *args]
+        return subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    done = evaluate("--save_predictions=1")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "model.width = 0.25   (command line: 0.5)" in done.stdout
     # No library noise: no INFO lines, no orbax warnings about read-only folders or metadata.
     assert not re.search(r"^I\d{4} ", done.stderr, re.M), done.stderr
     assert "Metadata file does not exist" not in done.stderr and "read only" not in done.stderr
-    assert "mIoU" in done.stdout and "sub124" in done.stdout
+    assert "mIoU" in done.stdout and "sub124" in done.stdout and "run=" not in done.stdout
     out = workdir / "eval" / "val"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["step"] == 3 and metrics["flip"] is True and metrics["num_images"] == 2
+    assert metrics["step"] == 3 and metrics["flip"] is False and metrics["num_images"] == 2
+    assert metrics["dataset"]["builder_kwargs"]["num_val"] == 2
     for name in ("region_accuracy.json", "region_accuracy.png", "per_class_iou.png"):
         assert (out / name).is_file()
     assert len(list((out / "predictions").rglob("*_labels.png"))) == 1
+
+    before = run_files(workdir)
+    changed = evaluate("--config.dataset.builder_kwargs.num_val=3", "--flip")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "dataset.builder_kwargs.num_val: run=2, now=3" in changed.stdout
+    beside = workdir / "eval" / "val_num_val-3_flip"
+    metrics = json.loads((beside / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and metrics["protocol"]["flip"] is True
+    assert metrics["changed_from_run"] == {"dataset.builder_kwargs.num_val": {"run": 2, "now": 3}}
+    after = {p: b for p, b in run_files(workdir).items() if beside not in p.parents}
+    assert after == before  # the run's own files, byte for byte
+
+    refused = evaluate("--config.model.width=0.5")
+    assert "model.width" in scripts.one_error_line(refused)
+    unknown = evaluate("--split=nonexistent")
+    assert "--split=nonexistent" in scripts.one_error_line(unknown)
 
     missing = subprocess.run(
         [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'none'}"],
