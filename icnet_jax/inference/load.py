@@ -358,6 +358,22 @@ def load_checkpoint(
     )
 
 
+def read_run(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, int, int]:
+    """The run's config (`run_config` without a command line), number of classes and step of
+    the checkpoint at `path` (its newest step unless a step folder), read without any array."""
+    manager, step = checkpoints.open_for_reading(path)
+    try:
+        step = step if step is not None else manager.latest_step()
+        saved = checkpoints.saved_config_or_empty(manager, step)
+        num_classes = checkpoints.num_classes_of(
+            pathlib.Path(manager.directory) / str(step) / "state"
+        )
+    finally:
+        manager.close()
+    config, _, _ = run_config(saved, CommandLine(None, file_given=False))
+    return config, num_classes, int(step)
+
+
 def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
     """Class names and palette of a built-in dataset without preparing it.
 

@@ -121,3 +121,24 @@ def test_the_model_segments_as_predict_does(tiny_checkpoint):
 def test_a_weights_override_is_refused_at_load(tiny_checkpoint):
     with pytest.raises(errors.UserError, match="input.bgr"):
         icnet_jax.load(tiny_checkpoint[0], overrides={"input.bgr": True})
+
+
+def test_read_run_reads_no_array(tiny_checkpoint):
+    config, num_classes, step = inference.read_run(tiny_checkpoint[0])
+    assert (num_classes, step) == (NUM_CLASSES, 7)
+    assert config.model.width == 0.25 and config.input.bgr is False
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_runs_own_network(tiny_checkpoint, tmp_path):
+    from tests import scripts
+
+    done = scripts.run(
+        "benchmark.py", f"--checkpoint={tiny_checkpoint[0]}", "--height=65", "--width=129",
+        "--runs=1", "--min_runs=1", "--warmup=0", f"--json={tmp_path / 'b.json'}",
+        "--noprogress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert result["model"] == "run_step7" and result["width"] == 0.25
+    assert result["branch"] == "sub124"
