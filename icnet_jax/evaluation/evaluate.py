@@ -222,10 +222,16 @@ def check_split_name(cfg: ml_collections.ConfigDict, split: str) -> None:
         )
 
 
+# Where the data lies, not what it is: moved files give the run's own evaluation.
+WHERE_KEYS = ("dataset.manual_dir", "dataset.data_dir")
+
+
 def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> str:
     """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
     folder suffix of an evaluation that must not overwrite the run's own."""
-    parts = [f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes]
+    parts = [
+        f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes if c.key not in WHERE_KEYS
+    ]
     if options.flip:
         parts.append("flip")
     scales = tuple(float(s) for s in options.scales)
@@ -250,7 +256,8 @@ def _check_classes(info: Any, loaded: inference.LoadedCheckpoint) -> None:
     if info.num_classes != loaded.num_classes:
         raise errors.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
-            f"{loaded.num_classes}: is --config the dataset the checkpoint was trained on?"
+            f"{loaded.num_classes}: evaluate on the run's own dataset (leave out the --config "
+            "dataset changes listed above)"
         )
 
 

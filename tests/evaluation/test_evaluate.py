@@ -347,6 +347,20 @@ def test_a_custom_split_is_a_folder_of_images(tmp_path):
         evaluation.check_split_name(config, "test")
 
 
+def test_results_with_other_settings_get_a_folder_naming_the_difference():
+    change = inference.Change
+    options = evaluation.EvalOptions(scales=(0.75, 1.0))
+    moved = [change("dataset.manual_dir", "/a", "/b"), change("dataset.data_dir", "x", "y")]
+    assert evaluation._difference(moved, evaluation.EvalOptions()) == ""  # the run's own
+    other = [
+        change("dataset.builder_kwargs.num_val", 4, 40),
+        change("input.eval_size", None, (65, 129)),
+    ]
+    assert evaluation._difference(other, options) == "_num_val-40_eval_size-65x129_scales-0.75-1"
+    many = [change(f"dataset.builder_kwargs.k{i}", 0, i) for i in range(30)]
+    assert len(evaluation._difference(many, options)) <= 61
+
+
 def run_files(workdir: pathlib.Path) -> dict[pathlib.Path, bytes]:
     return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
 
