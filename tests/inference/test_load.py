@@ -142,3 +142,18 @@ def test_benchmark_times_the_runs_own_network(tiny_checkpoint, tmp_path):
     (result,) = json.loads((tmp_path / "b.json").read_text())["results"]
     assert result["model"] == "run_step7" and result["width"] == 0.25
     assert result["branch"] == "sub124"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--config.input.bgr=True", "--command_line_wins=model.stride_on"])
+def test_predict_refuses_a_weights_key_from_the_command_line(tiny_checkpoint, tmp_path, flag):
+    from tests import scripts
+
+    image = tmp_path / "in.png"
+    image.write_bytes(b"")  # never read: the refusal comes first
+    done = scripts.run(
+        "predict.py", f"--checkpoint={tiny_checkpoint[0]}", f"--input={image}",
+        f"--output={tmp_path / 'out'}", flag,
+    )  # fmt: skip
+    assert "describe" in scripts.one_error_line(done)
+    assert not (tmp_path / "out").exists()
