@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -293,6 +294,10 @@ class LoadedCheckpoint:
     changes: list[Change] = dataclasses.field(default_factory=list)
     info: L.DatasetInfo | None = None
 
+    def dataset_info(self) -> L.DatasetInfo:
+        """The classes and palette (`info`, else the dataset's table or generated ones)."""
+        return self.info or dataset_info_for(self.config.dataset.name, self.num_classes)
+
     def header(self) -> str:
         """What a job prints first: the checkpoint, the weights settings, the changes."""
         lines = [
@@ -304,7 +309,7 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    path: str | pathlib.Path,
+    path: str | os.PathLike,
     config: ml_collections.ConfigDict | CommandLine | None = None,
     *,
     command_line_wins: Iterable[str] = (),
@@ -339,7 +344,7 @@ def load_checkpoint(
         target = spec.restore_target(saved or merged.to_dict(), num_classes)
         return target, (merged, settings, changes)
 
-    restored = checkpoints.restore(path, make_abstract)
+    restored = checkpoints.restore(pathlib.Path(path), make_abstract)
     merged, settings, changes = restored.extra
     state = restored.state
     name = restored.saved_config.get("dataset", {}).get("name") or merged.dataset.name

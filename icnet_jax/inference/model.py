@@ -125,7 +125,7 @@ def from_loaded(
     segmenter = Segmenter(
         loaded, branch=branch, flip=flip, scales=tuple(scales), tiles=tiles, backend=backend
     )
-    assert loaded.info is not None
+    info = loaded.dataset_info()
     cfg = loaded.config
     tta = dict(
         eval_size=tuple(cfg.input.eval_size) if cfg.input.eval_size else None,
@@ -141,8 +141,8 @@ def from_loaded(
         variables=loaded.variables,
         module=segmenter.model,
         num_classes=loaded.num_classes,
-        class_names=loaded.info.class_names,
-        palette=loaded.info.palette,
+        class_names=info.class_names,
+        palette=info.palette,
         step=loaded.step,
         path=loaded.path,
         loaded=loaded,

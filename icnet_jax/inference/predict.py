@@ -239,7 +239,7 @@ def predict(
     errors.check_writable(output, "--output")
     loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
     print(loaded.header())
-    info = loaded.info
+    info = loaded.dataset_info()
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
     )
