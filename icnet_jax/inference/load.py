@@ -192,11 +192,10 @@ def _weights_key(key: str) -> bool:
     return any(key == k or k.startswith(key + ".") for k in spec.CONFIG_KEYS)
 
 
-def _refuse_weights_keys(keys: Iterable[str], flag: str) -> None:
-    refused = sorted(k for k in keys if _weights_key(k))
-    if refused:
+def _refuse_weights_keys(keys: Sequence[str], flag: str) -> None:
+    if keys:
         raise errors.UserError(
-            f"{flag}: {', '.join(refused)} describe{'s' if len(refused) == 1 else ''} the saved "
+            f"{flag}: {', '.join(keys)} describe{'s' if len(keys) == 1 else ''} the saved "
             "weights and cannot change at load time (the network would read the same tensors "
             "differently); leave it to the run's record, or train a run with that setting"
         )
@@ -215,17 +214,19 @@ def run_config(
         differs from the run's.
     """
     cl = command_line
-    _refuse_weights_keys(cl.wins, "--command_line_wins")
+    _refuse_weights_keys([k for k in cl.wins if _weights_key(k)], "--command_line_wins")
     config = cl.config if cl.config is not None else get_config()
     if not saved:
         return ml_collections.ConfigDict(config.to_dict()), [], []
     run_saved = spec.without_record(saved)
     merged = _tuples(_deep_update(get_config().to_dict(), spec.upgrade(run_saved)))
     overrides = {k: _tuples(v) for k, v in cl.overrides.items()}
-    _refuse_weights_keys(
-        (k for k, v in overrides.items() if not spec.same_value(_find(merged, k), v)),
-        "--config." + ",".join(overrides),
-    )
+    refused = [
+        k
+        for k, v in overrides.items()
+        if _weights_key(k) and not spec.same_value(_find(merged, k), v)
+    ]
+    _refuse_weights_keys(refused, " ".join(f"--config.{k}={overrides[k]}" for k in refused))
     settings = [
         Setting(k, _tuples(_get(run_saved, k)), _tuples(_get(run_saved, k)))
         for k in _checkpoint_keys(run_saved)
