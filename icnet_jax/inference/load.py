@@ -333,7 +333,7 @@ def load_checkpoint(
     command_line = (
         config
         if isinstance(config, CommandLine)
-        else CommandLine(config, wins=tuple(command_line_wins))
+        else CommandLine(config, config is not None, wins=tuple(command_line_wins))
     )
 
     def make_abstract(saved, num_classes):
