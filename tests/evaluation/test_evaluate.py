@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
+from icnet_jax import config as default_config
 from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
@@ -28,7 +29,7 @@ from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference.image_io import read_image
 from icnet_jax.train import loop as train_lib
-from icnet_jax.weights import checkpoints
+from icnet_jax.weights import checkpoints, spec
 from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
@@ -419,3 +420,45 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert missing.returncode == 2 and "no checkpoints at" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_custom_dataset_run_needs_no_config_to_evaluate_and_predict(tmp_path):
+    from tests.checkpoint_fakes import random_state
+    from tests.data_fakes import png, random_image, write
+
+    data = tmp_path / "my_data"
+    (data / "classes.txt").parent.mkdir(parents=True)
+    (data / "classes.txt").write_text("ground\nwall\nsky\n")
+    rng = np.random.default_rng(0)
+    for split, stems in (("train", ["a"]), ("val", ["b", "c"])):
+        for i, stem in enumerate(stems):
+            write(data / "images" / split / f"{stem}.png", png(random_image(33, 65, i)))
+            label = rng.integers(0, 3, (33, 65)).astype(np.uint8)
+            write(data / "labels" / split / f"{stem}.png", png(label))
+    from configs import custom
+
+    config = default_config.override(custom.get_config(), {
+        "dataset.manual_dir": str(data), "dataset.data_dir": str(tmp_path / "tfds"),
+        "dataset.builder_kwargs.dataset_name": "mine", "model.width": 0.25,
+    })  # fmt: skip
+    saved = json.loads(config.to_json())
+    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], np.uint8)
+    info = L.custom_info("custom", ["ground", "wall", "sky"], palette)
+    saved[spec.RECORD] = spec.classes_record(info)
+    workdir = tmp_path / "run"
+    checkpoints.write(workdir, 5, random_state(config, 3), saved)
+
+    done = scripts.run("evaluate.py", f"--workdir={workdir}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wall" in done.stdout and "run=" not in done.stdout
+    metrics = json.loads((workdir / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["dataset"]["name"] == "custom"
+    assert list(metrics["branches"]["sub124"]["per_class"]) == ["ground", "wall", "sky"]
+
+    image = data / "images" / "val" / "b.png"
+    done = scripts.run("predict.py", f"--checkpoint={workdir}", f"--input={image}",
+                       f"--output={tmp_path / 'out'}")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    colours = np.asarray(Image.open(tmp_path / "out" / "b_color.png").convert("RGB"))
+    assert {tuple(c) for c in colours.reshape(-1, 3)} <= {tuple(c) for c in palette}
