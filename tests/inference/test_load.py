@@ -157,3 +157,16 @@ def test_predict_refuses_a_weights_key_from_the_command_line(tiny_checkpoint, tm
     )  # fmt: skip
     assert "describe" in scripts.one_error_line(done)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pruned_run_keeps_its_record(tmp_path):
+    from icnet_jax.weights.prune import prune_checkpoint
+
+    config = checkpoint_config(**{"model.width": 0.5})
+    saved = json.loads(config.to_json())
+    names = [f"thing{i}" for i in range(NUM_CLASSES)]
+    saved[spec.RECORD] = spec.classes_record(L.custom_info("mine", names))
+    checkpoints.write(tmp_path / "run", 7, random_state(config, NUM_CLASSES), saved)
+    prune_checkpoint(tmp_path / "run", 0.5, tmp_path / "pruned", verbose=False)
+    model = icnet_jax.load(tmp_path / "pruned")  # nothing but the checkpoint
+    assert model.class_names == tuple(names) and model.config.model.width == 0.25
