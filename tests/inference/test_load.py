@@ -159,6 +159,7 @@ def test_predict_refuses_a_weights_key_from_the_command_line(tiny_checkpoint, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_pruned_run_keeps_its_record(tmp_path):
     from icnet_jax.weights.prune import prune_checkpoint
 
