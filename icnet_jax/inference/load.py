@@ -237,8 +237,8 @@ def run_config(
         # differs from the run in the sections a job reads is the file's change.
         given, settings = merge_checkpoint_config(config, run_saved, cl.wins)
         for key, now in _flat(given.to_dict()).items():
-            if not key.startswith(JOB_SECTIONS) or key in overrides:
-                continue
+            if not key.startswith(JOB_SECTIONS) or key in overrides or _weights_key(key):
+                continue  # the weights' own settings stay the run's
             run, now = _find(merged, key), _tuples(now)
             if not spec.same_value(run, now):
                 _set(merged, key, now)

@@ -52,6 +52,9 @@ def test_a_config_file_changes_only_what_differs_and_keeps_the_weights_settings(
     assert "dataset.name" in keys and config.dataset.name == given.dataset.name
     assert config.model.width == 0.25 and config.input.bgr is False  # the weights' own
     assert not keys & set(spec.CONFIG_KEYS)
+    given.model.freeze_bn_stats = True  # a weights setting the inference keys do not list
+    config, _, changes = inference.run_config(SAVED, inference.CommandLine(given))
+    assert config.model.freeze_bn_stats is False and "model.freeze_bn_stats" not in str(changes)
     assert any(s.key == "input.mean" and s.differs for s in settings)
 
 
