@@ -37,8 +37,8 @@ class Model:
       config: the run's config (with the changes asked for; `loaded.changes`).
       variables: `{'params', 'batch_stats'}`, for `module.apply(variables, images)`.
       module: the Flax module of the chosen branch: `module.apply(variables, x)` takes normalised
-        float32 `[N, H, W, 3]` images and gives logits `[N, H', W', num_classes]` (1/8 of the
-        input for ICNet); an `onnx_backend.OnnxModel` with the onnxruntime backend.
+        float32 `[N, H, W, 3]` images and gives logits `[N, H, W, num_classes]` (upsampled to
+        the input); an `onnx_backend.OnnxModel` with the onnxruntime backend.
       num_classes, class_names, palette: the classes (palette: uint8 `[num_classes, 3]` RGB).
       step, path: the checkpoint's step and step folder.
       loaded: the whole `load.LoadedCheckpoint` (settings taken, changes, saved config).
