@@ -15,7 +15,7 @@ import hashlib
 import pathlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -224,13 +224,22 @@ def check_split_name(cfg: ml_collections.ConfigDict, split: str) -> None:
 
 # Where the data lies, not what it is: moved files give the run's own evaluation.
 WHERE_KEYS = ("dataset.manual_dir", "dataset.data_dir")
+# Besides the dataset's, the settings that change an evaluation's numbers (the weights' own
+# cannot change; crops, augmentation and schedules do not enter an evaluation).
+EVALUATION_KEYS = ("input.eval_size", "ignore_label", "model.dtype")
+
+
+def _changes_results(key: str) -> bool:
+    if key.startswith("dataset."):
+        return key not in WHERE_KEYS
+    return key in EVALUATION_KEYS
 
 
 def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> str:
     """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
     folder suffix of an evaluation that must not overwrite the run's own."""
     parts = [
-        f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes if c.key not in WHERE_KEYS
+        f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes if _changes_results(c.key)
     ]
     if options.flip:
         parts.append("flip")
@@ -247,6 +256,8 @@ def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> st
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "_".join(f"{k}={_text(v)}" for k, v in sorted(value.items()))
     if isinstance(value, tuple | list):
         return "x".join(_text(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -178,10 +178,15 @@ def describe_changes(changes: Sequence[Change]) -> str:
     return "\n".join(["changed from the run's settings:", *(f"  {c}" for c in changes)])
 
 
+# Entries compared and taken whole: a builder's keyword arguments belong together (another
+# dataset's builder does not take the run's).
+WHOLE = ("dataset.builder_kwargs",)
+
+
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and value and f"{prefix}{key}" not in WHOLE:
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -462,3 +462,25 @@ def test_a_custom_dataset_run_needs_no_config_to_evaluate_and_predict(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     colours = np.asarray(Image.open(tmp_path / "out" / "b_color.png").convert("RGB"))
     assert {tuple(c) for c in colours.reshape(-1, 3)} <= {tuple(c) for c in palette}
+
+
+@pytest.mark.slow
+def test_a_camvid_run_is_evaluated_with_no_config(tmp_path, shared_data):
+    from configs import camvid
+    from tests.checkpoint_fakes import random_state
+
+    config = default_config.override(camvid.get_config("cpu"), {
+        "dataset.manual_dir": str(shared_data / "camvid"),
+        "dataset.data_dir": str(tmp_path / "tfds"), "model.width": 0.25,
+    })  # fmt: skip
+    saved = json.loads(config.to_json())
+    saved[spec.RECORD] = spec.classes_record(L.CAMVID)
+    workdir = tmp_path / "run"
+    checkpoints.write(workdir, 9, random_state(config, L.CAMVID.num_classes), saved)
+
+    split = "val[0016E5_0795]"  # a few frames of the run's own eval split
+    done = scripts.run("evaluate.py", f"--workdir={workdir}", f"--split={split}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bicyclist" in done.stdout and "run=" not in done.stdout
+    metrics = json.loads((workdir / "eval" / split / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "camvid" and 0 < metrics["num_images"] < 10
