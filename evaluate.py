@@ -26,8 +26,9 @@ A split without labelled pixels (Cityscapes' test split) gets predictions and no
       --submission_dir=DIR/submission && (cd DIR/submission && zip -q ../submission.zip *.png)
 
 Writes to `DIR/eval/<split>/` (DIR: `--workdir`, else the checkpoint's workdir) with the run's
-settings; with any change or test-time option to `DIR/eval/<split>_<what differs>/` (e.g.
-`val_flip`, `val_num_val-40`), so that the run's own evaluation is never overwritten:
+settings; with a change to the dataset (not to where its files lie), `input.eval_size`,
+`ignore_label` or `model.dtype`, or a test-time option, to `DIR/eval/<split>_<what differs>/`
+(e.g. `val_flip`, `val_num_val-40`), so that the run's own evaluation is never overwritten:
 
 - `metrics.json`: `{"step", "split", "branches": {branch: mIoU, pixel accuracy, per-class IoU,
   confusion, ...}, "dataset": {name, builder_kwargs, manual_dir}, "num_images", "protocol":
