@@ -5,8 +5,9 @@ The optional outputs are writers (`writers`, `submission`) the one evaluation lo
 prediction to.
 
 The run's own evaluation (`<workdir>/eval/<split>`) is written only with the run's settings;
-with another dataset, input, model or test-time setting the outputs go beside it, to
-`<workdir>/eval/<split>_<what differs>`, so that the run's files are never overwritten."""
+with a change that changes the numbers (`_changes_results`) or a test-time option the outputs
+go beside it, to `<workdir>/eval/<split>_<what differs>`, so that the run's files are never
+overwritten."""
 
 from __future__ import annotations
 
