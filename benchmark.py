@@ -28,6 +28,9 @@ leave out; no FLOPs or memory figures). `--dtype=int8` adds the statically quant
 (QDQ, per channel, calibrated on `--calibration_images` random inputs: the weights are random
 too), timed after float32, with `speedup_vs_float32` in the JSON.
 
+`--checkpoint=RUN` times the run's own network (its saved architecture, width, classes and
+branch; random weights of those shapes) instead of `--models`.
+
 Exit status: 0 benchmarked (table printed, JSON written); 2 bad input (an unknown model or flag,
 a value out of range, a --json that cannot be written: checked first; its folder is created),
 nothing run; 130 interrupted.
@@ -36,10 +39,14 @@ nothing run; 130 interrupted.
 from absl import flags
 
 from icnet_jax import cli, errors
+from icnet_jax import state as state_lib
 from icnet_jax.benchmarking import models as networks
 from icnet_jax.benchmarking import speed as benchmarking
+from icnet_jax.inference import load as inference
+from icnet_jax.weights import checkpoints
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Time this run's own network (a workdir or step).")
 flags.DEFINE_list("models", ["all"], "Models or groups: " + ", ".join(networks.NAMES) + ".")
 flags.DEFINE_enum(
     "dtype", "float32", ["float32", "bfloat16", "int8", "both"],
@@ -71,11 +78,26 @@ for _flag in (
     flags.DEFINE_flag(_flag, module_name="benchmark_internal")
 
 
+def _run_network(path: str) -> str:
+    """Registers the network of the run at `path` among the benchmarked models; its name."""
+    config, num_classes, step = inference.read_run(checkpoints.existing_checkpoint(path))
+    name = f"run_step{step}"
+    networks.MODELS[name] = networks.ModelSpec(
+        name,
+        config.model.branch if config.model.name == "icnet" else None,
+        float(config.model.width),
+        lambda scale, fold, dtype: state_lib.create_model(
+            config, num_classes, fold_bn=fold, dtype=dtype
+        ),
+    )
+    return name
+
+
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     options = benchmarking.Options(
-        models=FLAGS.models,
+        models=[_run_network(FLAGS.checkpoint)] if FLAGS.checkpoint else FLAGS.models,
         dtypes=benchmarking.dtypes_of(FLAGS.dtype, FLAGS.backend),
         batch=FLAGS.batch,
         height=FLAGS.height,

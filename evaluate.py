@@ -1,14 +1,18 @@
 """Evaluates a checkpoint on a split.
 
-    python evaluate.py --config=configs/cityscapes.py --workdir=DIR
+    python evaluate.py --workdir=DIR
 
 Evaluates the latest checkpoint in DIR (or `--checkpoint=PATH`: a workdir, its `checkpoints/`
-folder or one step folder) on `config.dataset.eval_split` (`--split` to choose another), whole
-images, every branch at once (sub124, sub24, sub4 for ICNet). The model and input settings saved
-with the checkpoint (`config.model.*`, `config.input.mean/std/bgr/eval_size`,
-`config.ignore_label`) win over the command line's, since they describe the weights; they are
-printed. `--command_line_wins=input.eval_size` keeps the command line's value of such an entry.
-The dataset comes from the command-line config.
+folder or one step folder) on the run's `config.dataset.eval_split` (`--split` to choose
+another), whole images, every branch at once (sub124, sub24, sub4 for ICNet). The run's config
+saved with the checkpoint (its dataset and builder settings, input and evaluation protocol,
+model, classes) is the evaluation's: no `--config` is needed. `--config=FILE` and
+`--config.KEY=VALUE` only change it, each change printed as `key: run=A, now=B` and recorded in
+metrics.json; the settings that describe the weights (`config.model.*` switches,
+`config.input.mean/std/bgr`, ...) stay the run's, and one given with `--config.KEY=VALUE` or
+`--command_line_wins` is refused. `--command_line_wins=input.eval_size` takes a `--config`
+file's value of an evaluation setting the run recorded. The split is checked before the
+checkpoint is read or the dataset prepared.
 
 Options: `--flip` averages the probabilities with those of the mirrored image,
 `--scales=0.75,1,1.25` over several input scales (of `input.eval_size`, else of the image);
@@ -21,10 +25,14 @@ A split without labelled pixels (Cityscapes' test split) gets predictions and no
     python evaluate.py --config=configs/cityscapes.py:trainval90k --workdir=DIR --split=test \
       --submission_dir=DIR/submission && (cd DIR/submission && zip -q ../submission.zip *.png)
 
-Writes to `DIR/eval/<split>/` (DIR: `--workdir`, else the checkpoint's workdir):
+Writes to `DIR/eval/<split>/` (DIR: `--workdir`, else the checkpoint's workdir) with the run's
+settings; with a change to the dataset (not to where its files lie), `input.eval_size`,
+`ignore_label` or `model.dtype`, or a test-time option, to `DIR/eval/<split>_<what differs>/`
+(e.g. `val_flip`, `val_num_val-40`), so that the run's own evaluation is never overwritten:
 
 - `metrics.json`: `{"step", "split", "branches": {branch: mIoU, pixel accuracy, per-class IoU,
-  confusion, ...}, "checkpoint", "flip", "scales", "eval_size", "num_images", "from_checkpoint"}`
+  confusion, ...}, "dataset": {name, builder_kwargs, manual_dir}, "num_images", "protocol":
+  {eval_size, flip, scales, ignore_label}, "checkpoint", "from_checkpoint", "changed_from_run"}`
   (written by the same code as training's evaluation, plus the evaluation settings);
 - `per_class_iou.png`; `region_accuracy.json` and `region_accuracy.png`: accuracy of ground-truth
   connected regions by size, per branch, and the differences between branches (paper Fig. 8);
@@ -43,10 +51,11 @@ from absl import flags
 
 from icnet_jax import cli, config_checks, errors
 from icnet_jax.evaluation import evaluate as evaluation
+from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
 FLAGS = flags.FLAGS
-cli.define_config("configs/quickstart.py", "Config (dataset fields are used as given).")
+cli.define_config("configs/quickstart.py", "Optional: changes to the run's saved config.")
 cli.define_output("workdir", None, "Workdir: its latest checkpoint, and where eval/ goes.")
 flags.DEFINE_string(
     "checkpoint", None, "A workdir, checkpoints dir or step dir (default: workdir)."
@@ -93,7 +102,11 @@ def main(argv):
         command_line_wins=tuple(FLAGS.command_line_wins),
         devices=jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None,
     )
-    evaluation.evaluate(FLAGS.config, options)
+    given, overrides = cli.config_given()
+    command_line = inference.CommandLine(
+        FLAGS.config, given, overrides, tuple(FLAGS.command_line_wins)
+    )
+    evaluation.evaluate(command_line, options)
     return cli.EXIT_OK
 
 

@@ -9,11 +9,12 @@ order (its images and videos; `--recursive` for sub-folders, whose structure is 
 
 Images of any size and kind are read by `image_io.read_image`: RGBA (alpha dropped), grayscale,
 16-bit, palette, EXIF-rotated (upright as viewers show them). Preprocessing and the model come
-from the config saved with the checkpoint (as in evaluate.py: `config.model.*`,
-`config.input.mean/std/bgr/eval_size`); `--config` matters only for what the checkpoint lacks.
-The palette and class names are those of the checkpoint's dataset (`config.dataset.name`:
-cityscapes, camvid, coco_stuff, street), else a generated palette with as many colours as the
-checkpoint's classifier has classes. `--branch` picks ICNet's output (sub4, sub24, sub124).
+from the run's config saved with the checkpoint (as in evaluate.py); `--config` and
+`--config.KEY=VALUE` are optional and only change it (each change printed as
+`key: run=A, now=B`; a setting that describes the weights is refused). The palette and class
+names are the run's record, else those of the checkpoint's dataset (`config.dataset.name`), else
+a generated palette with as many colours as the checkpoint's classifier has classes.
+`--branch` picks ICNet's output (sub4, sub24, sub124).
 
 An image above `--max_pixels` (default 4096x4096) is segmented in overlapping windows of the
 checkpoint's training crop (`--tile=H,W` for other windows, or for every image), every two thirds
@@ -39,6 +40,7 @@ written; 130 interrupted (Ctrl-C or SIGTERM).
 from absl import flags
 
 from icnet_jax import cli, config_checks, errors
+from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference import onnx_backend, sliding_window
 from icnet_jax.inference import predict as prediction
@@ -47,7 +49,7 @@ from icnet_jax.models.icnet import BRANCHES
 FLAGS = flags.FLAGS
 cli.define_config(
     "configs/quickstart.py",
-    "Config; the checkpoint's saved model, input and dataset name settings win.",
+    "Optional: changes to the run's saved config (its weights settings win).",
     lock_config=True,
 )
 flags.DEFINE_string("checkpoint", None, "A workdir, checkpoints dir or step dir.", required=True)
@@ -94,7 +96,11 @@ def main(argv):
         tiles=tiles,
         backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
     )
-    summary = prediction.predict(FLAGS.config, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
+    given, overrides = cli.config_given()
+    command_line = inference.CommandLine(
+        FLAGS.config, given, overrides, tuple(FLAGS.command_line_wins)
+    )
+    summary = prediction.predict(command_line, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
     return summary.exit_code(FLAGS.strict)
 
 

@@ -385,3 +385,10 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         return None
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+def config_given() -> tuple[bool, dict]:
+    """Whether `--config` was given, and its `--config.KEY=VALUE` overrides (dotted keys): a job
+    on a run takes the run's config and only these changes (`inference.load.CommandLine`)."""
+    holder = flags.FLAGS["config"]
+    return bool(holder.present), dict(config_flags.get_override_values(holder))

@@ -1,25 +1,32 @@
 """Evaluating a checkpoint on a split, writing what `evaluate.py` documents: metrics.json
-(through `eval_lib`, the path training's evaluation takes), per-class IoU and region-accuracy
+(through `Evaluator`, what training's evaluation runs), per-class IoU and region-accuracy
 plots, coloured predictions, and predictions in the benchmark server's format (`submission`).
 The optional outputs are writers (`writers`, `submission`) the one evaluation loop hands every
-prediction to."""
+prediction to.
+
+The run's own evaluation (`<workdir>/eval/<split>`) is written only with the run's settings;
+with a change that changes the numbers (`_changes_results`) or a test-time option the outputs
+go beside it, to `<workdir>/eval/<split>_<what differs>`, so that the run's files are never
+overwritten."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 
 from icnet_jax import errors
-from icnet_jax import state as state_lib
-from icnet_jax.data import datasets, pipeline
+from icnet_jax.data import datasets
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.evaluation.submission import SubmissionWriter
 from icnet_jax.evaluation.writers import PictureWriter, RegionWriter
 from icnet_jax.inference import load as inference
@@ -40,7 +47,8 @@ class EvalOptions:
         dataset's benchmark-server format (`submission.SubmissionWriter`); each host writes its
         own images.
       region_size_scale: factor on region pixel counts before binning (`RegionAccuracy`).
-      command_line_wins: config keys whose command-line value beats the checkpoint's.
+      command_line_wins: config keys whose command-line value beats the checkpoint's (used when
+        `evaluate` is given a bare ConfigDict; a `load.CommandLine` carries its own).
       devices: local devices to spread the images over (default `eval_lib.default_devices()`).
       progress: a progress bar on host 0.
     """
@@ -72,7 +80,7 @@ class _Target:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | inference.CommandLine | None,
     options: EvalOptions,
     *,
     source: Any = None,
@@ -81,48 +89,50 @@ def evaluate(
     """Evaluates a checkpoint and writes the outputs (see the module docstring).
 
     Args:
-      config: the command-line config.
+      config: the command line (`load.CommandLine`), or a config file's ConfigDict; None: the
+        run's own config.
       source, info: a random-access source and its `DatasetInfo`, instead of preparing
         `config.dataset` (tests, notebooks).
     Returns:
       The summary written to metrics.json, with `'region_accuracy'` and `'output_dir'` added.
     """
-    target = _open(config, options)
+    target = _open(config, options, check_split=source is None)
     cfg, split = target.loaded.config, target.split
-    if source is None:
-        source, info = datasets.config_source(cfg, split)
+    evaluator = Evaluator(
+        cfg,
+        target.loaded.num_classes,
+        split,
+        scales=options.scales,
+        flip=options.flip,
+        source=source,
+        info=info,
+    )
+    info = evaluator.info
     _check_classes(info, target.loaded)
-    spec = InputSpec.from_config(cfg)
-    step, branches = _make_step(target.loaded, spec, options)
-    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    examples = pipeline.eval_dataset(source, spec, **kw)
+    spec = evaluator.spec
     if jax.process_index() == 0:
-        print(f"evaluating {info.name} {split}: {len(source)} images{_tta(options)}; writing to "
-              f"{target.out}")  # fmt: skip
+        print(f"evaluating {info.name} {split}: {evaluator.num_images} images{_tta(options)}; "
+              f"writing to {target.out}")  # fmt: skip
     regions = RegionWriter(
-        branches,
+        evaluator.branches,
         ignore_label=spec.ignore_label,
         size_scale=options.region_size_scale,
         step=target.loaded.step,
         split=split,
     )
+    branches = evaluator.branches
     saved_branch = cfg.model.branch if cfg.model.branch in branches else branches[-1]
     pictures, submission = _optional_writers(options, target, info, spec, saved_branch)
     start = time.perf_counter()
-    results = eval_lib.evaluate_examples(
-        step,
+    results = evaluator(
         target.loaded.variables,
-        examples,
-        info.class_names,
-        branches,
         writers=[w for w in (regions, submission, pictures) if w is not None],
         devices=options.devices,
-        num_examples=pipeline.num_eval_examples(source, **kw),
-        progress=options.progress and jax.process_index() == 0,
+        progress=options.progress,
     )
     seconds = time.perf_counter() - start
     region_result = regions.close()
-    summary = _summary(target, options, spec, results, regions.num_images)
+    summary = _summary(target, evaluator, results)
     _report(target, results, summary, regions, info.class_names, seconds)
     for writer in (pictures, submission):  # pictures: host 0 only; a submission: every host
         line = writer.close() if writer is not None else None
@@ -131,57 +141,135 @@ def evaluate(
     return {**summary, "region_accuracy": region_result, "output_dir": str(target.out)}
 
 
-def _make_step(loaded: inference.LoadedCheckpoint, spec: InputSpec, options: EvalOptions):
-    """The jitted evaluation step of the checkpoint's model, and its branch names."""
-    cfg = loaded.config
-    model = state_lib.inference_model(cfg, loaded.num_classes)
-    step = eval_lib.make_step(
-        model,
-        loaded.num_classes,
-        eval_size=spec.eval_size,
-        align_corners=cfg.model.align_corners,
-        ignore_label=spec.ignore_label,
-        scales=tuple(float(s) for s in options.scales),
-        flip=options.flip,
-    )
-    return step, eval_lib.branch_names(model)
-
-
 def _tta(options: EvalOptions) -> str:
     scales = tuple(float(s) for s in options.scales)
     return f", flip, scales {list(scales)}" if options.flip or scales != (1.0,) else ""
 
 
-def _open(config: ml_collections.ConfigDict, options: EvalOptions) -> _Target:
-    """Loads the checkpoint and checks the split and the output folders (nothing written)."""
+def _open(
+    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    options: EvalOptions,
+    *,
+    check_split: bool = True,
+) -> _Target:
+    """Checks the split (from the run's saved config, before any array is read or any data
+    prepared), loads the checkpoint and checks the output folders (nothing written)."""
     checkpoint, workdir = options.checkpoint, options.workdir
     if checkpoint is None and workdir is None:
         raise errors.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
+    if not isinstance(config, inference.CommandLine):
+        config = inference.CommandLine(config, config is not None, wins=options.command_line_wins)
+
+    def check(cfg: ml_collections.ConfigDict) -> None:
+        split = _split(cfg, options)
+        if check_split:
+            check_split_name(cfg, split)
+
     loaded = inference.load_checkpoint(
-        checkpoint if checkpoint is not None else workdir,
-        config,
-        command_line_wins=options.command_line_wins,
+        checkpoint if checkpoint is not None else workdir, config, before_restore=check
     )
     if jax.process_index() == 0:
-        print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.num_classes} classes)")
-        print(inference.describe_settings(loaded.settings))
-    split = options.split or loaded.config.dataset.eval_split
-    if not split:
-        raise errors.UserError(
-            "no split to evaluate: config.dataset.eval_split is empty; pass --split"
-        )
-    out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / split
+        print(loaded.header())
+    split = _split(loaded.config, options)
+    folder = split + _difference(loaded.changes, options)
+    out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / folder
     errors.check_writable(out, "evaluation output")
     if options.submission_dir is not None:
         errors.check_writable(options.submission_dir, "--submission_dir")
     return _Target(loaded, split, out)
 
 
+def _split(cfg: ml_collections.ConfigDict, options: EvalOptions) -> str:
+    split = options.split or cfg.dataset.eval_split
+    if not split:
+        raise errors.UserError(
+            "no split to evaluate: config.dataset.eval_split is empty; pass --split"
+        )
+    return split
+
+
+# The splits of the built-in datasets whose splits are fixed (the user's own dataset's are the
+# folders of `images/`).
+KNOWN_SPLITS = {
+    "cityscapes": ("train", "val", "test", "trainval"),
+    "camvid": ("train", "val", "test", "trainval"),
+    "coco_stuff": ("train", "val", "test", "trainval"),
+    "street": ("train", "val", "trainval"),
+}
+
+
+def check_split_name(cfg: ml_collections.ConfigDict, split: str) -> None:
+    """A `errors.UserError` naming `--split` when the dataset cannot have `split` (a name that
+    its builder does not know, or a folder the user's dataset lacks); nothing is read or
+    prepared. `split[prefix,...]` filters and `a+b` unions are checked part by part."""
+    name = cfg.dataset.name
+    parts = split.split("[", 1)[0].split("+")
+    if name == "custom" and cfg.dataset.get("manual_dir"):
+        images = pathlib.Path(cfg.dataset.manual_dir) / "images"
+        if images.is_dir():
+            known = tuple(sorted(p.name for p in images.iterdir() if p.is_dir()))
+            known += ("trainval",) if {"train", "val"} <= set(known) else ()
+            where = f"the folders of {images}"
+        else:
+            return  # preparing names the missing folder
+    elif name in KNOWN_SPLITS:
+        known, where = KNOWN_SPLITS[name], f"dataset {name!r}"
+    else:
+        return
+    missing = [p for p in parts if p not in known]
+    if missing:
+        raise datasets.MissingSplitError(
+            f"--split={split}: {where} has no split {missing[0]!r}; one of {', '.join(known)}"
+        )
+
+
+# Where the data lies, not what it is: moved files give the run's own evaluation.
+WHERE_KEYS = ("dataset.manual_dir", "dataset.data_dir")
+# Besides the dataset's, the settings that change an evaluation's numbers (the weights' own
+# cannot change; crops, augmentation and schedules do not enter an evaluation).
+EVALUATION_KEYS = ("input.eval_size", "ignore_label", "model.dtype")
+
+
+def _changes_results(key: str) -> bool:
+    if key.startswith("dataset."):
+        return key not in WHERE_KEYS
+    return key in EVALUATION_KEYS
+
+
+def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> str:
+    """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
+    folder suffix of an evaluation that must not overwrite the run's own."""
+    parts = [
+        f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes if _changes_results(c.key)
+    ]
+    if options.flip:
+        parts.append("flip")
+    scales = tuple(float(s) for s in options.scales)
+    if scales != (1.0,):
+        parts.append("scales-" + "-".join(f"{s:g}" for s in scales))
+    if not parts:
+        return ""
+    text = re.sub(r"[^A-Za-z0-9.=-]+", "_", "_".join(parts)).strip("_")
+    if len(text) > 60:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        text = f"{text[:50]}_{digest}"
+    return "_" + text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "_".join(f"{k}={_text(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, tuple | list):
+        return "x".join(_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _check_classes(info: Any, loaded: inference.LoadedCheckpoint) -> None:
     if info.num_classes != loaded.num_classes:
         raise errors.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
-            f"{loaded.num_classes}: is --config the dataset the checkpoint was trained on?"
+            f"{loaded.num_classes}: evaluate on the run's own dataset (leave out the --config "
+            "dataset changes listed above)"
         )
 
 
@@ -202,24 +290,23 @@ def _optional_writers(
 
 
 def _summary(
-    target: _Target,
-    options: EvalOptions,
-    spec: InputSpec,
-    results: dict[str, dict[str, Any]],
-    num_images: int,
+    target: _Target, evaluator: Evaluator, results: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """metrics.json's content: the metrics and the evaluation settings."""
+    """metrics.json's content: the metrics, the dataset, the number of images, the protocol and
+    the settings that differ from the run's."""
     loaded = target.loaded
+    protocol = evaluator.protocol()
     return eval_lib.make_summary(
         loaded.step,
         target.split,
         results,
+        **protocol,
         checkpoint=str(loaded.path),
-        flip=bool(options.flip),
-        scales=[float(s) for s in options.scales],
-        eval_size=list(spec.eval_size) if spec.eval_size else None,
-        num_images=num_images,
+        flip=evaluator.flip,
+        scales=list(evaluator.scales),
+        eval_size=protocol["protocol"]["eval_size"],
         from_checkpoint={s.key: s.value for s in loaded.settings},
+        changed_from_run={c.key: {"run": c.run, "now": c.now} for c in loaded.changes},
     )
 
 

@@ -56,19 +56,16 @@ def require(modules: Sequence[str], what: str) -> None:
 
 def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any, dict]:
     """`(apply(variables, images), variables, config_dict)` of a checkpoint's ICNet / PSPNet."""
-    import ml_collections
-
     from icnet_jax import state as state_lib
+    from icnet_jax.inference import load
     from icnet_jax.models import fold_batchnorm
-    from icnet_jax.weights.start import restore_checkpoint
 
-    state, config_dict, num_classes, _ = restore_checkpoint(checkpoint)
-    config = ml_collections.ConfigDict(config_dict)
-    model = state_lib.create_model(config, num_classes, fold_bn=fold_bn)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    loaded = load.load_checkpoint(checkpoint)  # the run's own config, nothing changed
+    model = state_lib.create_model(loaded.config, loaded.num_classes, fold_bn=fold_bn)
+    variables = loaded.variables
     if fold_bn:
         variables = fold_batchnorm(variables)
-    return model.apply, trees.to_numpy(variables), config_dict
+    return model.apply, trees.to_numpy(variables), loaded.saved_config
 
 
 def export_saved_model(

@@ -103,11 +103,11 @@ class Segmenter:
         crop = loaded.saved_config.get("input", {}).get("crop_size") or cfg.input.crop_size
         self.tiles = (tiles or sliding_window.TilePolicy()).for_checkpoint(crop)
         self._told = False
-        self._network = onnx_backend.inference_network(loaded, branch, backend)
+        self.network = onnx_backend.inference_network(loaded, branch, backend)
         self._eval_size = tuple(cfg.input.eval_size) if cfg.input.eval_size else None
         self._scales = tuple(scales)
         self._predict = test_time.make_predict_fn(
-            self._network,
+            self.network,
             loaded.num_classes,
             eval_size=self._eval_size,
             align_corners=cfg.model.align_corners,
@@ -115,7 +115,7 @@ class Segmenter:
             flip=flip,
         )
         self._window = sliding_window.make_window_fn(
-            self._network, self.variables, align_corners=cfg.model.align_corners,
+            self.network, self.variables, align_corners=cfg.model.align_corners,
             scales=scales, flip=flip,
         )  # fmt: skip
 
@@ -133,7 +133,7 @@ class Segmenter:
             sizes = test_time.network_sizes(
                 image.shape[:2], self._scales, self._eval_size, align_corners
             )
-            onnx_backend.prepare(self._network, sizes)  # outside the jitted function
+            onnx_backend.prepare(self.network, sizes)  # outside the jitted function
             (labels,) = self._predict(self.variables, self._prepare(image)[None]).values()
             return np.asarray(labels)[0]
         except Exception as error:
@@ -151,7 +151,7 @@ class Segmenter:
             view = sliding_window.resized(self._prepare(image), self._eval_size, align_corners)
             window_fn = self._window
         sizes = sliding_window.window_sizes(view.shape, tiling, self._scales, align_corners)
-        onnx_backend.prepare(self._network, sizes)
+        onnx_backend.prepare(self.network, sizes)
         return sliding_window.segment(
             view, window_fn, tiling, self.dtype,
             output_size=image.shape[:2], align_corners=align_corners,
@@ -238,7 +238,7 @@ class PredictOptions:
 
 
 def predict(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | inference.CommandLine | None,
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
     output: str | os.PathLike,
@@ -259,10 +259,8 @@ def predict(
         )
     errors.check_writable(output, "--output")
     loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
-    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.num_classes} classes)")
-    print(inference.describe_settings(loaded.settings))
-    name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
-    info = inference.dataset_info_for(name, loaded.num_classes)
+    print(loaded.header())
+    info = loaded.dataset_info()
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
     )

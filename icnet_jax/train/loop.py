@@ -22,6 +22,7 @@ from icnet_jax import config_checks, errors
 from icnet_jax.data import class_stats, datasets, pipeline
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
     TrainState,
     create_model,
@@ -34,6 +35,7 @@ from icnet_jax.train import run_control
 from icnet_jax.train.losses import Ohem, cascade_loss
 from icnet_jax.weights import checkpoints
 from icnet_jax.weights import imagenet as pretrained
+from icnet_jax.weights import spec as spec_lib
 from icnet_jax.weights import start as finetune
 from icnet_jax.weights.spec import WeightsSpec
 
@@ -128,33 +130,6 @@ def shard(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> di
     return {k: np.asarray(v).reshape(n, size // n, *np.shape(v)[1:]) for k, v in batch.items()}
 
 
-def evaluate_split(
-    config: ml_collections.ConfigDict, variables: Any, num_classes: int, class_names, split: str
-) -> dict[str, dict[str, Any]]:
-    """Every branch of the model evaluated on `split` (whole images), by `evaluate.py`'s path."""
-    source, _ = datasets.config_source(config, split)
-    model = inference_model(config, num_classes)
-    spec = InputSpec.from_config(config)
-    step = eval_lib.make_step(
-        model,
-        num_classes,
-        eval_size=spec.eval_size,
-        align_corners=config.model.align_corners,
-        ignore_label=spec.ignore_label,
-    )
-    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    examples = pipeline.eval_dataset(source, spec, **kw)
-    return eval_lib.evaluate_examples(
-        step,
-        variables,
-        examples,
-        class_names,
-        eval_lib.branch_names(model),
-        num_examples=pipeline.num_eval_examples(source, **kw),
-        progress=jax.process_index() == 0,
-    )
-
-
 @jax.jit
 def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -221,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start is None:
         return {}
     config_dict = json.loads(config.to_json())
+    config_dict[spec_lib.RECORD] = spec_lib.classes_record(info)  # the run's classes, for its jobs
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
@@ -236,12 +212,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start.data_state:
         iterator.set_state(start.data_state)
     writer = run_control.MetricsWriter(workdir, start.step)
+    evaluation = _Evaluation(config, info, writer, workdir)
     try:
-        state = _train(config, start, iterator, writer, config_dict, info, workdir)
+        state = _train(config, start, iterator, writer, config_dict, info, evaluation)
     except BaseException:
         writer.close()
         raise
-    results = _evaluate_and_log(config, state, info, writer, config.num_steps, workdir)
+    results = evaluation(state, config.num_steps)
     writer.close()
     return results
 
@@ -287,7 +264,7 @@ def _start(config: ml_collections.ConfigDict, workdir: pathlib.Path, num_classes
     return _Start(0, state, None, manager)
 
 
-def _train(config, start: _Start, iterator, writer, config_dict, info, workdir) -> TrainState:
+def _train(config, start: _Start, iterator, writer, config_dict, info, evaluation) -> TrainState:
     """Steps `start.step + 1 ... config.num_steps`: logs, checkpoints, evaluates on the way.
 
     Returns the replicated final state.
@@ -315,7 +292,7 @@ def _train(config, start: _Start, iterator, writer, config_dict, info, workdir) 
                 if stop:
                     raise run_control.Stopped(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
-                    _evaluate_and_log(config, state, info, writer, step, workdir)
+                    evaluation(state, step)
     finally:
         log.close()
         checkpoints.finish(manager)
@@ -363,16 +340,28 @@ class _Log:
         self.bar.close()
 
 
-def _evaluate_and_log(config, state, info, writer, step, workdir) -> dict[str, Any]:
-    split = config.dataset.eval_split
-    if not split:
-        return {}
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    results = evaluate_split(config, variables, info.num_classes, info.class_names, split)
-    writer.write(step, {f"eval/{b}/miou": r["miou"] for b, r in results.items()})
-    if jax.process_index() == 0:
-        eval_lib.write_metrics(
-            workdir / "eval" / split, eval_lib.make_summary(step, split, results)
-        )
-        print(f"\nstep {step}, {split}:\n" + eval_lib.format_table(results, info.class_names))
-    return results
+class _Evaluation:
+    """Training's evaluation on `config.dataset.eval_split`: one `Evaluator`, built at the first
+    evaluation and used for every later one (compiled once), its metrics logged and written to
+    `workdir/eval/<split>/metrics.json`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, info, writer, workdir: pathlib.Path):
+        self.config, self.info, self.writer, self.workdir = config, info, writer, workdir
+        self.evaluator: Evaluator | None = None
+
+    def __call__(self, state: TrainState, step: int) -> dict[str, Any]:
+        split = self.config.dataset.eval_split
+        if not split:
+            return {}
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.config, self.info.num_classes, split)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        results = self.evaluator(variables)
+        self.writer.write(step, {f"eval/{b}/miou": r["miou"] for b, r in results.items()})
+        if jax.process_index() == 0:
+            summary = eval_lib.make_summary(step, split, results, **self.evaluator.protocol())
+            eval_lib.write_metrics(self.workdir / "eval" / split, summary)
+            print(
+                f"\nstep {step}, {split}:\n" + eval_lib.format_table(results, self.info.class_names)
+            )
+        return results

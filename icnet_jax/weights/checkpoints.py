@@ -344,45 +344,76 @@ def restore(
     `make_abstract(saved_config, num_classes) -> (abstract_state, extra)` builds the restore
     target (from `jax.eval_shape`) of the model that reads it. Without a step the newest readable
     checkpoint is used; an unreadable one is reported in one line and the previous one tried (the
-    folder is left in place: evaluating must not change a run's files).
+    folder is left in place: evaluating must not change a run's files). A step that disappears
+    while it is read (a run still training deletes its old steps) is skipped without a report:
+    the steps are listed again and the newest one not yet tried is read.
 
     Raises:
       NoCheckpointError: no checkpoint at `path`, or none readable.
     """
     manager, named = open_for_reading(path)
     step = step if step is not None else named
-    steps: Sequence[int] = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
-    reasons = []
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    reasons: list[str] = []
+    tried: set[int] = set()
     try:
-        for candidate in steps:
-            directory = pathlib.Path(manager.directory)
-            try:
-                saved = saved_config_or_empty(manager, candidate)
-                num_classes = num_classes_of(directory / str(candidate) / "state")
-                abstract, extra = make_abstract(saved, num_classes)
-                abstract = jax.tree.map(
-                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-                )
-                with _quiet():
-                    restored = manager.restore(
-                        candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                    )
-            except errors.UserError:
-                raise
-            except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
-                reasons.append(f"{candidate}: {_reason(error)}")
-                _report(f"checkpoint {directory / str(candidate)} is unreadable ({_reason(error)})")
-                continue
-            return Restored(
-                state=restored["state"],
-                step=int(candidate),
-                path=directory / str(candidate),
-                workdir=directory.parent,
-                saved_config=saved,
-                num_classes=num_classes,
-                extra=extra,
-            )
+        while True:
+            steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+            steps = [s for s in steps if s not in tried]
+            if not steps:
+                break
+            restored, gone = _restore_first(manager, steps, make_abstract, reasons, tried)
+            if restored is not None:
+                return restored
+            if not gone or step is not None:
+                break
+            manager.reload()  # training deleted what was listed: list what it kept
     finally:
         manager.close()
     raise NoCheckpointError(f"no readable checkpoint at {path} ({'; '.join(reasons)})")
+
+
+def _restore_first(
+    manager: ocp.CheckpointManager,
+    steps: Sequence[int],
+    make_abstract: Callable[[dict, int], tuple[Any, Any]],
+    reasons: list[str],
+    tried: set[int],
+) -> tuple[Restored | None, bool]:
+    """The first of `steps` that restores (None if none), and whether one vanished meanwhile."""
+    directory = pathlib.Path(manager.directory)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    gone = False
+    for candidate in steps:
+        tried.add(candidate)
+        try:
+            saved = saved_config_or_empty(manager, candidate)
+            num_classes = num_classes_of(directory / str(candidate) / "state")
+            abstract, extra = make_abstract(saved, num_classes)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+            )
+            with _quiet():
+                restored = manager.restore(
+                    candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+        except errors.UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
+            if not (directory / str(candidate)).exists():
+                logging.getLogger(__name__).info("checkpoint %s was deleted while read", candidate)
+                gone = True
+                continue
+            reasons.append(f"{candidate}: {_reason(error)}")
+            _report(f"checkpoint {directory / str(candidate)} is unreadable ({_reason(error)})")
+            continue
+        result = Restored(
+            state=restored["state"],
+            step=int(candidate),
+            path=directory / str(candidate),
+            workdir=directory.parent,
+            saved_config=saved,
+            num_classes=num_classes,
+            extra=extra,
+        )
+        return result, gone
+    return None, gone

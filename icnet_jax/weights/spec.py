@@ -33,6 +33,7 @@ import numpy as np
 
 from icnet_jax import state as state_lib
 from icnet_jax.config import get_config
+from icnet_jax.data import labels as L
 
 # Spec field -> the config key a user sets (the name every message uses).
 KEYS = {
@@ -63,6 +64,46 @@ INFERENCE_KEYS = (
     "input.eval_size",
     "ignore_label",
 )
+
+# The spec's entries a user can set (`num_classes` comes from the data, not the config).
+CONFIG_KEYS = tuple(k for k in KEYS.values() if k != "num_classes")
+# The saved config's entry recording what the classes are (beside the config's own entries):
+# `{"num_classes": N, "names": [...], "palette": [[r, g, b], ...]}`.
+RECORD = "classes"
+
+
+def classes_record(info: L.DatasetInfo) -> dict[str, Any]:
+    """The record of a dataset's classes saved with a run's checkpoints (`RECORD`)."""
+    return {
+        "num_classes": len(info.class_names),
+        "names": list(info.class_names),
+        "palette": np.asarray(info.palette).tolist(),
+    }
+
+
+def record_info(saved: Mapping[str, Any], num_classes: int) -> L.DatasetInfo | None:
+    """The classes and palette a saved config records (None: a checkpoint saved before the
+    record existed, or a record of another number of classes than the classifier's)."""
+    record = saved.get(RECORD)
+    if not isinstance(record, Mapping) or len(record.get("names", ())) != num_classes:
+        return None
+    name = saved.get("dataset", {}).get("name") or "unknown"
+    return L.custom_info(name, record["names"], np.asarray(record["palette"], np.uint8))
+
+
+def without_record(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config without `RECORD`: the config's own entries."""
+    return {k: v for k, v in saved.items() if k != RECORD}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Two config values are the same (tuples and lists alike; floats to 1e-3 in sequences)."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        a, b = tuple(a), tuple(b)
+    try:
+        return _same(a, b)
+    except (TypeError, ValueError):
+        return a == b
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
+from icnet_jax import config as default_config
+from icnet_jax import errors
 from icnet_jax import state as state_lib
 from icnet_jax.data import labels as L
 from icnet_jax.data.augment import normalize
@@ -27,7 +29,8 @@ from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 from icnet_jax.inference.image_io import read_image
 from icnet_jax.train import loop as train_lib
-from icnet_jax.weights import checkpoints
+from icnet_jax.weights import checkpoints, spec
+from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -177,10 +180,11 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
         workdir, workdir=out, split="val", flip=flip, scales=scales, save_predictions=5,
         progress=False,
     )  # fmt: skip
-    summary = evaluation.evaluate(
-        command_line_config(), options, source=hand_source(), info=HAND_INFO
-    )
-    metrics = json.loads((out / "eval" / "val" / "metrics.json").read_text())
+    summary = evaluation.evaluate(None, options, source=hand_source(), info=HAND_INFO)
+    # The run's own settings write eval/val; test-time options write beside it.
+    folder = out / "eval" / ("val_flip_scales-1-2" if flip else "val")
+    assert summary["output_dir"] == str(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["step"] == 7 and metrics["split"] == "val"
     assert metrics["flip"] is flip and metrics["scales"] == list(scales)
     assert metrics["checkpoint"].endswith(os.path.join("checkpoints", "7"))
@@ -197,16 +201,20 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
         assert m["num_pixels"] == 5 and m["absent_classes"] == []
     assert summary["branches"] == metrics["branches"]
 
-    region = json.loads((out / "eval" / "val" / "region_accuracy.json").read_text())
+    assert metrics["dataset"]["name"] == "street" and metrics["changed_from_run"] == {}
+    assert metrics["protocol"] == {
+        "eval_size": None, "flip": flip, "scales": list(scales), "ignore_label": 255
+    }  # fmt: skip
+    region = json.loads((folder / "region_accuracy.json").read_text())
     assert region["num_images"] == 1 and region["num_regions"] == 4
     assert region["region_counts"][0] == 4 and region["step"] == 7
     for branch, value in HAND_REGION_ACCURACY.items():
         assert region["overall_accuracy"][branch] == pytest.approx(value)
     assert set(region["differences"]) == {"sub24-sub4", "sub124-sub24"}
     for name in ("region_accuracy.png", "per_class_iou.png"):
-        assert (out / "eval" / "val" / name).stat().st_size > 1000
+        assert (folder / name).stat().st_size > 1000
 
-    predictions = out / "eval" / "val" / "predictions" / "city"
+    predictions = folder / "predictions" / "city"
     labels = np.asarray(Image.open(predictions / "a_leftImg8bit_labels.png"))
     np.testing.assert_array_equal(labels, HAND_PREDICTION)  # sub124, the checkpoint's branch
     for kind in ("color", "overlay", "gt"):
@@ -318,36 +326,161 @@ def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
 # --- The command line ---------------------------------------------------------------------------
 
 
+def test_an_unknown_split_is_refused_before_reading_or_preparing(tiny_checkpoint, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("read or prepared before the split was checked")
+
+    monkeypatch.setattr(inference.spec, "restore_target", fail)
+    monkeypatch.setattr(evaluation.datasets, "config_source", fail)
+    options = evaluation.EvalOptions(tiny_checkpoint[0], split="nonexistent", progress=False)
+    with pytest.raises(errors.UserError, match=r"--split=nonexistent: dataset 'street' has no"):
+        evaluation.evaluate(None, options)
+
+
+def test_a_custom_split_is_a_folder_of_images(tmp_path):
+    config = checkpoint_config(**{"dataset.name": "custom", "dataset.manual_dir": str(tmp_path)})
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    evaluation.check_split_name(config, "val")
+    evaluation.check_split_name(config, "trainval")
+    evaluation.check_split_name(config, "train[-0006R0]")
+    with pytest.raises(errors.UserError, match="has no split 'test'; one of train, val"):
+        evaluation.check_split_name(config, "test")
+
+
+def test_results_with_other_settings_get_a_folder_naming_the_difference():
+    change = inference.Change
+    options = evaluation.EvalOptions(scales=(0.75, 1.0))
+    moved = [change("dataset.manual_dir", "/a", "/b"), change("dataset.data_dir", "x", "y")]
+    assert evaluation._difference(moved, evaluation.EvalOptions()) == ""  # the run's own
+    other = [
+        change("dataset.builder_kwargs.num_val", 4, 40),
+        change("input.eval_size", None, (65, 129)),
+    ]
+    assert evaluation._difference(other, options) == "_num_val-40_eval_size-65x129_scales-0.75-1"
+    many = [change(f"dataset.builder_kwargs.k{i}", 0, i) for i in range(30)]
+    assert len(evaluation._difference(many, options)) <= 61
+
+
+def run_files(workdir: pathlib.Path) -> dict[pathlib.Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
 def test_evaluate_cli_on_the_street_dataset(tmp_path):
+    """A run with its own dataset settings: evaluated with no --config; a changed dataset is
+    shown, recorded and written beside the run's files, which stay byte-identical."""
     workdir = tmp_path / "run"
-    write_checkpoint(workdir, checkpoint_config(), step=3)
-    command = [
-        sys.executable, "evaluate.py", f"--workdir={workdir}",
-        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-        "--config.dataset.builder_kwargs.num_train=1",
-        "--config.dataset.builder_kwargs.num_val=2",
-        "--config.dataset.builder_kwargs.height=33",
-        "--config.dataset.builder_kwargs.width=65",
-        "--config.model.width=0.5", "--save_predictions=1", "--flip",
-    ]  # fmt: skip
+    run_config = checkpoint_config(**{
+        "dataset.data_dir": str(tmp_path / "tfds"),
+        "dataset.builder_kwargs.num_train": 1, "dataset.builder_kwargs.num_val": 2,
+        "dataset.builder_kwargs.height": 33, "dataset.builder_kwargs.width": 65,
+    })  # fmt: skip
+    write_checkpoint(workdir, run_config, step=3)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    def evaluate(*args):
+        command = [sys.executable, "evaluate.py", f"--workdir={workdir}", *args]
+        return subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    done = evaluate("--save_predictions=1")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "model.width = 0.25   (command line: 0.5)" in done.stdout
     # No library noise: no INFO lines, no orbax warnings about read-only folders or metadata.
     assert not re.search(r"^I\d{4} ", done.stderr, re.M), done.stderr
     assert "Metadata file does not exist" not in done.stderr and "read only" not in done.stderr
-    assert "mIoU" in done.stdout and "sub124" in done.stdout
+    assert "mIoU" in done.stdout and "sub124" in done.stdout and "run=" not in done.stdout
     out = workdir / "eval" / "val"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["step"] == 3 and metrics["flip"] is True and metrics["num_images"] == 2
+    assert metrics["step"] == 3 and metrics["flip"] is False and metrics["num_images"] == 2
+    assert metrics["dataset"]["builder_kwargs"]["num_val"] == 2
     for name in ("region_accuracy.json", "region_accuracy.png", "per_class_iou.png"):
         assert (out / name).is_file()
     assert len(list((out / "predictions").rglob("*_labels.png"))) == 1
+
+    before = run_files(workdir)
+    changed = evaluate("--config.dataset.builder_kwargs.num_val=3", "--flip")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "dataset.builder_kwargs.num_val: run=2, now=3" in changed.stdout
+    beside = workdir / "eval" / "val_num_val-3_flip"
+    metrics = json.loads((beside / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and metrics["protocol"]["flip"] is True
+    assert metrics["changed_from_run"] == {"dataset.builder_kwargs.num_val": {"run": 2, "now": 3}}
+    after = {p: b for p, b in run_files(workdir).items() if beside not in p.parents}
+    assert after == before  # the run's own files, byte for byte
+
+    refused = evaluate("--config.model.width=0.5")
+    assert "model.width" in scripts.one_error_line(refused)
+    unknown = evaluate("--split=nonexistent")
+    assert "--split=nonexistent" in scripts.one_error_line(unknown)
 
     missing = subprocess.run(
         [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'none'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert missing.returncode == 2 and "no checkpoints at" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_custom_dataset_run_needs_no_config_to_evaluate_and_predict(tmp_path):
+    from tests.checkpoint_fakes import random_state
+    from tests.data_fakes import png, random_image, write
+
+    data = tmp_path / "my_data"
+    (data / "classes.txt").parent.mkdir(parents=True)
+    (data / "classes.txt").write_text("ground\nwall\nsky\n")
+    rng = np.random.default_rng(0)
+    for split, stems in (("train", ["a"]), ("val", ["b", "c"])):
+        for i, stem in enumerate(stems):
+            write(data / "images" / split / f"{stem}.png", png(random_image(33, 65, i)))
+            label = rng.integers(0, 3, (33, 65)).astype(np.uint8)
+            write(data / "labels" / split / f"{stem}.png", png(label))
+    from configs import custom
+
+    config = default_config.override(custom.get_config(), {
+        "dataset.manual_dir": str(data), "dataset.data_dir": str(tmp_path / "tfds"),
+        "dataset.builder_kwargs.dataset_name": "mine", "model.width": 0.25,
+    })  # fmt: skip
+    saved = json.loads(config.to_json())
+    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], np.uint8)
+    info = L.custom_info("custom", ["ground", "wall", "sky"], palette)
+    saved[spec.RECORD] = spec.classes_record(info)
+    workdir = tmp_path / "run"
+    checkpoints.write(workdir, 5, random_state(config, 3), saved)
+
+    done = scripts.run("evaluate.py", f"--workdir={workdir}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wall" in done.stdout and "run=" not in done.stdout
+    metrics = json.loads((workdir / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["dataset"]["name"] == "custom"
+    assert list(metrics["branches"]["sub124"]["per_class"]) == ["ground", "wall", "sky"]
+
+    image = data / "images" / "val" / "b.png"
+    done = scripts.run("predict.py", f"--checkpoint={workdir}", f"--input={image}",
+                       f"--output={tmp_path / 'out'}")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    colours = np.asarray(Image.open(tmp_path / "out" / "b_color.png").convert("RGB"))
+    assert {tuple(c) for c in colours.reshape(-1, 3)} <= {tuple(c) for c in palette}
+
+
+@pytest.mark.slow
+def test_a_camvid_run_is_evaluated_with_no_config(tmp_path, shared_data):
+    from configs import camvid
+    from tests.checkpoint_fakes import random_state
+
+    config = default_config.override(camvid.get_config("cpu"), {
+        "dataset.manual_dir": str(shared_data / "camvid"),
+        "dataset.data_dir": str(tmp_path / "tfds"), "model.width": 0.25,
+    })  # fmt: skip
+    saved = json.loads(config.to_json())
+    saved[spec.RECORD] = spec.classes_record(L.CAMVID)
+    workdir = tmp_path / "run"
+    checkpoints.write(workdir, 9, random_state(config, L.CAMVID.num_classes), saved)
+
+    split = "val[0016E5_0795]"  # a few frames of the run's own eval split
+    done = scripts.run("evaluate.py", f"--workdir={workdir}", f"--split={split}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bicyclist" in done.stdout and "run=" not in done.stdout
+    metrics = json.loads((workdir / "eval" / split / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "camvid" and 0 < metrics["num_images"] < 10

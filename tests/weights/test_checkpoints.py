@@ -91,3 +91,31 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
         checkpoints.restore_latest(manager, wider, expected="icnet width 0.5, 9 classes")
     assert "width 0.5" in str(error.value) and "\n" not in str(error.value)
     assert manager.all_steps() == [2]
+
+
+def test_a_step_deleted_while_read_is_skipped_for_the_next_newest(tmp_path, capsys):
+    """A run still training deletes old steps (its keep window) while a job reads them."""
+    import json
+    import shutil
+
+    from icnet_jax.weights import spec
+    from tests.checkpoint_fakes import checkpoint_config, random_state
+
+    config = checkpoint_config()
+    states = {step: random_state(config, NUM_CLASSES, seed) for step, seed in ((5, 0), (7, 1))}
+    for step, state in states.items():
+        checkpoints.write(tmp_path, step, state, json.loads(config.to_json()))
+    deleted = []
+
+    def make_abstract(saved, num_classes):
+        if not deleted:  # the writer deletes the step being read, between its listing and arrays
+            shutil.rmtree(tmp_path / "checkpoints" / "7")
+            deleted.append(7)
+        return spec.restore_target(saved, num_classes), None
+
+    restored = checkpoints.restore(tmp_path, make_abstract)
+    assert deleted == [7] and restored.step == 5
+    np.testing.assert_array_equal(
+        restored.state.params["conv6_cls"]["kernel"], states[5].params["conv6_cls"]["kernel"]
+    )
+    assert "unreadable" not in capsys.readouterr().err
