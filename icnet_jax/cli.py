@@ -66,7 +66,7 @@ def quiet_libraries() -> None:
 
 def verbose() -> bool:
     """True when the user asked for library logs and tracebacks (`--verbosity=1` or more)."""
-    return (
+    return bool(
         flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity > 0
     )
 
@@ -78,7 +78,7 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 
 
 def _chain(error: BaseException | None) -> list[BaseException]:
-    chain = []
+    chain: list[BaseException] = []
     while error is not None and len(chain) < 20:
         chain.append(error)
         error = error.__cause__ or error.__context__
@@ -91,8 +91,11 @@ def _where_in(config_file: str, error: BaseException) -> str:
     path = os.path.realpath(config_files.resolve(config_file).split(":", 1)[0])
     line = None
     for link in reversed(_chain(error)):
-        syntax = isinstance(link, SyntaxError) and link.filename and link.lineno
-        if syntax and os.path.realpath(link.filename) == path:
+        if (
+            isinstance(link, SyntaxError)
+            and link.filename
+            and os.path.realpath(link.filename) == path
+        ):
             line = link.lineno
         for frame in traceback.extract_tb(link.__traceback__):
             if os.path.realpath(frame.filename) == path:
@@ -121,9 +124,9 @@ def _load_error(config: str) -> Exception | None:
     file, *variant = config.split(":", 1)
     loader = importlib.machinery.SourceFileLoader("config_file", file)
     try:
-        module = importlib.util.module_from_spec(
-            importlib.util.spec_from_loader(loader.name, loader)
-        )
+        spec = importlib.util.spec_from_loader(loader.name, loader)
+        assert spec is not None  # a SourceFileLoader always gives one
+        module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
         module.get_config(*variant)
     except Exception as error:  # noqa: BLE001 - whatever the file raises is the cause
@@ -344,7 +347,7 @@ def _check_config_loads() -> None:
     try:
         flags.FLAGS.config.to_dict()
     except Exception as error:  # noqa: BLE001 - a missing file or an error inside the config
-        config = flags.FLAGS["config"].config_filename
+        config = flags.FLAGS["config"].config_filename  # type: ignore[attr-defined]
         fail(_cannot_load(config, _load_error(config) or error))
 
 

@@ -7,6 +7,7 @@ be overridden on the command line, e.g. `--config.batch_size=8`.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -33,7 +34,7 @@ _TORCH_TRUNK = {
 # Named variants: `--config=configs/cityscapes.py:<variant>`; join several with '+'
 # (`configs/camvid.py:cpu+compress_full`), applied left to right. Ablations are paper Tables 1-3
 # (and the ports' loss weights); recipes are ways to train (and each config file's own).
-ABLATIONS = {
+ABLATIONS: dict[str, dict[str, Any]] = {
     "sub4": {"model.branch": "sub4"},
     "sub24": {"model.branch": "sub24"},
     "sub124": {"model.branch": "sub124"},
@@ -49,7 +50,7 @@ ABLATIONS = {
     "pspnet50_os32": {**_PSPNET50, "model.output_stride": 32},
     "ports_weights": {"loss_weights": {"sub4": 0.16, "sub24": 0.4, "sub124": 1.0}},
 }
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "compress_full": {**_TORCH_TRUNK, "model.width": 1.0},
     "compress_half": {**_TORCH_TRUNK, "model.width": 0.5},
 }

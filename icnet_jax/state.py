@@ -47,6 +47,7 @@ def create_model(
         stride_on=m.stride_on,
         shortcut=m.shortcut,
     )
+    model: ICNet | PSPNet
     if m.name == "icnet":
         model = ICNet(branch=m.branch, cff_upsampling=m.cff_upsampling, **common)
     elif m.name == "pspnet":

@@ -165,9 +165,9 @@ def _open(
         if check_split:
             check_split_name(cfg, split)
 
-    loaded = inference.load_checkpoint(
-        checkpoint if checkpoint is not None else workdir, config, before_restore=check
-    )
+    run = checkpoint if checkpoint is not None else workdir
+    assert run is not None  # checked above
+    loaded = inference.load_checkpoint(run, config, before_restore=check)
     if jax.process_index() == 0:
         print(loaded.header())
     split = _split(loaded.config, options)

@@ -206,6 +206,7 @@ class RegionAccuracy:
                 f"predictions have branches {sorted(predictions)}, expected {sorted(self.branches)}"
             )
         label = np.asarray(label)
+        assert self.branches is not None  # set above
         checked = {b: _check_prediction(predictions[b], label.shape, b) for b in self.branches}
         region_ids, _, sizes = connected_regions(label, self.ignore_label, self.connectivity)
         bins = self.bin_index(sizes)
@@ -232,7 +233,7 @@ class RegionAccuracy:
             self._init_branches(other.branches)
         elif set(other.branches) != set(self.branches):
             raise ValueError(f"branches differ: {self.branches} vs {other.branches}")
-        for branch in self.branches:
+        for branch in other.branches:
             self.sums[branch] += other.sums[branch]
         self.counts += other.counts
         self.num_images += other.num_images

@@ -188,7 +188,9 @@ def export(
     rng = np.random.default_rng(0)
     batches = [rng.normal(0, 50, (b, *size, 3)).astype(np.float32) for b in check_batches]
     references = [np.asarray(apply_fn(variables, images)) for images in batches]
-    exporters = {  # format: (write, load, file name)
+    exporters: dict[
+        str, tuple[Callable[..., Any], Callable[..., Any], str]
+    ] = {  # format: (write, load, file name)
         "saved_model": (
             functools.partial(export_saved_model, platforms=platforms),
             load_saved_model,

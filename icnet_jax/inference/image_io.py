@@ -255,7 +255,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer: cv2.VideoWriter | None = cv2.VideoWriter(
             os.fspath(self.path),
-            cv2.VideoWriter_fourcc(*fourcc),
+            cv2.VideoWriter.fourcc(*fourcc),
             self.fps,
             (self.width, self.height),
         )

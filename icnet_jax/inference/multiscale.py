@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icnet_jax.models.layers import resize_bilinear
 
@@ -140,7 +141,7 @@ def make_predict_fn(
     align_corners: bool = True,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-) -> Callable[[Any, Array], dict[str, Array]]:
+) -> Callable[[Any, Array | np.ndarray], dict[str, Array]]:
     """A jitted `(variables, images [N,H,W,3]) -> {branch: [N, H, W] class ids}` (no labels)."""
     tta = dict(eval_size=eval_size, align_corners=align_corners, scales=tuple(scales), flip=flip)
 

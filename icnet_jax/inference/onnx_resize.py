@@ -58,12 +58,12 @@ def resize_nodes() -> Iterator[None]:
         if name.startswith("icnet_jax.") and getattr(module, "resize_bilinear", None) is original
     ]
     for module in modules:
-        module.resize_bilinear = _as_node(original)
+        module.resize_bilinear = _as_node(original)  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module in modules:
-            module.resize_bilinear = original
+            module.resize_bilinear = original  # type: ignore[attr-defined]
 
 
 def _register_plugin() -> None:

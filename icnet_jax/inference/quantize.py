@@ -49,7 +49,7 @@ def dataset_images(config, size: tuple[int, int], n: int) -> Iterator[np.ndarray
         image, _ = augment.validate_example(source[int(index)])
         x = augment.normalize(image, c.mean, c.std, c.bgr)[None]
         if x.shape[1:3] != tuple(size):
-            x = resize_bilinear(jnp.asarray(x), size, config.model.align_corners)
+            x = np.asarray(resize_bilinear(jnp.asarray(x), size, config.model.align_corners))
         yield np.asarray(x, np.float32)
 
 

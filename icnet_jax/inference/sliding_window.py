@@ -84,8 +84,9 @@ class TilePolicy:
         the stride leaves no pixel uncovered."""
         policy = self
         if policy.default_size is None:
-            policy = dataclasses.replace(policy, default_size=tuple(crop_size))
+            policy = dataclasses.replace(policy, default_size=(crop_size[0], crop_size[1]))
         window = policy.size or policy.default_size
+        assert window is not None  # set just above
         if policy.stride is not None and any(
             s > n for s, n in zip(policy.stride, window, strict=True)
         ):
@@ -148,14 +149,16 @@ def averaged_bands(
     ys = window_starts(h, tiling.size[0], tiling.stride[0])
     xs = window_starts(w, tiling.size[1], tiling.stride[1])
     wh, ww = min(tiling.size[0], h), min(tiling.size[1], w)
-    top, sums, counts = 0, None, None
+    top = 0
+    sums: np.ndarray | None = None
+    counts: np.ndarray | None = None
     for y in ys:
-        if sums is not None and y > top:  # rows above y are final
+        if sums is not None and counts is not None and y > top:  # rows above y are final
             yield top, sums[: y - top] / _expand(counts[: y - top], sums.ndim)
             sums, counts, top = sums[y - top :], counts[y - top :], y
         for x in xs:
             p = np.asarray(window_fn(image[y : y + wh, x : x + ww]), np.float32)
-            if sums is None:
+            if sums is None or counts is None:
                 sums, counts = np.zeros((0, w, *p.shape[2:]), np.float32), np.zeros((0, w))
             missing = y - top + wh - sums.shape[0]
             if missing > 0:  # the band reaches rows below those held

@@ -173,7 +173,9 @@ class _Start:
     manager: Any
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> dict[str, Any]:
     """Trains (resuming from the latest checkpoint in `workdir`), then evaluates every branch.
 
     Returns the final evaluation `{branch: metrics}` (empty without an eval split, or when the

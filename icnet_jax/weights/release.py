@@ -168,11 +168,13 @@ def _conv_bn(reader: _Reader, name: str, kshape: tuple[int, ...]) -> tuple[Any, 
         conv_bias = None
         if f"{name}/biases" in reader:  # a conv bias before BN: shifts the mean
             conv_bias = reader.take(f"{name}/biases", (n,))
-        if kernel is None or any(v is None for v in bn.values()):
+        scale, offset, mean, variance = bn.values()
+        if kernel is None or scale is None or offset is None or mean is None or variance is None:
             return None, None
-        mean = bn["mean"] - (conv_bias if conv_bias is not None else 0.0)
-        params = {"conv": {"kernel": kernel}, "bn": {"scale": bn["scale"], "bias": bn["offset"]}}
-        return params, {"bn": {"mean": mean.astype(np.float32), "var": bn["variance"]}}
+        if conv_bias is not None:
+            mean = mean - conv_bias
+        params = {"conv": {"kernel": kernel}, "bn": {"scale": scale, "bias": offset}}
+        return params, {"bn": {"mean": mean.astype(np.float32), "var": variance}}
     bias = reader.take(f"{name}/biases", (n,))  # BN folded into the convolution
     if kernel is None or bias is None:
         return None, None
