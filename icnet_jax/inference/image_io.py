@@ -199,7 +199,7 @@ def iter_video_frames(
         try:
             frame = first
             while frame is not None:
-                yield _bgr_to_rgb(frame)
+                yield bgr_to_rgb(frame)
                 ok, frame = capture.read()
                 if not ok:
                     break
@@ -209,7 +209,8 @@ def iter_video_frames(
     return fps, frames()
 
 
-def _bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or grayscale `[H, W]`) as uint8 RGB `[H, W, 3]`."""
     if frame.ndim == 2:
         return np.repeat(frame[:, :, None], 3, axis=2)
     if frame.shape[2] == 4:

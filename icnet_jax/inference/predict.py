@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -15,13 +14,15 @@ from tqdm import tqdm
 
 from icnet_jax import errors
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, onnx_backend, sliding_window, visualize
+from icnet_jax.inference import image_io, onnx_backend, sliding_window, video, visualize
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
 )  # fmt: skip
+# What a video gives: its overlay and colour-map videos, its class ids as PNG frames.
+VIDEO_OUTPUTS: tuple[str, ...] = ("overlay", "color", "labels")
 
 
 class MissingInputError(errors.UserError, FileNotFoundError):
@@ -30,11 +31,13 @@ class MissingInputError(errors.UserError, FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One input: its path, the output name (relative, no extension) and 'image' or 'video'."""
+    """One input: its path, the output name (relative, no extension) and 'image', 'video',
+    'frames' (a folder: one video) or 'stream' (a camera index or URL, kept as given in `spec`)."""
 
     path: pathlib.Path
     stem: str
     kind: str
+    spec: str = ""
 
 
 @dataclasses.dataclass
@@ -54,8 +57,11 @@ def is_video(path: pathlib.Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def collect_inputs(path: str | os.PathLike, recursive: bool = False) -> list[Item]:
-    """The items of an image, video or folder (images and videos, sorted; hidden files skipped).
+def collect_inputs(
+    path: str | os.PathLike, recursive: bool = False, *, frames: bool = False
+) -> list[Item]:
+    """The items of an image, video, folder (images and videos, sorted; hidden files skipped;
+    with `frames`, the folder's images as the frames of one video), camera index or URL.
 
     Output stems are paths relative to the folder without extension; two files differing only in
     extension (`a.png`, `a.jpg`) get the extension appended to the later one's stem.
@@ -64,9 +70,16 @@ def collect_inputs(path: str | os.PathLike, recursive: bool = False) -> list[Ite
       FileNotFoundError: `path` does not exist.
     """
     root = pathlib.Path(path)
+    spec = os.fspath(path)
+    if not root.exists() and video.is_stream(spec):
+        name = f"camera{spec}" if spec.isdigit() else (root.stem or "stream")
+        return [Item(root, name, "stream", spec)]
+    if frames and root.is_dir():
+        return [Item(root, root.name, "frames")]
     if not root.exists():
         raise MissingInputError(
-            f"input {os.fspath(path)!r} does not exist; give an image, a video or a folder"
+            f"input {spec!r} does not exist; give an image, a video, a folder, a camera index "
+            "or a URL"
         )
     if not root.is_dir():
         return [Item(root, root.stem or root.name, "video" if is_video(root) else "image")]
@@ -119,11 +132,14 @@ class Segmenter:
             scales=scales, flip=flip,
         )  # fmt: skip
 
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The network input of a uint8 RGB image: `float32 [H, W, 3]`, normalised."""
         c = self.config.input
         return normalize(image, c.mean, c.std, c.bgr)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, prepared: np.ndarray | None = None) -> np.ndarray:
+        """Class ids `[H, W]` of a uint8 RGB image (`prepared`: its `prepare(image)`, made
+        ahead, e.g. by another thread)."""
         tiling = self.tiles.tiling_for(image.shape)
         align_corners = self.config.model.align_corners
         try:
@@ -134,7 +150,8 @@ class Segmenter:
                 image.shape[:2], self._scales, self._eval_size, align_corners
             )
             onnx_backend.prepare(self._network, sizes)  # outside the jitted function
-            (labels,) = self._predict(self.variables, self._prepare(image)[None]).values()
+            x = self.prepare(image) if prepared is None else prepared
+            (labels,) = self._predict(self.variables, x[None]).values()
             return np.asarray(labels)[0]
         except Exception as error:
             if not sliding_window.is_out_of_memory(error):
@@ -146,9 +163,9 @@ class Segmenter:
         (normalised whole, then resized), else as is (each window normalised alone)."""
         align_corners = self.config.model.align_corners
         if self._eval_size is None:
-            view, window_fn = image, lambda w: self._window(self._prepare(w))
+            view, window_fn = image, lambda w: self._window(self.prepare(w))
         else:
-            view = sliding_window.resized(self._prepare(image), self._eval_size, align_corners)
+            view = sliding_window.resized(self.prepare(image), self._eval_size, align_corners)
             window_fn = self._window
         sizes = sliding_window.window_sizes(view.shape, tiling, self._scales, align_corners)
         onnx_backend.prepare(self._network, sizes)
@@ -168,7 +185,7 @@ class Segmenter:
             self._told = True
 
 
-def _segment_image(segmenter, item, output, palette, alpha) -> list[pathlib.Path]:
+def _segment_image(segmenter, item, output, palette, alpha: float) -> list[pathlib.Path]:
     image = image_io.read_image(item.path)
     labels = segmenter(image)
     colour = visualize.colorize(labels, palette, ignore_label=None)
@@ -182,36 +199,36 @@ def _segment_image(segmenter, item, output, palette, alpha) -> list[pathlib.Path
     return list(paths.values())
 
 
-def _segment_video(segmenter, item, output, palette, alpha, progress) -> list[pathlib.Path]:
-    fps, frames = image_io.iter_video_frames(item.path)
-    path = output / f"{item.stem}_overlay.mp4"
-    writer = None
-    count = 0
-    start = time.perf_counter()
-    after_first = None
-    try:
-        for frame in tqdm(frames, desc=item.path.name, unit="frame", leave=False,
-                          disable=not progress):  # fmt: skip
-            colour = visualize.colorize(segmenter(frame), palette, ignore_label=None)
-            if writer is None:
-                writer = image_io.VideoWriter(path, fps, (frame.shape[1], frame.shape[0]))
-            writer.write(visualize.overlay(frame, colour, alpha))
-            count += 1
-            if count == 1:
-                after_first = time.perf_counter()
-    finally:
-        if writer is not None:
-            writer.close()
-    end = time.perf_counter()
-    rate = count / max(end - start, 1e-9)
-    steady = ""
-    if count > 1 and after_first is not None:
-        steady = f", {(count - 1) / max(end - after_first, 1e-9):.2f} fps after the first frame"
-    tqdm.write(
-        f"{item.path}: {count} frames at {fps:g} fps in -> {path}; achieved {rate:.2f} fps "
-        f"(first frame's compilation included{steady})"
+def _video_outputs(output: pathlib.Path, stem: str, kinds: Iterable[str]) -> video.Outputs:
+    kinds = set(kinds)
+    return video.Outputs(
+        overlay=output / f"{stem}_overlay.mp4" if "overlay" in kinds else None,
+        colour=output / f"{stem}_color.mp4" if "color" in kinds else None,
+        label_frames=output / f"{stem}_labels" if "labels" in kinds else None,
     )
-    return [path]
+
+
+def _segment_video(segmenter, item, output, palette, o: PredictOptions) -> list[pathlib.Path]:
+    """A video, stream or folder of frames through `video.segment`; prints its speeds."""
+    source = video.open_source(item.spec or str(item.path), fps=o.fps)
+    outputs = _video_outputs(output, item.stem, o.video_outputs)
+    with tqdm(desc=source.name, unit="frame", leave=False, disable=not o.progress) as bar:
+        report = video.segment(
+            source, segmenter, palette, outputs, alpha=o.alpha, drop_late=o.drop_late,
+            on_frame=lambda frame: bar.update(),
+        )  # fmt: skip
+    if report.frames == 0:
+        raise image_io.VideoError(item.spec or item.path, "no frame could be decoded")
+    paths = [p for p in dataclasses.astuple(outputs) if p is not None]
+    t = report.timing
+    model, end_to_end = t.model_fps(), t.end_to_end_fps(report.frames)
+    dropped = f", {report.dropped} dropped (--drop_late)" if report.dropped else ""
+    tqdm.write(
+        f"{item.spec or item.path}: {report.frames} frames at {source.fps:g} fps{dropped} -> "
+        f"{', '.join(map(str, paths))}; end to end {end_to_end:.2f} fps, the model alone "
+        f"{model:.2f} fps ({end_to_end / max(model, 1e-9):.2f}x; after the first frame)"
+    )
+    return paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +240,10 @@ class PredictOptions:
       alpha: weight of the colours in the overlays. recursive: read sub-folders too.
       command_line_wins: config keys whose command-line value beats the checkpoint's.
       progress: progress bars. tiles: when and how to segment in windows (None: the default
-      policy). backend: what runs the network (JAX, onnxruntime float32 or int8).
+      policy). backend: what runs the network (JAX, onnxruntime float32 or int8, or auto:
+      `onnx_backend.Backend.resolve`). frames: a folder is the frames of one video, at `fps`.
+      video_outputs: what a video gives (`VIDEO_OUTPUTS`). drop_late: a live source's frames
+      that arrive while the pipeline is full replace the oldest waiting one.
     """
 
     branch: str = "sub124"
@@ -235,6 +255,10 @@ class PredictOptions:
     progress: bool = True
     tiles: sliding_window.TilePolicy | None = None
     backend: onnx_backend.Backend = onnx_backend.JAX
+    frames: bool = False
+    fps: float = 30.0
+    video_outputs: Sequence[str] = ("overlay",)
+    drop_late: bool = False
 
 
 def predict(
@@ -250,8 +274,9 @@ def predict(
       FileNotFoundError: `inputs` or the checkpoint does not exist.
     """
     o = options
-    o.backend.check()
-    items = collect_inputs(inputs, o.recursive)
+    backend, why = o.backend.resolve()
+    backend.check()
+    items = collect_inputs(inputs, o.recursive, frames=o.frames)
     if not items:
         raise errors.UserError(
             f"no images or videos in {os.fspath(inputs)}"
@@ -263,16 +288,17 @@ def predict(
     print(inference.describe_settings(loaded.settings))
     name = loaded.saved_config.get("dataset", {}).get("name") or loaded.config.dataset.name
     info = inference.dataset_info_for(name, loaded.num_classes)
+    print(f"backend: {backend.describe()} ({why})")
     segmenter = Segmenter(
-        loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
+        loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=backend
     )
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     for item in tqdm(items, desc="predicting", unit="file", disable=not o.progress):
         try:
-            if item.kind == "video":
-                paths = _segment_video(segmenter, item, output, info.palette, o.alpha, o.progress)
+            if item.kind in ("video", "stream", "frames"):
+                paths = _segment_video(segmenter, item, output, info.palette, o)
             else:
                 paths = _segment_image(segmenter, item, output, info.palette, o.alpha)
         except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):

@@ -202,3 +202,23 @@ def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     predict_fn = test_time.make_predict_fn(model, 3, eval_size=eval_size, scales=scales, flip=flip)
     jax.eval_shape(predict_fn, {}, jnp.zeros((1, 37, 53, 3)))
     assert test_time.network_sizes((37, 53), scales, eval_size) == list(dict.fromkeys(model.sizes))
+
+
+def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, capsys, monkeypatch):
+    """`--backend=auto` where the export extras are absent (simulated): JAX, said in one line."""
+    from icnet_jax.inference import onnx_backend
+
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(onnx_backend, "extras_available", lambda: False)
+    monkeypatch.setattr(onnx_backend.jax, "default_backend", lambda: "cpu")
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    options = prediction.PredictOptions(progress=False, backend=onnx_backend.Backend("auto"))
+    summary = prediction.predict(cli_config(), checkpoint, image, tmp_path / "out", options)
+    assert summary.exit_code(strict=True) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
+    assert len(lines) == 1 and lines[0].startswith("backend: jax (auto: no export extras")
+    labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
+    np.testing.assert_array_equal(labels, pixels[..., 0] // 32)  # the JAX stand-in ran
