@@ -222,3 +222,27 @@ def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, capsys, 
     assert len(lines) == 1 and lines[0].startswith("backend: jax (auto: no export extras")
     labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
     np.testing.assert_array_equal(labels, pixels[..., 0] // 32)  # the JAX stand-in ran
+
+
+def test_a_folder_of_frames_gives_one_video_and_label_frames(tmp_path, checkpoint, monkeypatch):
+    """`--frames --video_outputs=overlay,color,labels` with the stand-in network: every frame
+    in order, exact labels."""
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        (tmp_path / "seq").mkdir(exist_ok=True)
+        Image.fromarray(frame).save(tmp_path / "seq" / f"{i:03d}.png")
+    options = prediction.PredictOptions(
+        progress=False, frames=True, fps=7.0, video_outputs=prediction.VIDEO_OUTPUTS
+    )
+    summary = prediction.predict(
+        cli_config(), checkpoint, tmp_path / "seq", tmp_path / "o", options
+    )
+    assert summary.exit_code(strict=True) == 0
+    fps, video = image_io.iter_video_frames(tmp_path / "o" / "seq_color.mp4")
+    assert fps == pytest.approx(7.0) and len(list(video)) == 5
+    assert len(list(image_io.iter_video_frames(tmp_path / "o" / "seq_overlay.mp4")[1])) == 5
+    for i, frame in enumerate(frames):
+        labels = np.asarray(Image.open(tmp_path / "o" / "seq_labels" / f"{i:06d}.png"))
+        np.testing.assert_array_equal(labels, frame[..., 0] // 32)
