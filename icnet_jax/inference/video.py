@@ -313,9 +313,10 @@ def segment(
         return frame
 
     def render(frame: Frame) -> Frame:
-        frame.colour = visualize.colorize(frame.labels, palette, ignore_label=None)
+        if outputs.colour is not None:
+            frame.colour = visualize.colorize(frame.labels, palette, ignore_label=None)
         if outputs.overlay is not None:
-            frame.overlay = visualize.overlay(frame.image, frame.colour, alpha)
+            frame.overlay = visualize.overlay_labels(frame.image, frame.labels, palette, alpha)
         return frame
 
     frames = (Frame(i, image) for i, image in enumerate(source.frames))
