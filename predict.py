@@ -38,6 +38,9 @@ exported to ONNX once per network input size and cached under
 `--calibration_images` training images of the checkpoint's dataset (`--config.dataset.*` says
 where it is prepared).
 
+`--batch=N` segments a folder's images of one size N at a time, in one call of the network
+each (images are grouped by size as they are read; windows are segmented one image at a time).
+
 A file that cannot be read or segmented is named, skipped, and the rest processed; a summary at
 the end counts the failures. Exit status: 0 when at least one input was segmented (with
 `--strict`: and none failed), 1 when every input failed (or `--strict` and any failed), 2 when
@@ -88,6 +91,7 @@ flags.DEFINE_multi_enum(
     "video_outputs", ["overlay"], prediction.VIDEO_OUTPUTS,
     "Per video: overlay (<stem>_overlay.mp4), color (<stem>_color.mp4), labels (PNGs).",
 )  # fmt: skip
+flags.DEFINE_integer("batch", 1, "Images of one size per call of the network.", lower_bound=1)
 flags.DEFINE_bool("drop_late", False, "Live sources: drop frames the network cannot keep up with.")
 flags.DEFINE_list(
     "command_line_wins", [],
@@ -117,6 +121,7 @@ def main(argv):
         fps=FLAGS.fps,
         video_outputs=tuple(FLAGS.video_outputs),
         drop_late=FLAGS.drop_late,
+        batch=FLAGS.batch,
     )
     summary = prediction.predict(FLAGS.config, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
     return summary.exit_code(FLAGS.strict)

@@ -158,6 +158,24 @@ class Segmenter:
                 raise
             raise sliding_window.out_of_memory_error(image.shape, tiling, self.tiles) from None
 
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Class ids `[H, W]` of each of several uint8 RGB images of one size, in one call of
+        the network (those segmented in windows: one at a time)."""
+        if len(images) == 1 or self.tiles.tiling_for(images[0].shape) is not None:
+            return [self(image) for image in images]
+        sizes = test_time.network_sizes(
+            images[0].shape[:2], self._scales, self._eval_size, self.config.model.align_corners
+        )
+        onnx_backend.prepare(self._network, sizes)
+        batch = np.stack([self.prepare(image) for image in images])
+        try:
+            (labels,) = self._predict(self.variables, batch).values()
+        except Exception as error:
+            if not sliding_window.is_out_of_memory(error):
+                raise
+            raise sliding_window.out_of_memory_error(images[0].shape, None, self.tiles) from None
+        return list(np.asarray(labels))
+
     def _segment_tiled(self, image: np.ndarray, tiling: sliding_window.Tiling) -> np.ndarray:
         """Windows over the image as the network sees whole images: resized to the eval size
         (normalised whole, then resized), else as is (each window normalised alone)."""
@@ -185,9 +203,12 @@ class Segmenter:
             self._told = True
 
 
-def _segment_image(segmenter, item, output, palette, alpha: float) -> list[pathlib.Path]:
+def _segment_image(segmenter, item, output, palette, o: PredictOptions) -> list[pathlib.Path]:
     image = image_io.read_image(item.path)
-    labels = segmenter(image)
+    return _write_image(item, image, segmenter(image), output, palette, o.alpha)
+
+
+def _write_image(item, image, labels, output, palette, alpha: float) -> list[pathlib.Path]:
     colour = visualize.colorize(labels, palette, ignore_label=None)
     paths = {
         "labels": image_io.write_png(output / f"{item.stem}_labels.png", labels),
@@ -231,6 +252,22 @@ def _segment_video(segmenter, item, output, palette, o: PredictOptions) -> list[
     return paths
 
 
+def _attempt(summary: Summary, items: Sequence[Item], function, *args):
+    """`function(*args)`, or None with each of `items` named, skipped and counted as failed
+    when it raises (out of memory is raised: the next large input would fail too, and the
+    message says what to do)."""
+    try:
+        return function(*args)
+    except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
+        reason = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        for item in items:
+            tqdm.write(f"skipped {item.path}: {reason}")
+            summary.failed.append((str(item.path), reason))
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
     """What `predict` makes of each input (predict.py's flags).
@@ -243,7 +280,8 @@ class PredictOptions:
       policy). backend: what runs the network (JAX, onnxruntime float32 or int8, or auto:
       `onnx_backend.Backend.resolve`). frames: a folder is the frames of one video, at `fps`.
       video_outputs: what a video gives (`VIDEO_OUTPUTS`). drop_late: a live source's frames
-      that arrive while the pipeline is full replace the oldest waiting one.
+      that arrive while the pipeline is full replace the oldest waiting one. batch: images of
+      one size segmented together, this many per call of the network.
     """
 
     branch: str = "sub124"
@@ -259,6 +297,7 @@ class PredictOptions:
     fps: float = 30.0
     video_outputs: Sequence[str] = ("overlay",)
     drop_late: bool = False
+    batch: int = 1
 
 
 def predict(
@@ -295,22 +334,31 @@ def predict(
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
+    groups: dict[tuple[int, ...], list[tuple[Item, np.ndarray]]] = {}  # images by size
+
+    def flush(group: list[tuple[Item, np.ndarray]]) -> None:
+        labels = _attempt(summary, [i for i, _ in group], segmenter.segment_batch,
+                          [image for _, image in group])  # fmt: skip
+        for (item, image), ids in zip(group, labels or ()):
+            paths = _attempt(summary, [item], _write_image, item, image, ids, output,
+                             info.palette, o.alpha)  # fmt: skip
+            if paths is not None:
+                summary.succeeded[str(item.path)] = paths
+
     for item in tqdm(items, desc="predicting", unit="file", disable=not o.progress):
-        try:
-            if item.kind in ("video", "stream", "frames"):
-                paths = _segment_video(segmenter, item, output, info.palette, o)
-            else:
-                paths = _segment_image(segmenter, item, output, info.palette, o.alpha)
-        except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
-            raise  # out of memory: the next large input would be too; the message says what to do
-        except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
-            reason = (
-                str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
-            )
-            tqdm.write(f"skipped {item.path}: {reason}")
-            summary.failed.append((str(item.path), reason))
+        if item.kind == "image" and o.batch > 1:
+            image = _attempt(summary, [item], image_io.read_image, item.path)
+            if image is not None:
+                groups.setdefault(image.shape, []).append((item, image))
+                if len(groups[image.shape]) == o.batch:
+                    flush(groups.pop(image.shape))
             continue
-        summary.succeeded[str(item.path)] = paths
+        handle = _segment_image if item.kind == "image" else _segment_video
+        paths = _attempt(summary, [item], handle, segmenter, item, output, info.palette, o)
+        if paths is not None:
+            summary.succeeded[str(item.path)] = paths
+    for group in groups.values():
+        flush(group)
     print(
         f"{len(summary.succeeded)} of {len(items)} inputs segmented into {output}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")

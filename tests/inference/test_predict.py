@@ -246,3 +246,25 @@ def test_a_folder_of_frames_gives_one_video_and_label_frames(tmp_path, checkpoin
     for i, frame in enumerate(frames):
         labels = np.asarray(Image.open(tmp_path / "o" / "seq_labels" / f"{i:06d}.png"))
         np.testing.assert_array_equal(labels, frame[..., 0] // 32)
+
+
+def test_batches_of_same_size_images_give_the_same_files(tmp_path, checkpoint, capsys, monkeypatch):
+    """`--batch=3` over images of two sizes, a corrupt one and a video: the files and exact
+    labels of one at a time, the batches grouped by size (4 of 32x64 in batches of 3 and 1)."""
+    calls = []
+
+    class Recorder(RedBandModel):
+        def apply(self, variables, images):
+            calls.append(images.shape[0])
+            return super().apply(variables, images)
+
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: Recorder())
+    inputs = tmp_path / "in"
+    sizes = make_inputs(inputs)
+    out = tmp_path / "out"
+    options = prediction.PredictOptions(progress=False, batch=3)
+    summary = prediction.predict(cli_config(), checkpoint, inputs, out, options)
+    assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
+    assert len(summary.succeeded) == len(sizes) + 1
+    check_outputs(out, sizes, capsys.readouterr().out, inputs)
+    assert 3 in calls  # traced once per batch shape: 3 and 1 images of 32x64, 1 of 37x53
