@@ -13,7 +13,8 @@ after a warm-up, median) and the whole video through `video.segment` into an ove
 filling are left out). The network runs at the frame size (`input.eval_size` unset). int8 is
 calibrated on `--calibration_images` training images of the checkpoint's dataset. Prints a table
 and writes `--json`: the CPU model, the load average before and after, and per backend and size
-the model's fps, the end-to-end fps and their ratio (the target: at least 0.9).
+the model's fps, the end-to-end fps and their ratio (the target: at least 0.9). `--batches=1,4`
+adds the images/s of `predict.py --batch` (a folder's images of one size) at those batch sizes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def write_video(path: pathlib.Path, size: tuple[int, int], frames: int, manual_d
             writer.write(image)
 
 
-def measure(loaded, backend: Backend, path: pathlib.Path, runs: int, palette) -> dict:
+def measure(loaded, backend: Backend, path: pathlib.Path, runs: int, palette, batches) -> dict:
     """The network alone and the video end to end with one backend (see the module docstring)."""
     segmenter = Segmenter(loaded, backend=backend)
     _, frames = image_io.iter_video_frames(path)
@@ -82,6 +83,7 @@ def measure(loaded, backend: Backend, path: pathlib.Path, runs: int, palette) ->
         segmenter(frame, prepared)
         seconds.append(time.perf_counter() - start)
     model_fps = 1.0 / statistics.median(seconds)
+    batched = images_per_second(segmenter, frame, batches, max(runs // 2, 1)) if batches else {}
     with tempfile.TemporaryDirectory() as folder:
         outputs = video.Outputs(overlay=pathlib.Path(folder) / "overlay.mp4")
         report = video.segment(video.open_source(str(path)), segmenter, palette, outputs)
@@ -92,7 +94,22 @@ def measure(loaded, backend: Backend, path: pathlib.Path, runs: int, palette) ->
         "ratio": end_to_end / model_fps,
         "network_fps_in_the_pipeline": report.timing.model_fps(),
         "frames": report.frames,
+        "images_per_s_by_batch": batched,
     }
+
+
+def images_per_second(segmenter: Segmenter, frame, batches: list[int], runs: int) -> dict:
+    """Images/s of `Segmenter.segment_batch` (`predict.py --batch`) at each batch size, the
+    sizes called in turn `runs` times after a warm-up each (median)."""
+    for batch in batches:
+        segmenter.segment_batch([frame] * batch)  # compile this batch size
+    seconds: dict[int, list[float]] = {batch: [] for batch in batches}
+    for _ in range(runs):
+        for batch in batches:
+            start = time.perf_counter()
+            segmenter.segment_batch([frame] * batch)
+            seconds[batch].append((time.perf_counter() - start) / batch)
+    return {str(b): 1.0 / statistics.median(s) for b, s in seconds.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -107,6 +124,7 @@ def main(argv: list[str]) -> None:
         config.dataset.manual_dir = args.manual_dir
     if args.data_dir:
         config.dataset.data_dir = args.data_dir
+    batches = [int(b) for b in args.batches]
     loaded = load.load_checkpoint(args.checkpoint, config, command_line_wins=("input.eval_size",))
     palette = load.dataset_info_for("camvid", loaded.num_classes).palette
     result = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": os.getloadavg()}
@@ -121,12 +139,15 @@ def main(argv: list[str]) -> None:
                 row = {
                     "size": text,
                     "backend": name,
-                    **measure(loaded, backend, path, args.runs, palette),
+                    **measure(loaded, backend, path, args.runs, palette, batches),
                 }
                 rows.append(row)
                 print(
                     f"{text:>10s} {name:12s} model {row['model_fps']:6.2f} fps, end to end "
-                    f"{row['end_to_end_fps']:6.2f} fps: {row['ratio']:.2f}x", flush=True,
+                    f"{row['end_to_end_fps']:6.2f} fps: {row['ratio']:.2f}x"
+                    + "".join(f"; batch {b}: {v:.2f} images/s"
+                              for b, v in row["images_per_s_by_batch"].items()),
+                    flush=True,
                 )  # fmt: skip
     result.update(rows=rows, load_after=os.getloadavg())
     print(f"{result['cpu']}, {result['cores']} cores; load average {result['load_before'][0]:.2f}"
@@ -144,5 +165,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("calibration_images", 8, "Training images calibrating int8.")
     flags.DEFINE_string("manual_dir", "", "CamVid (SegNet layout): frames and calibration.")
     flags.DEFINE_string("data_dir", "", "Where the dataset is prepared (calibration).")
+    flags.DEFINE_list("batches", [], "Also images/s of predict.py's --batch at these sizes.")
     flags.DEFINE_string("json", "", "Write the figures here.")
     cli.run(main)
