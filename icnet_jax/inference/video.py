@@ -139,7 +139,7 @@ def run_stages(
     An exception in any stage stops the others and is raised here."""
     stop = threading.Event()
     errors: list[BaseException] = []
-    queues = [queue.Queue(maxsize=queue_size) for _ in range(len(stages) + 1)]
+    queues: list[queue.Queue] = [queue.Queue(maxsize=queue_size) for _ in range(len(stages) + 1)]
     counts = counts if counts is not None else Counts()
 
     def feed() -> None:
@@ -206,15 +206,16 @@ def _get(source: queue.Queue, stop: threading.Event) -> Any:
 
 @dataclasses.dataclass
 class Frame:
-    """One frame on its way: `index` in the source, the uint8 RGB `image`, then its `prepared`
-    network input, class ids `labels [H, W]` and the `colour` map and `overlay` (uint8 RGB)."""
+    """One frame on its way: `index` in the source, the uint8 RGB `image`, then (None until a
+    stage makes them) its `prepared` network input, class ids `labels [H, W]` and the `colour`
+    map and `overlay` (uint8 RGB)."""
 
     index: int
     image: np.ndarray
     prepared: Any = None
-    labels: np.ndarray | None = None
-    colour: np.ndarray | None = None
-    overlay: np.ndarray | None = None
+    labels: Any = None
+    colour: Any = None
+    overlay: Any = None
 
 
 @dataclasses.dataclass
