@@ -11,9 +11,10 @@ videos; `--recursive` for sub-folders, whose structure is kept under DIR); with 
 images are the frames of one video (at `--fps`). A camera index (`--input=0`) or a URL
 (`rtsp://`, `http://`) is read as a video until it ends (Ctrl-C stops it, keeping the video);
 `--drop_late` drops the frames that arrive while the network is still busy, so the output stays
-live. Videos run as a pipeline (`icnet_jax/inference/video.py`): decoding, normalising, the
-network, colouring and encoding overlap in threads, frames in order; the end-to-end frames per
-second and the network's own are printed.
+live (cameras and URLs; a file's frames are never dropped). Videos run as a pipeline
+(`icnet_jax/inference/video.py`): decoding, normalising, the network, colouring and encoding
+overlap in threads, frames in order; the end-to-end frames per second and the network's own are
+printed.
 
 Images of any size and kind are read by `image_io.read_image`: RGBA (alpha dropped), grayscale,
 16-bit, palette, EXIF-rotated (upright as viewers show them). Preprocessing and the model come

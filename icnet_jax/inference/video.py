@@ -79,6 +79,8 @@ def open_source(spec: str, *, fps: float = 30.0, opener: Callable[..., Any] = cv
             raise image_io.VideoError(spec, "a folder of frames without images")
         return Source(path.name, fps, (image_io.read_image(f) for f in files))
     stream = is_stream(spec)
+    if not stream and not path.is_file():
+        raise image_io.VideoError(spec, "no such file")
     capture = opener(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
         capture.release()
@@ -190,7 +192,7 @@ def run_stages(
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            thread.join(timeout=5.0)  # a stream's read may block: its thread is a daemon
     if errors:
         raise errors[0]
 
@@ -298,7 +300,8 @@ def segment(
     """Segments every frame of `source` into `outputs` through the pipeline (decode, prepare,
     network, colour and blend, encode). `segmenter` has `prepare(image) -> network input` and
     `segmenter(image, prepared) -> labels [H, W]` (`predict.Segmenter`); `on_frame` is called
-    with each frame written (progress)."""
+    with each frame written (progress). `drop_late` applies to live sources only: a file's
+    frames wait for the network, never lost."""
     timing = Timing(start=time.perf_counter())
     counts = Counts()
 
@@ -325,7 +328,7 @@ def segment(
     written = 0
     try:
         for frame in run_stages(
-            frames, (prepare, network, render), drop_late=drop_late, counts=counts
+            frames, (prepare, network, render), drop_late=drop_late and source.live, counts=counts
         ):
             writers.write(frame)
             written += 1

@@ -56,6 +56,8 @@ class FakeCapture:
 
     def __init__(self, n: int, delay: float = 0.0):
         self.n, self.delay, self.i, self.released = n, delay, 0, False
+        self.gate = threading.Event()  # set once `gate_at` frames were read, or all
+        self.gate_at = n
 
     def isOpened(self):  # noqa: N802 - OpenCV's name
         return True
@@ -64,6 +66,8 @@ class FakeCapture:
         return 25.0
 
     def read(self):
+        if self.i >= min(self.n, self.gate_at):
+            self.gate.set()
         if self.i >= self.n:
             return False, None
         time.sleep(self.delay)
@@ -121,8 +125,11 @@ def test_a_folder_of_frames_is_a_source_in_name_order(tmp_path):
 
 
 def test_an_unopenable_source_is_a_video_error(tmp_path):
-    with pytest.raises(image_io.VideoError, match="cannot be opened"):
+    with pytest.raises(image_io.VideoError, match="no such file"):
         video.open_source(str(tmp_path / "missing.mp4"))
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(image_io.VideoError, match="cannot be opened"):
+        video.open_source(str(tmp_path / "notes.mp4"))
     with pytest.raises(image_io.VideoError, match="without images"):
         video.open_source(str(tmp_path))
 
@@ -135,10 +142,14 @@ def test_streams_are_told_from_files():
 class BlueSegmenter:
     """Stands in for `predict.Segmenter`: class = the frame's index (its blue value) % 9."""
 
-    def __init__(self):
-        self.threads = set()
+    def __init__(self, gate: threading.Event | None = None):
+        self.threads, self.gate = set(), gate
 
     def prepare(self, image):
+        if self.gate is not None:  # the first frame waits while the decoder fills the queue
+            self.gate.wait(timeout=10)
+            time.sleep(0.05)  # and a dropping decoder would read the rest meanwhile
+            self.gate = None
         return image[..., 2].astype(np.int64)
 
     def __call__(self, image, prepared):
@@ -146,23 +157,29 @@ class BlueSegmenter:
         return prepared % 9
 
 
-def test_segment_writes_every_frame_in_order(tmp_path):
-    capture = FakeCapture(7)
-    source = video.open_source("clip.mp4", opener=lambda spec: capture)
+@pytest.mark.parametrize("drop_late", [False, True])
+def test_segment_writes_every_frame_in_order(tmp_path, drop_late):
+    """Every frame of a file, in order, even with --drop_late (for live sources only)."""
+    capture = FakeCapture(9)
+    capture.gate_at = video.QUEUE_SIZE + 1  # the decoder then waits for room
+    (tmp_path / "clip.mp4").touch()  # decoded by the fake capture
+    source = video.open_source(str(tmp_path / "clip.mp4"), opener=lambda spec: capture)
     assert not source.live
     outputs = video.Outputs(
         overlay=tmp_path / "o.mp4", colour=tmp_path / "c.mp4", label_frames=tmp_path / "labels"
     )
-    segmenter = BlueSegmenter()
-    report = video.segment(source, segmenter, L.STREET_PALETTE, outputs, alpha=0.5)
-    assert report.frames == 7 and report.dropped == 0
-    assert len(report.timing.network) == 7 and report.timing.model_fps() > 0
-    assert report.timing.end_to_end_fps(7) > 0
+    segmenter = BlueSegmenter(gate=capture.gate)
+    report = video.segment(
+        source, segmenter, L.STREET_PALETTE, outputs, alpha=0.5, drop_late=drop_late
+    )
+    assert report.frames == 9 and report.dropped == 0
+    assert len(report.timing.network) == 9 and report.timing.model_fps() > 0
+    assert report.timing.end_to_end_fps(9) > 0
     assert threading.current_thread().name not in segmenter.threads  # ran in its own thread
     pngs = sorted((tmp_path / "labels").glob("*.png"))
-    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(7)]
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(9)]
     for i, png in enumerate(pngs):
         np.testing.assert_array_equal(np.asarray(Image.open(png)), np.full((H, W), i % 9))
     for path in (outputs.overlay, outputs.colour):
         fps, frames = image_io.iter_video_frames(path)
-        assert fps == pytest.approx(25.0) and len(list(frames)) == 7
+        assert fps == pytest.approx(25.0) and len(list(frames)) == 9
