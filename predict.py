@@ -84,7 +84,9 @@ flags.DEFINE_enum(
     "backend", "auto", onnx_backend.BACKENDS,
     "What runs the network (auto: onnxruntime on a CPU with the export extras, else JAX).",
 )  # fmt: skip
-flags.DEFINE_enum("dtype", "float32", onnx_backend.DTYPES, "int8: --backend=onnxruntime only.")
+flags.DEFINE_enum(
+    "dtype", "float32", onnx_backend.DTYPES, "int8: on onnxruntime (auto or --backend=onnxruntime)."
+)
 flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8.", lower_bound=1)
 flags.DEFINE_bool("frames", False, "The input folder's images are the frames of one video.")
 flags.DEFINE_float("fps", 30.0, "Frame rate of --frames (and of a video that states none).")

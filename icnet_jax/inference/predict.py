@@ -246,8 +246,9 @@ def _segment_video(segmenter, item, output, palette, o: PredictOptions) -> list[
     dropped = f", {report.dropped} dropped (--drop_late)" if report.dropped else ""
     tqdm.write(
         f"{item.spec or item.path}: {report.frames} frames at {source.fps:g} fps{dropped} -> "
-        f"{', '.join(map(str, paths))}; end to end {end_to_end:.2f} fps, the model alone "
-        f"{model:.2f} fps ({end_to_end / max(model, 1e-9):.2f}x; after the first frame)"
+        f"{', '.join(map(str, paths))}; end to end {end_to_end:.2f} fps, the network "
+        f"{model:.2f} fps (its median time per frame; {end_to_end / max(model, 1e-9):.2f}x; "
+        "after the first frame)"
     )
     return paths
 
