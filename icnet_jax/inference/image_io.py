@@ -16,7 +16,7 @@ import contextlib
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -166,7 +166,7 @@ def list_images(
 
 def iter_video_frames(
     path: PathLike, default_fps: float = 30.0
-) -> tuple[float, Iterator[np.ndarray]]:
+) -> tuple[float, Generator[np.ndarray]]:
     """Opens a video and returns ``(fps, frames)``, frames being uint8 ``[H, W, 3]`` RGB.
 
     The file is opened and its first frame decoded before returning, so a missing, unreadable
@@ -195,11 +195,11 @@ def iter_video_frames(
     if not math.isfinite(fps) or fps <= 0:
         fps = float(default_fps)
 
-    def frames() -> Iterator[np.ndarray]:
+    def frames() -> Generator[np.ndarray]:
         try:
             frame = first
             while frame is not None:
-                yield _bgr_to_rgb(frame)
+                yield bgr_to_rgb(frame)
                 ok, frame = capture.read()
                 if not ok:
                     break
@@ -209,7 +209,8 @@ def iter_video_frames(
     return fps, frames()
 
 
-def _bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or grayscale `[H, W]`) as uint8 RGB `[H, W, 3]`."""
     if frame.ndim == 2:
         return np.repeat(frame[:, :, None], 3, axis=2)
     if frame.shape[2] == 4:

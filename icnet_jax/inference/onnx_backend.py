@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -40,14 +41,22 @@ from icnet_jax import state as state_lib
 from icnet_jax.inference import export as export_lib
 from icnet_jax.models import fold_batchnorm
 
-BACKENDS = ("jax", "onnxruntime")
+BACKENDS = ("auto", "jax", "onnxruntime")
 DTYPES = ("float32", "int8")
+# What `--backend=onnxruntime` imports (the extras of requirements-export.txt).
+EXTRAS_MODULES = ("jax2onnx", "onnxruntime", "onnx")
+
+
+def extras_available() -> bool:
+    """Whether the export extras (onnxruntime, onnx, jax2onnx) can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in EXTRAS_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """What runs the network: `name` jax or onnxruntime; `dtype` float32 or int8 (onnxruntime
-    only: static QDQ quantisation calibrated on `calibration_images` training images)."""
+    """What runs the network: `name` jax, onnxruntime or auto (see `resolve`); `dtype` float32 or
+    int8 (onnxruntime only: static quantisation calibrated on `calibration_images` training
+    images)."""
 
     name: str = "jax"
     dtype: str = "float32"
@@ -64,8 +73,28 @@ class Backend:
         if self.calibration_images < 1:
             raise errors.UserError("--calibration_images must be at least 1")
         if self.name == "onnxruntime":
-            modules = ["jax2onnx", "onnxruntime", "onnx"]
-            export_lib.require(modules, "--backend=onnxruntime")
+            export_lib.require(EXTRAS_MODULES, "--backend=onnxruntime")
+
+    def resolve(self) -> tuple[Backend, str]:
+        """`(backend, why)`: `auto` made concrete, with the reason in words. onnxruntime runs the
+        network where JAX's default device is the CPU and the export extras are installed (it
+        is 1.8-2.2x faster there, docs/inference_speed.md); JAX on an accelerator or without
+        the extras. int8 runs on onnxruntime only, so `auto` with int8 is onnxruntime."""
+        if self.name != "auto":
+            return self, f"--backend={self.name}"
+        if self.dtype == "int8":
+            return dataclasses.replace(self, name="onnxruntime"), "auto: int8 runs on onnxruntime"
+        platform = jax.default_backend()
+        if platform != "cpu":
+            return dataclasses.replace(self, name="jax"), f"auto: JAX on the {platform}"
+        if not extras_available():
+            why = f"auto: no export extras; onnxruntime is faster on a CPU: {export_lib.EXTRAS}"
+            return dataclasses.replace(self, name="jax"), why
+        return dataclasses.replace(self, name="onnxruntime"), "auto: a CPU with onnxruntime"
+
+    def describe(self) -> str:
+        """`jax`, `onnxruntime float32` or `onnxruntime int8`."""
+        return self.name if self.name == "jax" else f"{self.name} {self.dtype}"
 
 
 JAX = Backend()  # the default

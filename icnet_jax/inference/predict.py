@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -15,13 +14,15 @@ from tqdm import tqdm
 
 from icnet_jax import errors
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, onnx_backend, sliding_window, visualize
+from icnet_jax.inference import image_io, onnx_backend, sliding_window, video, visualize
 from icnet_jax.inference import load as inference
 from icnet_jax.inference import multiscale as test_time
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
 )  # fmt: skip
+# What a video gives: its overlay and colour-map videos, its class ids as PNG frames.
+VIDEO_OUTPUTS: tuple[str, ...] = ("overlay", "color", "labels")
 
 
 class MissingInputError(errors.UserError, FileNotFoundError):
@@ -30,11 +31,13 @@ class MissingInputError(errors.UserError, FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One input: its path, the output name (relative, no extension) and 'image' or 'video'."""
+    """One input: its path, the output name (relative, no extension) and 'image', 'video',
+    'frames' (a folder: one video) or 'stream' (a camera index or URL, kept as given in `spec`)."""
 
     path: pathlib.Path
     stem: str
     kind: str
+    spec: str = ""
 
 
 @dataclasses.dataclass
@@ -54,8 +57,11 @@ def is_video(path: pathlib.Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def collect_inputs(path: str | os.PathLike, recursive: bool = False) -> list[Item]:
-    """The items of an image, video or folder (images and videos, sorted; hidden files skipped).
+def collect_inputs(
+    path: str | os.PathLike, recursive: bool = False, *, frames: bool = False
+) -> list[Item]:
+    """The items of an image, video, folder (images and videos, sorted; hidden files skipped;
+    with `frames`, the folder's images as the frames of one video), camera index or URL.
 
     Output stems are paths relative to the folder without extension; two files differing only in
     extension (`a.png`, `a.jpg`) get the extension appended to the later one's stem.
@@ -64,9 +70,16 @@ def collect_inputs(path: str | os.PathLike, recursive: bool = False) -> list[Ite
       FileNotFoundError: `path` does not exist.
     """
     root = pathlib.Path(path)
+    spec = os.fspath(path)
+    if not root.exists() and video.is_stream(spec):
+        name = f"camera{spec}" if spec.isdigit() else (root.stem or "stream")
+        return [Item(root, name, "stream", spec)]
+    if frames and root.is_dir():
+        return [Item(root, root.name, "frames")]
     if not root.exists():
         raise MissingInputError(
-            f"input {os.fspath(path)!r} does not exist; give an image, a video or a folder"
+            f"input {spec!r} does not exist; give an image, a video, a folder, a camera index "
+            "or a URL"
         )
     if not root.is_dir():
         return [Item(root, root.stem or root.name, "video" if is_video(root) else "image")]
@@ -119,11 +132,14 @@ class Segmenter:
             scales=scales, flip=flip,
         )  # fmt: skip
 
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The network input of a uint8 RGB image: `float32 [H, W, 3]`, normalised."""
         c = self.config.input
         return normalize(image, c.mean, c.std, c.bgr)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, prepared: np.ndarray | None = None) -> np.ndarray:
+        """Class ids `[H, W]` of a uint8 RGB image (`prepared`: its `prepare(image)`, made
+        ahead, e.g. by another thread)."""
         tiling = self.tiles.tiling_for(image.shape)
         align_corners = self.config.model.align_corners
         try:
@@ -134,21 +150,40 @@ class Segmenter:
                 image.shape[:2], self._scales, self._eval_size, align_corners
             )
             onnx_backend.prepare(self.network, sizes)  # outside the jitted function
-            (labels,) = self._predict(self.variables, self._prepare(image)[None]).values()
+            x = self.prepare(image) if prepared is None else prepared
+            (labels,) = self._predict(self.variables, x[None]).values()
             return np.asarray(labels)[0]
         except Exception as error:
             if not sliding_window.is_out_of_memory(error):
                 raise
             raise sliding_window.out_of_memory_error(image.shape, tiling, self.tiles) from None
 
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Class ids `[H, W]` of each of several uint8 RGB images of one size, in one call of
+        the network (those segmented in windows: one at a time)."""
+        if len(images) == 1 or self.tiles.tiling_for(images[0].shape) is not None:
+            return [self(image) for image in images]
+        sizes = test_time.network_sizes(
+            images[0].shape[:2], self._scales, self._eval_size, self.config.model.align_corners
+        )
+        onnx_backend.prepare(self.network, sizes)
+        batch = np.stack([self.prepare(image) for image in images])
+        try:
+            (labels,) = self._predict(self.variables, batch).values()
+        except Exception as error:
+            if not sliding_window.is_out_of_memory(error):
+                raise
+            raise sliding_window.out_of_memory_error(images[0].shape, None, self.tiles) from None
+        return list(np.asarray(labels))
+
     def _segment_tiled(self, image: np.ndarray, tiling: sliding_window.Tiling) -> np.ndarray:
         """Windows over the image as the network sees whole images: resized to the eval size
         (normalised whole, then resized), else as is (each window normalised alone)."""
         align_corners = self.config.model.align_corners
         if self._eval_size is None:
-            view, window_fn = image, lambda w: self._window(self._prepare(w))
+            view, window_fn = image, lambda w: self._window(self.prepare(w))
         else:
-            view = sliding_window.resized(self._prepare(image), self._eval_size, align_corners)
+            view = sliding_window.resized(self.prepare(image), self._eval_size, align_corners)
             window_fn = self._window
         sizes = sliding_window.window_sizes(view.shape, tiling, self._scales, align_corners)
         onnx_backend.prepare(self.network, sizes)
@@ -168,9 +203,12 @@ class Segmenter:
             self._told = True
 
 
-def _segment_image(segmenter, item, output, palette, alpha) -> list[pathlib.Path]:
+def _segment_image(segmenter, item, output, palette, o: PredictOptions) -> list[pathlib.Path]:
     image = image_io.read_image(item.path)
-    labels = segmenter(image)
+    return _write_image(item, image, segmenter(image), output, palette, o.alpha)
+
+
+def _write_image(item, image, labels, output, palette, alpha: float) -> list[pathlib.Path]:
     colour = visualize.colorize(labels, palette, ignore_label=None)
     paths = {
         "labels": image_io.write_png(output / f"{item.stem}_labels.png", labels),
@@ -182,36 +220,53 @@ def _segment_image(segmenter, item, output, palette, alpha) -> list[pathlib.Path
     return list(paths.values())
 
 
-def _segment_video(segmenter, item, output, palette, alpha, progress) -> list[pathlib.Path]:
-    fps, frames = image_io.iter_video_frames(item.path)
-    path = output / f"{item.stem}_overlay.mp4"
-    writer = None
-    count = 0
-    start = time.perf_counter()
-    after_first = None
-    try:
-        for frame in tqdm(frames, desc=item.path.name, unit="frame", leave=False,
-                          disable=not progress):  # fmt: skip
-            colour = visualize.colorize(segmenter(frame), palette, ignore_label=None)
-            if writer is None:
-                writer = image_io.VideoWriter(path, fps, (frame.shape[1], frame.shape[0]))
-            writer.write(visualize.overlay(frame, colour, alpha))
-            count += 1
-            if count == 1:
-                after_first = time.perf_counter()
-    finally:
-        if writer is not None:
-            writer.close()
-    end = time.perf_counter()
-    rate = count / max(end - start, 1e-9)
-    steady = ""
-    if count > 1 and after_first is not None:
-        steady = f", {(count - 1) / max(end - after_first, 1e-9):.2f} fps after the first frame"
-    tqdm.write(
-        f"{item.path}: {count} frames at {fps:g} fps in -> {path}; achieved {rate:.2f} fps "
-        f"(first frame's compilation included{steady})"
+def _video_outputs(output: pathlib.Path, stem: str, kinds: Iterable[str]) -> video.Outputs:
+    kinds = set(kinds)
+    return video.Outputs(
+        overlay=output / f"{stem}_overlay.mp4" if "overlay" in kinds else None,
+        colour=output / f"{stem}_color.mp4" if "color" in kinds else None,
+        label_frames=output / f"{stem}_labels" if "labels" in kinds else None,
     )
-    return [path]
+
+
+def _segment_video(segmenter, item, output, palette, o: PredictOptions) -> list[pathlib.Path]:
+    """A video, stream or folder of frames through `video.segment`; prints its speeds."""
+    source = video.open_source(item.spec or str(item.path), fps=o.fps)
+    outputs = _video_outputs(output, item.stem, o.video_outputs)
+    with tqdm(desc=source.name, unit="frame", leave=False, disable=not o.progress) as bar:
+        report = video.segment(
+            source, segmenter, palette, outputs, alpha=o.alpha, drop_late=o.drop_late,
+            on_frame=lambda frame: bar.update(),
+        )  # fmt: skip
+    if report.frames == 0:
+        raise image_io.VideoError(item.spec or item.path, "no frame could be decoded")
+    paths = [p for p in dataclasses.astuple(outputs) if p is not None]
+    t = report.timing
+    model, end_to_end = t.model_fps(), t.end_to_end_fps(report.frames)
+    dropped = f", {report.dropped} dropped (--drop_late)" if report.dropped else ""
+    tqdm.write(
+        f"{item.spec or item.path}: {report.frames} frames at {source.fps:g} fps{dropped} -> "
+        f"{', '.join(map(str, paths))}; end to end {end_to_end:.2f} fps, the network "
+        f"{model:.2f} fps (its median time per frame; {end_to_end / max(model, 1e-9):.2f}x; "
+        "after the first frame)"
+    )
+    return paths
+
+
+def _attempt(summary: Summary, items: Sequence[Item], function, *args):
+    """`function(*args)`, or None with each of `items` named, skipped and counted as failed
+    when it raises (out of memory is raised: the next large input would fail too, and the
+    message says what to do)."""
+    try:
+        return function(*args)
+    except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
+        reason = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        for item in items:
+            tqdm.write(f"skipped {item.path}: {reason}")
+            summary.failed.append((str(item.path), reason))
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +278,11 @@ class PredictOptions:
       alpha: weight of the colours in the overlays. recursive: read sub-folders too.
       command_line_wins: config keys whose command-line value beats the checkpoint's.
       progress: progress bars. tiles: when and how to segment in windows (None: the default
-      policy). backend: what runs the network (JAX, onnxruntime float32 or int8).
+      policy). backend: what runs the network (JAX, onnxruntime float32 or int8, or auto:
+      `onnx_backend.Backend.resolve`). frames: a folder is the frames of one video, at `fps`.
+      video_outputs: what a video gives (`VIDEO_OUTPUTS`). drop_late: a live source's frames
+      that arrive while the pipeline is full replace the oldest waiting one. batch: images of
+      one size segmented together, this many per call of the network.
     """
 
     branch: str = "sub124"
@@ -235,6 +294,11 @@ class PredictOptions:
     progress: bool = True
     tiles: sliding_window.TilePolicy | None = None
     backend: onnx_backend.Backend = onnx_backend.JAX
+    frames: bool = False
+    fps: float = 30.0
+    video_outputs: Sequence[str] = ("overlay",)
+    drop_late: bool = False
+    batch: int = 1
 
 
 def predict(
@@ -250,8 +314,9 @@ def predict(
       FileNotFoundError: `inputs` or the checkpoint does not exist.
     """
     o = options
-    o.backend.check()
-    items = collect_inputs(inputs, o.recursive)
+    backend, why = o.backend.resolve()
+    backend.check()
+    items = collect_inputs(inputs, o.recursive, frames=o.frames)
     if not items:
         raise errors.UserError(
             f"no images or videos in {os.fspath(inputs)}"
@@ -261,28 +326,38 @@ def predict(
     loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
     print(loaded.header())
     info = loaded.dataset_info()
+    print(f"backend: {backend.describe()} ({why})")
     segmenter = Segmenter(
-        loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
+        loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=backend
     )
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary = Summary()
+    groups: dict[tuple[int, ...], list[tuple[Item, np.ndarray]]] = {}  # images by size
+
+    def flush(group: list[tuple[Item, np.ndarray]]) -> None:
+        labels = _attempt(summary, [i for i, _ in group], segmenter.segment_batch,
+                          [image for _, image in group])  # fmt: skip
+        for (item, image), ids in zip(group, labels or ()):
+            paths = _attempt(summary, [item], _write_image, item, image, ids, output,
+                             info.palette, o.alpha)  # fmt: skip
+            if paths is not None:
+                summary.succeeded[str(item.path)] = paths
+
     for item in tqdm(items, desc="predicting", unit="file", disable=not o.progress):
-        try:
-            if item.kind == "video":
-                paths = _segment_video(segmenter, item, output, info.palette, o.alpha, o.progress)
-            else:
-                paths = _segment_image(segmenter, item, output, info.palette, o.alpha)
-        except (KeyboardInterrupt, SystemExit, sliding_window.OutOfMemoryError):
-            raise  # out of memory: the next large input would be too; the message says what to do
-        except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
-            reason = (
-                str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
-            )
-            tqdm.write(f"skipped {item.path}: {reason}")
-            summary.failed.append((str(item.path), reason))
+        if item.kind == "image" and o.batch > 1:
+            image = _attempt(summary, [item], image_io.read_image, item.path)
+            if image is not None:
+                groups.setdefault(image.shape, []).append((item, image))
+                if len(groups[image.shape]) == o.batch:
+                    flush(groups.pop(image.shape))
             continue
-        summary.succeeded[str(item.path)] = paths
+        handle = _segment_image if item.kind == "image" else _segment_video
+        paths = _attempt(summary, [item], handle, segmenter, item, output, info.palette, o)
+        if paths is not None:
+            summary.succeeded[str(item.path)] = paths
+    for group in groups.values():
+        flush(group)
     print(
         f"{len(summary.succeeded)} of {len(items)} inputs segmented into {output}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")

@@ -1,7 +1,8 @@
 """predict.py on onnxruntime as a user runs it: int8 (calibrated on the checkpoint's own training
-images, made before anything is traced) and float32 on a real CamVid frame, a folder and a video,
-against each other and against JAX. Skipped unless the extras of requirements-export.txt are
-installed and ../shared/data/camvid is there."""
+images, made before anything is traced), float32 and the default (`--backend=auto`) on a real
+CamVid frame, a folder and a video, against each other and against JAX. Skipped unless the extras
+of requirements-export.txt are installed and ../shared/data/camvid is there; the tests of
+`Backend.resolve` run everywhere (the extras' presence and the device simulated)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 from configs import camvid
-from icnet_jax.inference import image_io
+from icnet_jax import errors
+from icnet_jax.inference import image_io, onnx_backend
 from tests.checkpoint_fakes import write_checkpoint
 from tests.conftest import SHARED_DATA
 from tests.scripts import run
@@ -59,12 +61,19 @@ def camvid_run(tmp_path_factory):
 
 
 def predict(workdir, inputs, output, *flags) -> np.ndarray:
-    """Runs predict.py on the folder; checks its outputs; returns the frame's labels."""
+    """Runs predict.py on the folder; checks its outputs and the line naming the backend;
+    returns the frame's labels."""
     done = run(
         "predict.py", f"--checkpoint={workdir}", f"--input={inputs}", f"--output={output}",
         "--strict", *flags,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    expected = {
+        (): "backend: onnxruntime float32 (auto: a CPU with onnxruntime)",
+        ("--backend=jax",): "backend: jax (--backend=jax)",
+        ("--backend=onnxruntime",): "backend: onnxruntime float32 (--backend=onnxruntime)",
+    }.get(flags, "backend: onnxruntime int8")
+    assert expected in done.stdout, done.stdout[-3000:]
     assert "2 of 2 inputs segmented" in done.stdout
     fps, video = image_io.iter_video_frames(output / "clip_overlay.mp4")
     assert len(list(video)) == 2
@@ -82,7 +91,9 @@ def test_predict_runs_int8_and_float32_onnxruntime_on_a_folder_and_a_video(camvi
         "--backend=onnxruntime", "--dtype=int8", "--calibration_images=2",
     )  # fmt: skip
     float32 = predict(workdir, inputs, tmp_path / "float32", "--backend=onnxruntime")
-    jax = predict(workdir, inputs, tmp_path / "jax")
+    jax = predict(workdir, inputs, tmp_path / "jax", "--backend=jax")
+    default = predict(workdir, inputs, tmp_path / "auto")  # the extras are installed here
+    assert np.mean(default == jax) >= 0.999
     exported = {p.name for p in (workdir / "export").glob("*.onnx")}
     assert any(n.startswith("icnet_181x241_") and "_int8_" in n for n in exported), exported
     assert np.mean(float32 == jax) >= 0.999  # the same network: rounding only
@@ -93,3 +104,34 @@ def test_predict_runs_int8_and_float32_onnxruntime_on_a_folder_and_a_video(camvi
     # that ignore the image (a NaN scale: one class everywhere) stay far below it.
     assert np.bincount(float32.ravel()).max() / float32.size < 0.8
     assert np.mean(int8 == float32) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "platform, extras, dtype, expected",
+    [
+        ("cpu", True, "float32", ("onnxruntime", "auto: a CPU with onnxruntime")),
+        ("cpu", False, "float32", ("jax", "auto: no export extras; onnxruntime is faster")),
+        ("gpu", True, "float32", ("jax", "auto: JAX on the gpu")),
+        ("tpu", False, "float32", ("jax", "auto: JAX on the tpu")),
+        ("gpu", True, "int8", ("onnxruntime", "auto: int8 runs on onnxruntime")),
+    ],
+)
+def test_auto_backend_is_onnxruntime_on_a_cpu_with_the_extras(
+    monkeypatch, platform, extras, dtype, expected
+):
+    monkeypatch.setattr(onnx_backend.jax, "default_backend", lambda: platform)
+    monkeypatch.setattr(onnx_backend, "extras_available", lambda: extras)
+    backend, why = onnx_backend.Backend("auto", dtype).resolve()
+    assert backend.name == expected[0] and why.startswith(expected[1])
+    assert backend.dtype == dtype
+    if platform == "cpu" and not extras:
+        assert "requirements-export.txt" in why  # says how to get the faster one
+
+
+def test_explicit_backends_stay_as_given(monkeypatch):
+    monkeypatch.setattr(onnx_backend, "extras_available", lambda: False)
+    for name in ("jax", "onnxruntime"):
+        backend, why = onnx_backend.Backend(name).resolve()
+        assert backend.name == name and why == f"--backend={name}"
+    with pytest.raises(errors.UserError, match="--backend=onnxruntime"):
+        onnx_backend.Backend("jax", "int8").resolve()[0].check()

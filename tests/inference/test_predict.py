@@ -202,3 +202,69 @@ def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     predict_fn = test_time.make_predict_fn(model, 3, eval_size=eval_size, scales=scales, flip=flip)
     jax.eval_shape(predict_fn, {}, jnp.zeros((1, 37, 53, 3)))
     assert test_time.network_sizes((37, 53), scales, eval_size) == list(dict.fromkeys(model.sizes))
+
+
+def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, capsys, monkeypatch):
+    """`--backend=auto` where the export extras are absent (simulated): JAX, said in one line."""
+    from icnet_jax.inference import onnx_backend
+
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(onnx_backend, "extras_available", lambda: False)
+    monkeypatch.setattr(onnx_backend.jax, "default_backend", lambda: "cpu")
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    options = prediction.PredictOptions(progress=False, backend=onnx_backend.Backend("auto"))
+    summary = prediction.predict(cli_config(), checkpoint, image, tmp_path / "out", options)
+    assert summary.exit_code(strict=True) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
+    assert len(lines) == 1 and lines[0].startswith("backend: jax (auto: no export extras")
+    labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
+    np.testing.assert_array_equal(labels, pixels[..., 0] // 32)  # the JAX stand-in ran
+
+
+def test_a_folder_of_frames_gives_one_video_and_label_frames(tmp_path, checkpoint, monkeypatch):
+    """`--frames --video_outputs=overlay,color,labels` with the stand-in network: every frame
+    in order, exact labels."""
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        (tmp_path / "seq").mkdir(exist_ok=True)
+        Image.fromarray(frame).save(tmp_path / "seq" / f"{i:03d}.png")
+    options = prediction.PredictOptions(
+        progress=False, frames=True, fps=7.0, video_outputs=prediction.VIDEO_OUTPUTS
+    )
+    summary = prediction.predict(
+        cli_config(), checkpoint, tmp_path / "seq", tmp_path / "o", options
+    )
+    assert summary.exit_code(strict=True) == 0
+    fps, video = image_io.iter_video_frames(tmp_path / "o" / "seq_color.mp4")
+    assert fps == pytest.approx(7.0) and len(list(video)) == 5
+    assert len(list(image_io.iter_video_frames(tmp_path / "o" / "seq_overlay.mp4")[1])) == 5
+    for i, frame in enumerate(frames):
+        labels = np.asarray(Image.open(tmp_path / "o" / "seq_labels" / f"{i:06d}.png"))
+        np.testing.assert_array_equal(labels, frame[..., 0] // 32)
+
+
+def test_batches_of_same_size_images_give_the_same_files(tmp_path, checkpoint, capsys, monkeypatch):
+    """`--batch=3` over images of two sizes, a corrupt one and a video: the files and exact
+    labels of one at a time, the batches grouped by size (4 of 32x64 in batches of 3 and 1)."""
+    calls = []
+
+    class Recorder(RedBandModel):
+        def apply(self, variables, images):
+            calls.append(images.shape[0])
+            return super().apply(variables, images)
+
+    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: Recorder())
+    inputs = tmp_path / "in"
+    sizes = make_inputs(inputs)
+    out = tmp_path / "out"
+    options = prediction.PredictOptions(progress=False, batch=3)
+    summary = prediction.predict(cli_config(), checkpoint, inputs, out, options)
+    assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
+    assert len(summary.succeeded) == len(sizes) + 1
+    check_outputs(out, sizes, capsys.readouterr().out, inputs)
+    assert 3 in calls  # traced once per batch shape: 3 and 1 images of 32x64, 1 of 37x53

@@ -142,8 +142,8 @@ def test_one_window_covering_the_image_is_whole_image_inference(loaded, flip):
     whole_probabilities = jax.jit(
         lambda v, x: test_time.average_probabilities(model, v, x, align_corners=True, flip=flip)
     )
-    (p,) = whole_probabilities(loaded.variables, whole._prepare(image)[None]).values()
-    window_fn = lambda w: tiled._window(tiled._prepare(w))  # noqa: E731
+    (p,) = whole_probabilities(loaded.variables, whole.prepare(image)[None]).values()
+    window_fn = lambda w: tiled._window(tiled.prepare(w))  # noqa: E731
     (band,) = sw.averaged_bands(image, window_fn, sw.Tiling((37, 53), (37, 53)))
     assert band[0] == 0 and band[1].shape == (37, 53, 2 if flip else 1, NUM_CLASSES)
     probabilities = np.asarray(sw._probabilities(band[1]))

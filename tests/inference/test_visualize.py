@@ -123,3 +123,22 @@ def test_plot_per_class_iou(tmp_path):
         for branch in ("sub4", "sub24", "sub124")
     }  # fmt: skip
     _assert_png(plot_per_class_iou(metrics, tmp_path / "iou.png"))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.37, 0.5, 1.0])
+def test_overlay_labels_is_the_blend_of_the_colour_map(alpha):
+    """The table gives each pixel floor((1 - alpha) * image + alpha * palette[label] + 0.5)."""
+    from icnet_jax.inference.visualize import overlay_labels
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (7, 300, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, (7, 300)).astype(np.int32)
+    palette = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+    expected = np.empty_like(image)
+    for y, x in np.ndindex(labels.shape):
+        for c in range(3):
+            value = (1 - alpha) * float(image[y, x, c]) + alpha * float(palette[labels[y, x], c])
+            expected[y, x, c] = int(np.floor(value + 0.5))
+    np.testing.assert_array_equal(overlay_labels(image, labels, palette, alpha), expected)
+    with pytest.raises(ValueError, match="outside the classes"):
+        overlay_labels(image, np.full((7, 300), 5), palette, alpha)
