@@ -40,10 +40,7 @@ written; 130 interrupted (Ctrl-C or SIGTERM).
 from absl import flags
 
 from icnet_jax import cli, config_checks, errors
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
-from icnet_jax.inference import onnx_backend, sliding_window
-from icnet_jax.inference import predict as prediction
+from icnet_jax.inference import onnx_backend, predict, saved_run, sliding_window, test_time
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -86,7 +83,7 @@ def main(argv):
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     tiles = sliding_window.make_policy(FLAGS.tile, FLAGS.tile_stride, FLAGS.max_pixels)
-    options = prediction.PredictOptions(
+    options = predict.PredictOptions(
         branch=FLAGS.branch,
         flip=FLAGS.flip,
         scales=scales,
@@ -97,10 +94,10 @@ def main(argv):
         backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
     )
     given, overrides = cli.config_given()
-    command_line = inference.CommandLine(
+    command_line = saved_run.CommandLine(
         FLAGS.config, given, overrides, tuple(FLAGS.command_line_wins)
     )
-    summary = prediction.predict(command_line, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
+    summary = predict.predict(command_line, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
     return summary.exit_code(FLAGS.strict)
 
 

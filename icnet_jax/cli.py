@@ -389,6 +389,6 @@ def run(main: Callable[[list[str]], int | None]) -> None:
 
 def config_given() -> tuple[bool, dict]:
     """Whether `--config` was given, and its `--config.KEY=VALUE` overrides (dotted keys): a job
-    on a run takes the run's config and only these changes (`inference.load.CommandLine`)."""
+    on a run takes the run's config and only these changes (`inference.saved_run.CommandLine`)."""
     holder = flags.FLAGS["config"]
     return bool(holder.present), dict(config_flags.get_override_values(holder))

@@ -54,7 +54,7 @@ from typing import Any
 import jax
 
 from icnet_jax.benchmarking import onnx_speed, profiling
-from icnet_jax.benchmarking.models import (
+from icnet_jax.benchmarking.networks import (
     DTYPES,
     MODELS,
     build_model,

@@ -25,12 +25,11 @@ import ml_collections
 from icnet_jax import errors
 from icnet_jax.data import datasets
 from icnet_jax.data.input_spec import InputSpec
-from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.evaluation.submission import SubmissionWriter
 from icnet_jax.evaluation.writers import PictureWriter, RegionWriter
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import visualize
+from icnet_jax.inference import saved_run, visualize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +40,15 @@ class EvalOptions:
       checkpoint: a workdir, checkpoints dir or step dir (default: `workdir`).
       workdir: outputs go to `workdir/eval/<split>` (default: the checkpoint's workdir).
       split: default `config.dataset.eval_split`.
-      flip, scales: test-time augmentation (`multiscale.average_probabilities`).
+      flip, scales: test-time augmentation (`test_time.average_probabilities`).
       save_predictions: pictures of the first N predictions (host 0).
       submission_dir: where to write every image's prediction (`config.model.branch`) in the
         dataset's benchmark-server format (`submission.SubmissionWriter`); each host writes its
         own images.
       region_size_scale: factor on region pixel counts before binning (`RegionAccuracy`).
       command_line_wins: config keys whose command-line value beats the checkpoint's (used when
-        `evaluate` is given a bare ConfigDict; a `load.CommandLine` carries its own).
-      devices: local devices to spread the images over (default `eval_lib.default_devices()`).
+        `evaluate` is given a bare ConfigDict; a `saved_run.CommandLine` carries its own).
+      devices: local devices to spread the images over (default `loop.default_devices()`).
       progress: a progress bar on host 0.
     """
 
@@ -70,7 +69,7 @@ class EvalOptions:
 class _Target:
     """The loaded checkpoint, the split and the output folder, checked before any work."""
 
-    loaded: inference.LoadedCheckpoint
+    loaded: saved_run.LoadedCheckpoint
     split: str
     out: pathlib.Path
 
@@ -80,7 +79,7 @@ class _Target:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     options: EvalOptions,
     *,
     source: Any = None,
@@ -89,7 +88,7 @@ def evaluate(
     """Evaluates a checkpoint and writes the outputs (see the module docstring).
 
     Args:
-      config: the command line (`load.CommandLine`), or a config file's ConfigDict; None: the
+      config: the command line (`saved_run.CommandLine`), or a config file's ConfigDict; None: the
         run's own config.
       source, info: a random-access source and its `DatasetInfo`, instead of preparing
         `config.dataset` (tests, notebooks).
@@ -147,7 +146,7 @@ def _tta(options: EvalOptions) -> str:
 
 
 def _open(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     options: EvalOptions,
     *,
     check_split: bool = True,
@@ -157,15 +156,15 @@ def _open(
     checkpoint, workdir = options.checkpoint, options.workdir
     if checkpoint is None and workdir is None:
         raise errors.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
-    if not isinstance(config, inference.CommandLine):
-        config = inference.CommandLine(config, config is not None, wins=options.command_line_wins)
+    if not isinstance(config, saved_run.CommandLine):
+        config = saved_run.CommandLine(config, config is not None, wins=options.command_line_wins)
 
     def check(cfg: ml_collections.ConfigDict) -> None:
         split = _split(cfg, options)
         if check_split:
             check_split_name(cfg, split)
 
-    loaded = inference.load_checkpoint(
+    loaded = saved_run.load_checkpoint(
         checkpoint if checkpoint is not None else workdir, config, before_restore=check
     )
     if jax.process_index() == 0:
@@ -236,7 +235,7 @@ def _changes_results(key: str) -> bool:
     return key in EVALUATION_KEYS
 
 
-def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> str:
+def _difference(changes: Sequence[saved_run.Change], options: EvalOptions) -> str:
     """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
     folder suffix of an evaluation that must not overwrite the run's own."""
     parts = [
@@ -264,7 +263,7 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _check_classes(info: Any, loaded: inference.LoadedCheckpoint) -> None:
+def _check_classes(info: Any, loaded: saved_run.LoadedCheckpoint) -> None:
     if info.num_classes != loaded.num_classes:
         raise errors.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
@@ -296,7 +295,7 @@ def _summary(
     the settings that differ from the run's."""
     loaded = target.loaded
     protocol = evaluator.protocol()
-    return eval_lib.make_summary(
+    return loop.make_summary(
         loaded.step,
         target.split,
         results,
@@ -325,7 +324,7 @@ def _report(
     # Cityscapes' test labels are withheld (all ignore): its metrics would be NaN, not written.
     labelled = any(r["num_pixels"] for r in results.values())
     if labelled:
-        eval_lib.write_metrics(out, summary)
+        loop.write_metrics(out, summary)
         region_line = regions.write(out)
         visualize.plot_per_class_iou(
             {b: r["per_class"] for b, r in results.items()},
@@ -333,7 +332,7 @@ def _report(
             title=f"Per-class IoU ({target.title})",
         )
         print(f"\nstep {target.loaded.step}, {target.split}:\n"
-              + eval_lib.format_table(results, class_names))  # fmt: skip
+              + loop.format_table(results, class_names))  # fmt: skip
         print(region_line)
     else:
         print(f"{target.split} has no labelled pixels (as Cityscapes' test split): no metrics")

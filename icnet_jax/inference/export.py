@@ -56,12 +56,12 @@ def require(modules: Sequence[str], what: str) -> None:
 
 def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any, dict]:
     """`(apply(variables, images), variables, config_dict)` of a checkpoint's ICNet / PSPNet."""
-    from icnet_jax import state as state_lib
-    from icnet_jax.inference import load
+    from icnet_jax import build
+    from icnet_jax.inference import saved_run
     from icnet_jax.models import fold_batchnorm
 
-    loaded = load.load_checkpoint(checkpoint)  # the run's own config, nothing changed
-    model = state_lib.create_model(loaded.config, loaded.num_classes, fold_bn=fold_bn)
+    loaded = saved_run.load_checkpoint(checkpoint)  # the run's own config, nothing changed
+    model = build.create_model(loaded.config, loaded.num_classes, fold_bn=fold_bn)
     variables = loaded.variables
     if fold_bn:
         variables = fold_batchnorm(variables)

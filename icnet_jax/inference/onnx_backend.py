@@ -13,7 +13,7 @@ number of classes, the branch and the exporter's graph revision: a new checkpoin
 or a newer export never reuses a stale file.
 Files are written under a temporary name and renamed, so a killed export leaves no half file.
 
-`OnnxModel` stands in for the Flax module in the jitted test-time functions (`multiscale`): its
+`OnnxModel` stands in for the Flax module in the jitted test-time functions (`test_time`): its
 `apply(variables, images)` calls onnxruntime through `jax.pure_callback`, so resizing, scales,
 flips, softmax and argmax stay the JAX path's own code and the labels agree with it. Its sessions
 are made by `prepare(sizes)` before those functions are traced: exporting and quantising run JAX
@@ -35,9 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icnet_jax import errors
-from icnet_jax import state as state_lib
-from icnet_jax.inference import export as export_lib
+from icnet_jax import build, errors
+from icnet_jax.inference import export
 from icnet_jax.models import fold_batchnorm
 
 BACKENDS = ("jax", "onnxruntime")
@@ -65,7 +64,7 @@ class Backend:
             raise errors.UserError("--calibration_images must be at least 1")
         if self.name == "onnxruntime":
             modules = ["jax2onnx", "onnxruntime", "onnx"]
-            export_lib.require(modules, "--backend=onnxruntime")
+            export.require(modules, "--backend=onnxruntime")
 
 
 JAX = Backend()  # the default
@@ -82,7 +81,7 @@ def cache_key(loaded: Any, branch: str) -> str:
         "model": loaded.config.model.to_dict(),
         "num_classes": int(loaded.num_classes),
         "branch": branch,
-        "onnx_revision": export_lib.ONNX_REVISION,
+        "onnx_revision": export.ONNX_REVISION,
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -129,7 +128,7 @@ class OnnxModel:
     `[N, H, W, classes]`, usable under `jax.jit` at the sizes made ready by `prepare`."""
 
     def __init__(self, loaded: Any, branch: str, backend: Backend, *, verbose: bool = True):
-        model = state_lib.inference_model(loaded.config, loaded.num_classes, branch)
+        model = build.inference_model(loaded.config, loaded.num_classes, branch)
         self._apply = model.clone(fold_bn=True).apply
         self._variables = jax.tree.map(np.asarray, fold_batchnorm(loaded.variables))
         self._loaded = loaded
@@ -146,7 +145,7 @@ class OnnxModel:
         name = f"icnet_{h}x{w}_{self._key}"
         float32 = cached_file(
             self._folder / f"{name}.onnx",
-            lambda out: export_lib.export_onnx(self._apply, self._variables, size, out),
+            lambda out: export.export_onnx(self._apply, self._variables, size, out),
         )
         if self._backend.dtype == "float32":
             return float32
@@ -197,7 +196,7 @@ def inference_network(loaded: Any, branch: str, backend: Backend) -> Any:
     """The network the Segmenter runs: the Flax module (jax) or an `OnnxModel`."""
     if backend.name == "onnxruntime":
         return OnnxModel(loaded, branch, backend)
-    return state_lib.inference_model(loaded.config, loaded.num_classes, branch)
+    return build.inference_model(loaded.config, loaded.num_classes, branch)
 
 
 def prepare(network: Any, sizes: Iterable[tuple[int, int]]) -> None:

@@ -15,9 +15,14 @@ from tqdm import tqdm
 
 from icnet_jax import errors
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, onnx_backend, sliding_window, visualize
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import (
+    image_io,
+    onnx_backend,
+    saved_run,
+    sliding_window,
+    test_time,
+    visualize,
+)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
@@ -88,7 +93,7 @@ class Segmenter:
 
     def __init__(
         self,
-        loaded: inference.LoadedCheckpoint,
+        loaded: saved_run.LoadedCheckpoint,
         *,
         branch: str = "sub124",
         flip: bool = False,
@@ -238,7 +243,7 @@ class PredictOptions:
 
 
 def predict(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
     output: str | os.PathLike,
@@ -258,7 +263,7 @@ def predict(
             + ("" if o.recursive else " (--recursive reads its sub-folders)")
         )
     errors.check_writable(output, "--output")
-    loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
+    loaded = saved_run.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
     print(loaded.header())
     info = loaded.dataset_info()
     segmenter = Segmenter(

@@ -28,8 +28,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from icnet_jax import errors
-from icnet_jax.weights import saving as interrupted
-from icnet_jax.weights import spec
+from icnet_jax.weights import saving, spec
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -49,7 +48,7 @@ class NoCheckpointError(errors.UserError, FileNotFoundError):
     """No (readable) checkpoint where one was asked for."""
 
 
-DiskFullError = interrupted.DiskFullError  # what save, write and finish raise on a full disk
+DiskFullError = saving.DiskFullError  # what save, write and finish raise on a full disk
 
 
 def create_manager(
@@ -63,13 +62,13 @@ def create_manager(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
     )
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    interrupted.prepare(directory)
+    saving.prepare(directory)
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
     """Waits for the manager's asynchronous save and closes it (a full disk: DiskFullError)."""
-    with interrupted.saving(manager.directory, manager.latest_step()):
+    with saving.saving(manager.directory, manager.latest_step()):
         manager.wait_until_finished()
     manager.close()
 
@@ -95,9 +94,9 @@ def save(
     if jax.process_count() > 1:
         state = jax.tree.map(_as_global, state)
     # The previous asynchronous save's errors (its full disk) come out of this wait.
-    with interrupted.saving(manager.directory, manager.latest_step()):
+    with saving.saving(manager.directory, manager.latest_step()):
         manager.wait_until_finished()
-    with interrupted.saving(manager.directory, step):
+    with saving.saving(manager.directory, step):
         manager.save(
             step,
             args=ocp.args.Composite(

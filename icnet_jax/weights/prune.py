@@ -224,8 +224,8 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     """Prunes an ICNet training checkpoint into `output/checkpoints/0` (see the module doc)."""
     import ml_collections
 
+    from icnet_jax.weights.finetune import restore_checkpoint
     from icnet_jax.weights.release import write_training_checkpoint
-    from icnet_jax.weights.start import restore_checkpoint
 
     check_keep(keep)
     state, config_dict, num_classes, step = restore_checkpoint(existing_checkpoint(checkpoint))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import errors
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import trees
 from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release: this tool's API
@@ -216,7 +216,7 @@ def infer_release_geometry(
 
 def expected_classes(config, num_classes: int | None = None) -> int | None:
     """`num_classes` if given, else that of `config.dataset.name` (None if it has no fixed one)."""
-    info = L.DATASETS.get(config.dataset.name)
+    info = taxonomy.DATASETS.get(config.dataset.name)
     return num_classes or (info.num_classes if info is not None else None)
 
 
@@ -227,7 +227,7 @@ def expected_classes(config, num_classes: int | None = None) -> int | None:
 
 def release_config(config, *, width: float = 0.5, num_classes: int = 19):
     """`config` set to the release's preprocessing and model (in place; returned)."""
-    from icnet_jax.config import IMAGENET_MEAN_RGB
+    from icnet_jax.default import IMAGENET_MEAN_RGB
 
     config.model.name = "icnet"
     config.model.width = float(width)
@@ -257,23 +257,23 @@ def write_training_checkpoint(
     import jax
     import jax.numpy as jnp
 
-    from icnet_jax import state as state_lib
-    from icnet_jax.weights import checkpoints, start
+    from icnet_jax import build
+    from icnet_jax.weights import checkpoints, finetune
 
     output = pathlib.Path(output)
     existing = output / "checkpoints"
     if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
         raise OutputExistsError(f"{existing} already holds checkpoints; choose another --output")
-    model = state_lib.create_model(config, num_classes)
-    tx = state_lib.create_optimizer(config)
+    model = build.create_model(config, num_classes)
+    tx = build.create_optimizer(config)
     # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
     init = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32))
-    fresh = state_lib.TrainState.create(
+    fresh = build.TrainState.create(
         apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
     )
     target = {"params": fresh.params, "batch_stats": fresh.batch_stats}
     source = {c: variables.get(c, {}) for c in ("params", "batch_stats")}
-    merged, _ = start.merge_variables(jax.device_get(target), source)
+    merged, _ = finetune.merge_variables(jax.device_get(target), source)
     params = jax.tree.map(jnp.asarray, merged["params"])
     state = fresh.replace(
         params=params,
@@ -309,7 +309,7 @@ def convert(
     import jax.numpy as jnp
 
     from icnet_jax.models import ICNet
-    from icnet_jax.weights import start as finetune
+    from icnet_jax.weights import finetune
 
     tensors = load_release(input_path)
     width, num_classes = infer_release_geometry(tensors, expected_classes(config, num_classes))
@@ -318,7 +318,7 @@ def convert(
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     variables, ignored, absent = release_variables(tensors, template)
     # Recorded for fine-tuning, which refuses BN-folded weights unless BatchNorm statistics are
-    # frozen (icnet_jax.weights.start.check_folded_start).
+    # frozen (icnet_jax.weights.finetune.check_folded_start).
     config.bn_folded = bool(finetune.folded_layers(variables["batch_stats"]))
     state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
     if verbose:

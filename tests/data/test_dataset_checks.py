@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from icnet_jax.config import get_config
 from icnet_jax.data.builders import MissingDataError
 from icnet_jax.data.datasets import check_splits, get_data_source
+from icnet_jax.default import get_config
 from icnet_jax.errors import UserError
 from tests.data_fakes import by_name, exif_jpeg, png, random_image, two_colour_photo, write
 

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax import state as state_lib
-from icnet_jax.data import labels as L
-from icnet_jax.inference import image_io
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import predict as prediction
+from icnet_jax import build
+from icnet_jax.data import taxonomy
+from icnet_jax.inference import image_io, predict, saved_run
 from tests.checkpoint_fakes import NUM_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -72,7 +70,9 @@ class RedBandModel:
 
 
 def check_outputs(out, sizes, printed, inputs=None):
-    palette = {tuple(c) for c in L.STREET_PALETTE}  # the checkpoint's dataset, not Cityscapes
+    palette = {
+        tuple(c) for c in taxonomy.STREET_PALETTE
+    }  # the checkpoint's dataset, not Cityscapes
     for stem, size in sizes.items():
         labels = Image.open(out / f"{stem}_labels.png")
         assert labels.mode == "L"
@@ -100,12 +100,12 @@ def check_outputs(out, sizes, printed, inputs=None):
 
 def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkeypatch):
     """Every kind of input, with a stand-in network (fast): files, sizes and exact labels."""
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(
-        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    summary = predict.predict(
+        cli_config(), checkpoint, inputs, out, predict.PredictOptions(progress=False)
     )
 
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
@@ -124,8 +124,8 @@ def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(
-        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    summary = predict.predict(
+        cli_config(), checkpoint, inputs, out, predict.PredictOptions(progress=False)
     )
     assert len(summary.succeeded) == 6 and len(summary.failed) == 1
     check_outputs(out, sizes, capsys.readouterr().out)
@@ -139,26 +139,26 @@ def test_collect_inputs_names_and_kinds(tmp_path):
     for name in ("b.png", "a.png", "a.JPG", "sub/c.png", ".hidden.png", "notes.txt", "v.MP4"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    items = prediction.collect_inputs(tmp_path)
+    items = predict.collect_inputs(tmp_path)
     assert [(i.path.name, i.stem, i.kind) for i in items] == [
         ("a.JPG", "a", "image"),
         ("a.png", "a_png", "image"),
         ("b.png", "b", "image"),
         ("v.MP4", "v", "video"),
     ]
-    deep = prediction.collect_inputs(tmp_path, recursive=True)
+    deep = predict.collect_inputs(tmp_path, recursive=True)
     assert "sub/c" in [i.stem for i in deep]
-    assert [i.stem for i in prediction.collect_inputs(tmp_path / "b.png")] == ["b"]
+    assert [i.stem for i in predict.collect_inputs(tmp_path / "b.png")] == ["b"]
     with pytest.raises(FileNotFoundError):
-        prediction.collect_inputs(tmp_path / "missing.png")
+        predict.collect_inputs(tmp_path / "missing.png")
 
 
 def test_palette_falls_back_to_a_generated_one():
-    assert inference.dataset_info_for("street", 9) is L.STREET
-    info = inference.dataset_info_for("street", 4)  # another number of classes
+    assert saved_run.dataset_info_for("street", 9) is taxonomy.STREET
+    info = saved_run.dataset_info_for("street", 4)  # another number of classes
     assert info.num_classes == 4
-    np.testing.assert_array_equal(info.palette, L.generated_palette(4))
-    assert inference.dataset_info_for("custom", 3).class_names == ("class_0", "class_1", "class_2")
+    np.testing.assert_array_equal(info.palette, taxonomy.generated_palette(4))
+    assert saved_run.dataset_info_for("custom", 3).class_names == ("class_0", "class_1", "class_2")
 
 
 @pytest.mark.slow
@@ -196,7 +196,7 @@ class ShapeRecorder:
 @pytest.mark.parametrize("flip", [False, True])
 def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     """What an onnxruntime network is made ready for before tracing (onnx_backend.prepare)."""
-    from icnet_jax.inference import multiscale as test_time
+    from icnet_jax.inference import test_time
 
     model, scales = ShapeRecorder(), (0.5, 1.0, 1.25, 1.0)
     predict_fn = test_time.make_predict_fn(model, 3, eval_size=eval_size, scales=scales, flip=flip)

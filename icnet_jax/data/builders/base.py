@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders import leftovers, storage
 from icnet_jax.data.builders.decoding import (
     check_label_values,
@@ -136,7 +136,7 @@ class SegmentationBuilder(PreparedBuilder):
 
     # Subclass interface.
     @abc.abstractmethod
-    def dataset_info(self) -> L.DatasetInfo:
+    def dataset_info(self) -> taxonomy.DatasetInfo:
         """Class names and palette; may read the manual dir (custom datasets)."""
 
     @abc.abstractmethod

@@ -7,18 +7,18 @@ import pytest
 from flax import traverse_util
 
 from configs import quickstart
-from icnet_jax.train import loop as train_lib
-from icnet_jax.weights import start as finetune
+from icnet_jax.train import trainer
+from icnet_jax.weights import finetune
 from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
 CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")
 
 
 def fresh_state(config, num_classes, seed):
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
+    model = trainer.create_model(config, num_classes)
+    tx = trainer.create_optimizer(config)
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 9, 9, 3)))
-    return train_lib.TrainState.create(
+    return trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
