@@ -24,7 +24,7 @@ from icnet_jax.inference.test_time import average_probabilities, prediction_dtyp
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
 
 # The order of branch columns everywhere (tables, metrics.json): the network's output first.
-BRANCH_ORDER = ("sub124", "sub24", "sub4")
+BRANCH_ORDER = tuple(reversed(BRANCHES))
 
 Array = jax.Array
 
