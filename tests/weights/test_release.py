@@ -244,7 +244,7 @@ def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path,
 
 
 def bn_kept(released, seed=2):
-    """BN-kept tensors whose hand-folded (numpy) form is `release`'s shapes, plus that form."""
+    """BN-kept tensors whose hand-folded (numpy) form is `released`'s shapes, plus that form."""
     rng = np.random.default_rng(seed)
     kept, folded = {}, {}
     for name in released:
@@ -253,8 +253,8 @@ def bn_kept(released, seed=2):
             continue
         w = released[name]
         if layer == "conv6_cls":
-            kept[name], kept[f"{layer}/biases"] = w, release[f"{layer}/biases"]
-            folded[name], folded[f"{layer}/biases"] = w, release[f"{layer}/biases"]
+            kept[name], kept[f"{layer}/biases"] = w, released[f"{layer}/biases"]
+            folded[name], folded[f"{layer}/biases"] = w, released[f"{layer}/biases"]
             continue
         n = w.shape[-1]
         scale = rng.uniform(0.5, 1.5, n).astype(np.float32)
@@ -317,7 +317,7 @@ def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
     released = random_release()
     del released["conv3_1_1x1_reduce/weights"]
     del released["conv5_4_k1/biases"]
-    release["conv_sub4/weights"] = release["conv_sub4/weights"][:, :, :, :64]
+    released["conv_sub4/weights"] = released["conv_sub4/weights"][:, :, :, :64]
     released["conv6_cls/biases"] = np.zeros(20, np.float32)
     released["conv9_extra/weights"] = np.zeros((1, 1, 2, 2), np.float32)
     np.save(tmp_path / "bad.npy", nest(released), allow_pickle=True)
@@ -370,10 +370,10 @@ def test_classifier_with_other_classes_names_the_count_and_the_flag():
         release.infer_release_geometry(
             {k: v for k, v in released.items() if "conv6_cls" not in k}, 19
         )
-    cut = {**release, "conv6_cls/weights": release["conv6_cls/weights"][..., :11]}
+    cut = {**released, "conv6_cls/weights": released["conv6_cls/weights"][..., :11]}
     with pytest.raises(release.WeightsError, match=r"weights has 11 classes but conv6_cls/biases"):
         release.infer_release_geometry(cut, 19)
-    cut["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
+    cut["conv6_cls/biases"] = released["conv6_cls/biases"][:11]
     config = cityscapes.get_config()
     with pytest.raises(release.WeightsError) as error:
         release.infer_release_geometry(cut, release.expected_classes(config))
@@ -400,8 +400,8 @@ def test_command_line_errors_are_one_line_with_status_2(tmp_path):
         "bytes) nor a TensorFlow checkpoint (no .index file)"
     ]
     released = random_release()
-    release["conv6_cls/weights"] = release["conv6_cls/weights"][..., :11]
-    release["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
+    released["conv6_cls/weights"] = released["conv6_cls/weights"][..., :11]
+    released["conv6_cls/biases"] = released["conv6_cls/biases"][:11]
     np.save(tmp_path / "cut.npy", nest(released), allow_pickle=True)
     result = run_tool(tmp_path, "--input=cut.npy", "--output=out")
     assert result.returncode == cli.EXIT_USAGE, result.stderr
