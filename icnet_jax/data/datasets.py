@@ -68,7 +68,7 @@ def get_builder(
         builder_kwargs["manual_dir"] = manual_dir
     builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
     if builder.is_prepared() and (reason := _reason_to_prepare_again(builder)):
-        print(f"{name}: {reason}: preparing it again")
+        _log.info(f"{name}: {reason}: preparing it again")
         shutil.rmtree(builder.data_dir)
         builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
     if not builder.is_prepared():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import pathlib
 import re
 import time
@@ -30,6 +31,8 @@ from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.evaluation.submission import SubmissionWriter
 from icnet_jax.evaluation.writers import PictureWriter, RegionWriter
 from icnet_jax.inference import saved_run, visualize
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +113,8 @@ def evaluate(
     _check_classes(info, target.loaded)
     spec = evaluator.spec
     if jax.process_index() == 0:
-        print(f"evaluating {info.name} {split}: {evaluator.num_images} images{_tta(options)}; "
-              f"writing to {target.out}")  # fmt: skip
+        _log.info(f"evaluating {info.name} {split}: {evaluator.num_images} images{_tta(options)}; "
+                  f"writing to {target.out}")  # fmt: skip
     regions = RegionWriter(
         evaluator.branches,
         ignore_label=spec.ignore_label,
@@ -136,7 +139,7 @@ def evaluate(
     for writer in (pictures, submission):  # pictures: host 0 only; a submission: every host
         line = writer.close() if writer is not None else None
         if line:
-            print(line)
+            _log.info(line)
     return {**summary, "region_accuracy": region_result, "output_dir": str(target.out)}
 
 
@@ -168,7 +171,7 @@ def _open(
         checkpoint if checkpoint is not None else workdir, config, before_restore=check
     )
     if jax.process_index() == 0:
-        print(loaded.header())
+        _log.info(loaded.header())
     split = _split(loaded.config, options)
     folder = split + _difference(loaded.changes, options)
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / folder
@@ -331,11 +334,11 @@ def _report(
             out / "per_class_iou.png",
             title=f"Per-class IoU ({target.title})",
         )
-        print(f"\nstep {target.loaded.step}, {target.split}:\n"
-              + loop.format_table(results, class_names))  # fmt: skip
-        print(region_line)
+        _log.info(f"\nstep {target.loaded.step}, {target.split}:\n"
+                  + loop.format_table(results, class_names))  # fmt: skip
+        _log.info(region_line)
     else:
-        print(f"{target.split} has no labelled pixels (as Cityscapes' test split): no metrics")
+        _log.info(f"{target.split} has no labelled pixels (as Cityscapes' test split): no metrics")
     rate = regions.num_images / max(seconds, 1e-9)
-    print(f"{regions.num_images} images in {seconds:.1f}s ({rate:.2f} images/s, compilation "
-          f"included); outputs in {out}")  # fmt: skip
+    _log.info(f"{regions.num_images} images in {seconds:.1f}s ({rate:.2f} images/s, compilation "
+              f"included); outputs in {out}")  # fmt: skip

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ import numpy as np
 from icnet_jax import build, errors
 from icnet_jax.inference import export
 from icnet_jax.models import fold_batchnorm
+
+_log = logging.getLogger(__name__)
 
 BACKENDS = ("jax", "onnxruntime")
 DTYPES = ("float32", "int8")
@@ -170,7 +173,7 @@ class OnnxModel:
         if size not in self._sessions:
             path = self.model_file(size)
             if self._verbose:
-                print(f"onnxruntime ({self._backend.dtype}): {path}", flush=True)
+                _log.info(f"onnxruntime ({self._backend.dtype}): {path}")
             self._sessions[size] = cpu_session(path)
         return self._sessions[size]
 

@@ -4,6 +4,7 @@ outputs named, failures counted)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import time
@@ -23,6 +24,8 @@ from icnet_jax.inference import (
     test_time,
     visualize,
 )
+
+_log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
@@ -166,7 +169,7 @@ class Segmenter:
         if not self._told:
             why = "--tile" if self.tiles.size else f"above --max_pixels={self.tiles.max_pixels}"
             eval_size = self._eval_size
-            tqdm.write(
+            _log.info(
                 f"a {shape[0]}x{shape[1]} image ({why}): segmented in {tiling.describe()}"
                 + (f" of it resized to input.eval_size={eval_size}" if eval_size else "")
             )
@@ -212,7 +215,7 @@ def _segment_video(segmenter, item, output, palette, alpha, progress) -> list[pa
     steady = ""
     if count > 1 and after_first is not None:
         steady = f", {(count - 1) / max(end - after_first, 1e-9):.2f} fps after the first frame"
-    tqdm.write(
+    _log.info(
         f"{item.path}: {count} frames at {fps:g} fps in -> {path}; achieved {rate:.2f} fps "
         f"(first frame's compilation included{steady})"
     )
@@ -264,7 +267,7 @@ def predict(
         )
     errors.check_writable(output, "--output")
     loaded = saved_run.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
-    print(loaded.header())
+    _log.info(loaded.header())
     info = loaded.dataset_info()
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=o.backend
@@ -284,14 +287,14 @@ def predict(
             reason = (
                 str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
             )
-            tqdm.write(f"skipped {item.path}: {reason}")
+            _log.info(f"skipped {item.path}: {reason}")
             summary.failed.append((str(item.path), reason))
             continue
         summary.succeeded[str(item.path)] = paths
-    print(
+    _log.info(
         f"{len(summary.succeeded)} of {len(items)} inputs segmented into {output}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")
     )
     for path, reason in summary.failed:
-        print(f"  {path}: {reason}")
+        _log.info(f"  {path}: {reason}")
     return summary

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import pathlib
 import time
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ from icnet_jax.train import run_control
 from icnet_jax.train.losses import Ohem, cascade_loss
 from icnet_jax.weights import checkpoints, finetune, imagenet, spec
 from icnet_jax.weights.spec import WeightsSpec
+
+_log = logging.getLogger(__name__)
 
 Array = jax.Array
 AXIS = "batch"
@@ -243,9 +246,9 @@ def _start(config: ml_collections.ConfigDict, workdir: pathlib.Path, num_classes
             step, state, data_state = restored
             if step >= config.num_steps:  # nothing to train: nothing written or relabelled
                 manager.close()
-                print(run_control.trained_already(step, config.num_steps, manager.directory))
+                _log.info(run_control.trained_already(step, config.num_steps, manager.directory))
                 return None
-            print(f"resuming from step {step} in {manager.directory}")
+            _log.info(f"resuming from step {step} in {manager.directory}")
             return _Start(step, state, data_state, manager)
     if config.init_checkpoint:  # before compiling anything
         finetune.check_fits(abstract, config.init_checkpoint, config)
@@ -358,5 +361,7 @@ class _Evaluation:
         if jax.process_index() == 0:
             summary = loop.make_summary(step, split, results, **self.evaluator.protocol())
             loop.write_metrics(self.workdir / "eval" / split, summary)
-            print(f"\nstep {step}, {split}:\n" + loop.format_table(results, self.info.class_names))
+            _log.info(
+                f"\nstep {step}, {split}:\n" + loop.format_table(results, self.info.class_names)
+            )
         return results

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,8 @@ from flax import traverse_util
 
 from icnet_jax import errors
 from icnet_jax.weights import saving, spec
+
+_log = logging.getLogger(__name__)
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -144,7 +145,7 @@ def _quiet():
 
 def _report(message: str) -> None:
     if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
+        _log.warning(message)
 
 
 def saved_shapes(state_dir: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
@@ -399,7 +400,7 @@ def _restore_first(
             raise
         except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
             if not (directory / str(candidate)).exists():
-                logging.getLogger(__name__).info("checkpoint %s was deleted while read", candidate)
+                _log.info("checkpoint %s was deleted while read", candidate)
                 gone = True
                 continue
             reasons.append(f"{candidate}: {_reason(error)}")

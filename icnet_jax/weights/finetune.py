@@ -28,6 +28,7 @@ placeholder statistics (which also catches runs fine-tuned from such weights).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 from collections.abc import Mapping
@@ -43,6 +44,8 @@ from icnet_jax.errors import UserError
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import checkpoints, spec
 from icnet_jax.weights.trees import plain_dict
+
+_log = logging.getLogger(__name__)
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -273,7 +276,7 @@ def load_pretrained(
         ) from None
     report = PretrainedReport(checkpoint=str(checkpoint_path), step=int(step), **lists)
     if verbose:
-        print(report.summary())
+        _log.info(report.summary())
     new_state = state.replace(
         params=jax.tree.map(jax.numpy.asarray, merged["params"]),
         batch_stats=jax.tree.map(jax.numpy.asarray, merged.get("batch_stats", {})),

@@ -26,6 +26,7 @@ segmentation trunk initialised from ImageNet.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +43,8 @@ from icnet_jax.weights import trees
 from icnet_jax.weights.files import mismatch_summary, read_weights
 from icnet_jax.weights.finetune import check_folded_start, merge_variables
 from icnet_jax.weights.spec import WeightsSpec
+
+_log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has
@@ -352,7 +355,7 @@ def load_backbone(state: Any, path: str | pathlib.Path, config, *, verbose: bool
     merged, report = trunk_variables(tensors, variables, trunk, path=str(path))
     check_folded_start(merged["batch_stats"], None, config, str(path))
     if verbose:
-        print(report.summary())
+        _log.info(report.summary())
     state = state.replace(
         params=jax.tree.map(jnp.asarray, merged["params"]),
         batch_stats=jax.tree.map(jnp.asarray, merged["batch_stats"]),

@@ -10,6 +10,7 @@ at 1025x2049, align-corners resizing, width 0.5, and whether BatchNorm was folde
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,8 @@ from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release
     load_release,
     mismatch_summary,
 )
+
+_log = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError, errors.UserError):
@@ -323,18 +326,18 @@ def convert(
     state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
     if verbose:
         count = len(tensors) - len(ignored)
-        print(
+        _log.info(
             f"converted {count} tensors of {input_path} (ICNet width {width:g}, "
             f"{num_classes} classes) -> {pathlib.Path(output) / 'checkpoints' / '0'}"
         )
         if ignored:
-            print(f"ignored training bookkeeping: {', '.join(ignored)}")
+            _log.info(f"ignored training bookkeeping: {', '.join(ignored)}")
         if absent:
-            print(
+            _log.info(
                 f"not in the release, initialised randomly (training-only heads for cascade label "
                 f"guidance): {', '.join(absent)}"
             )
-        print(
+        _log.info(
             "preprocessing recorded in the config: BGR, minus mean (RGB) "
             f"{tuple(config.input.mean)}, std {tuple(config.input.std)}, eval size "
             f"{config.input.eval_size}, align_corners {config.model.align_corners}"

@@ -336,21 +336,21 @@ def _custom_dataset(root: pathlib.Path, labels: dict[str, np.ndarray]) -> None:
         write(root / f"labels/{split}/{stem}.png", png(label))
 
 
-def test_changed_manual_dir_is_prepared_again(tmp_path, capsys):
+def test_changed_manual_dir_is_prepared_again(tmp_path, logged):
     good, bad = np.array([[0, 1], [1, 0]], np.uint8), np.array([[0, 5], [1, 0]], np.uint8)
     root = tmp_path / "m"
     _custom_dataset(root, {f"train/{i}": bad if i in (2, 5) else good for i in range(8)})
     kw = {"data_dir": tmp_path / "tfds", "manual_dir": root, "on_bad_file": "skip"}
     assert num_examples("custom", "train", **kw) == 6
-    out = capsys.readouterr().out
+    out = logged()
     assert "Unknown size" not in out and "Downloading" not in out  # tfds' banner
     assert "prepared icnet_custom: train 6 examples" in out
     assert num_examples("custom", "train", **kw) == 6  # unchanged: reused, not prepared again
-    assert "prepar" not in capsys.readouterr().out
+    assert "prepar" not in logged()
     for i in (2, 5):  # the user fixes the two labels
         write(root / f"labels/train/{i}.png", png(good))
     assert num_examples("custom", "train", **kw) == 8
-    assert "changed since it was prepared: preparing it again" in capsys.readouterr().out
+    assert "changed since it was prepared: preparing it again" in logged()
     write(root / "images/train/8.png", png(random_image(2, 2, 0)))  # an image without label
     with pytest.raises(BadFileError, match=r"train/8\.png: no label file"):
         num_examples("custom", "train", **{**kw, "on_bad_file": "error"})

@@ -127,7 +127,7 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
 
 
 @pytest.mark.slow
-def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, capsys):
+def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, logged):
     config, workdir, _ = cityscapes_run
     out = tmp_path / "submission"
     options = evaluate.EvalOptions(
@@ -140,4 +140,4 @@ def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, 
         7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33
     }  # fmt: skip
     assert not (pathlib.Path(result["output_dir"]) / "metrics.json").exists()
-    assert "test has no labelled pixels" in capsys.readouterr().out
+    assert "test has no labelled pixels" in logged()

@@ -98,7 +98,7 @@ def check_outputs(out, sizes, printed, inputs=None):
     assert "3 frames" in printed and "fps" in printed
 
 
-def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkeypatch):
+def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, logged, monkeypatch):
     """Every kind of input, with a stand-in network (fast): files, sizes and exact labels."""
     monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     inputs = tmp_path / "in"
@@ -111,7 +111,7 @@ def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkey
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
     assert "corrupt.png" in summary.failed[0][1]  # the reason names the file
     assert len(summary.succeeded) == len(sizes) + 1  # + the video
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "6 of 7 inputs segmented" in printed and "corrupt.png" in printed
     # The checkpoint's normalisation (RGB, mean 0, std 1) feeds the model, not Cityscapes' BGR.
     assert "input.bgr = False   (command line: True)" in printed
@@ -120,7 +120,7 @@ def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkey
 
 
 @pytest.mark.slow  # two compilations of the network
-def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
+def test_odd_inputs_through_icnet(tmp_path, checkpoint, logged):
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
@@ -128,7 +128,7 @@ def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
         cli_config(), checkpoint, inputs, out, predict.PredictOptions(progress=False)
     )
     assert len(summary.succeeded) == 6 and len(summary.failed) == 1
-    check_outputs(out, sizes, capsys.readouterr().out)
+    check_outputs(out, sizes, logged())
     classes = set()
     for stem in sizes:
         classes |= set(np.unique(np.asarray(Image.open(out / f"{stem}_labels.png"))).tolist())

@@ -155,7 +155,7 @@ def pointwise_probabilities(red: np.ndarray, size) -> np.ndarray:
 
 
 @pytest.mark.parametrize("eval_size", [(25, 41), (49, 65)])  # smaller and larger than the image
-def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monkeypatch, capsys):
+def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monkeypatch, logged):
     """Whole images go to the network at the eval size: a window covering that view (a --tile
     at least the image's size and the eval size) gives the same labels; smaller windows tile the
     view, whose size (not the image's) decides their number and size."""
@@ -183,7 +183,7 @@ def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monke
         sliding_window.window_starts(n, t, s) for n, t, s in zip(eval_size, (24, 40), (16, 24))
     ]
     assert windows == [(24, 40, 3)] * (len(starts[0]) * len(starts[1]))
-    assert "of it resized to input.eval_size" in capsys.readouterr().out
+    assert "of it resized to input.eval_size" in logged()
 
 
 @pytest.mark.slow  # three compilations of the network
@@ -210,7 +210,7 @@ def test_overlapping_windows_of_a_pointwise_model_give_its_labels(loaded, monkey
     np.testing.assert_array_equal(segmenter(image), image[..., 0] // 32)
 
 
-def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, capsys):
+def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, logged):
     monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     calls = []
     segment = sliding_window.segment
@@ -230,7 +230,7 @@ def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, capsy
         # Windows of the checkpoint's training crop (33x65), every two thirds of it.
         assert calls == ([sliding_window.Tiling((33, 65), (22, 43))] if tiled else [])
     assert "a 40x50 image (above --max_pixels=1999): segmented in 33x65 windows every 22x43" in (
-        capsys.readouterr().out
+        logged()
     )
 
 

@@ -32,12 +32,12 @@ def checkpoint_9(tiny_checkpoint):
     return path, state
 
 
-def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_9, capsys):
+def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_9, logged):
     path, source = checkpoint_9
     config = quickstart.get_config()
     state = fresh_state(config, 11, seed=7)
     loaded, report = finetune.load_pretrained(state, path, config=config)
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "re-initialised" in printed and "conv6_cls/kernel" in printed
 
     flat_src = traverse_util.flatten_dict(

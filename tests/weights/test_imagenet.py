@@ -240,13 +240,13 @@ def torchvision_config(variant="width1"):
     return default.override(cityscapes.get_config(variant), overrides)
 
 
-def test_torchvision_names_load_into_icnet_width1(tmp_path, capsys):
+def test_torchvision_names_load_into_icnet_width1(tmp_path, logged):
     tensors = torchvision_resnet50(dtype=np.float16)  # half precision files become float32
     write_safetensors(tmp_path / "resnet50.safetensors", tensors)
     config = torchvision_config()
     state = fresh_state(config)
     loaded, report = imagenet.load_backbone(state, tmp_path / "resnet50.safetensors", config)
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "torchvision resnet50" in printed and "fc.bias, fc.weight" in printed
     assert report.skipped["the ImageNet classifier"] == ["fc.bias", "fc.weight"]
     assert len(report.skipped["BatchNorm bookkeeping"]) == 53
@@ -360,12 +360,12 @@ def pspnet50_release(folded=False, seed=0):
 
 
 @pytest.mark.parametrize("model_name", ["icnet", "pspnet"])
-def test_the_pspnet50_release_npy_fills_the_trunk(tmp_path, model_name, capsys):
+def test_the_pspnet50_release_npy_fills_the_trunk(tmp_path, model_name, logged):
     tensors = pspnet50_release()
     np.save(tmp_path / "pspnet50.npy", nest(tensors), allow_pickle=True)
     config = cityscapes.get_config("width1" if model_name == "icnet" else "pspnet50")
     loaded, report = imagenet.load_backbone(fresh_state(config), tmp_path / "pspnet50.npy", config)
-    assert "PSPNet50 release" in capsys.readouterr().out
+    assert "PSPNet50 release" in logged()
     head = report.skipped["not part of the trunk (PSPNet's head)"]
     assert (
         "conv6/weights" in head

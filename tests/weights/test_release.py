@@ -211,11 +211,11 @@ def test_real_tensorflow_checkpoint_is_read_without_tf(tmp_path):
         np.testing.assert_array_equal(read[name], value)
 
 
-def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path, capsys):
+def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path, logged):
     released = random_release()
     np.save(tmp_path / "icnet.npy", nest(released), allow_pickle=True)
     release.convert(tmp_path / "icnet.npy", tmp_path / "out", cityscapes.get_config())
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "conv6_sub2" in printed and "conv6_sub4" in printed and "randomly" in printed
 
     state, config, num_classes, step = finetune.restore_checkpoint(tmp_path / "out")
