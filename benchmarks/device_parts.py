@@ -212,10 +212,12 @@ class _StepTimer:
 
     def pipeline_fed(self, source: Any, workers: int, sizes: dict[str, Any]) -> float:
         """Images/s with batches from the real grain pipeline over `source`."""
+        from icnet_jax import cli
         from icnet_jax.data import pipeline
         from icnet_jax.data.input_spec import InputSpec
         from icnet_jax.train import trainer
 
+        cli.flags_at_defaults()  # argparse here, not absl: grain's workers read absl's flags
         iterator = pipeline.train_dataset(
             source,
             InputSpec.from_config(self.config),
