@@ -38,11 +38,9 @@ nothing run; 130 interrupted.
 
 from absl import flags
 
-from icnet_jax import cli, errors
-from icnet_jax import state as state_lib
-from icnet_jax.benchmarking import models as networks
-from icnet_jax.benchmarking import speed as benchmarking
-from icnet_jax.inference import load as inference
+from icnet_jax import build, cli, errors
+from icnet_jax.benchmarking import networks, speed
+from icnet_jax.inference import saved_run
 from icnet_jax.weights import checkpoints
 
 FLAGS = flags.FLAGS
@@ -80,13 +78,13 @@ for _flag in (
 
 def _run_network(path: str) -> str:
     """Registers the network of the run at `path` among the benchmarked models; its name."""
-    config, num_classes, step = inference.read_run(checkpoints.existing_checkpoint(path))
+    config, num_classes, step = saved_run.read_run(checkpoints.existing_checkpoint(path))
     name = f"run_step{step}"
     networks.MODELS[name] = networks.ModelSpec(
         name,
         config.model.branch if config.model.name == "icnet" else None,
         float(config.model.width),
-        lambda scale, fold, dtype: state_lib.create_model(
+        lambda scale, fold, dtype: build.create_model(
             config, num_classes, fold_bn=fold, dtype=dtype
         ),
     )
@@ -96,9 +94,9 @@ def _run_network(path: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    options = benchmarking.Options(
+    options = speed.Options(
         models=[_run_network(FLAGS.checkpoint)] if FLAGS.checkpoint else FLAGS.models,
-        dtypes=benchmarking.dtypes_of(FLAGS.dtype, FLAGS.backend),
+        dtypes=speed.dtypes_of(FLAGS.dtype, FLAGS.backend),
         batch=FLAGS.batch,
         height=FLAGS.height,
         width=FLAGS.width,
@@ -114,7 +112,7 @@ def main(argv):
         backend=FLAGS.backend,
         calibration_images=FLAGS.calibration_images,
     )
-    benchmarking.run(options, FLAGS.json, xla_flags=FLAGS.xla_flags, probe=FLAGS.memory_probe)
+    speed.run(options, FLAGS.json, xla_flags=FLAGS.xla_flags, probe=FLAGS.memory_probe)
     return cli.EXIT_OK
 
 

@@ -50,9 +50,8 @@ import jax
 from absl import flags
 
 from icnet_jax import cli, config_checks, errors
-from icnet_jax.evaluation import evaluate as evaluation
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
+from icnet_jax.evaluation import evaluate
+from icnet_jax.inference import saved_run, test_time
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Optional: changes to the run's saved config.")
@@ -90,7 +89,7 @@ def main(argv):
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     cli.join_multihost()
-    options = evaluation.EvalOptions(
+    options = evaluate.EvalOptions(
         checkpoint=FLAGS.checkpoint,
         workdir=FLAGS.workdir,
         split=FLAGS.split,
@@ -103,10 +102,10 @@ def main(argv):
         devices=jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None,
     )
     given, overrides = cli.config_given()
-    command_line = inference.CommandLine(
+    command_line = saved_run.CommandLine(
         FLAGS.config, given, overrides, tuple(FLAGS.command_line_wins)
     )
-    evaluation.evaluate(command_line, options)
+    evaluate.evaluate(command_line, options)
     return cli.EXIT_OK
 
 

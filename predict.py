@@ -54,10 +54,7 @@ written; 130 interrupted (Ctrl-C or SIGTERM).
 from absl import flags
 
 from icnet_jax import cli, config_checks, errors
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
-from icnet_jax.inference import onnx_backend, sliding_window
-from icnet_jax.inference import predict as prediction
+from icnet_jax.inference import onnx_backend, predict, saved_run, sliding_window, test_time
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -93,7 +90,7 @@ flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8
 flags.DEFINE_bool("frames", False, "The input folder's images are the frames of one video.")
 flags.DEFINE_float("fps", 30.0, "Frame rate of --frames (and of a video that states none).")
 flags.DEFINE_multi_enum(
-    "video_outputs", ["overlay"], prediction.VIDEO_OUTPUTS,
+    "video_outputs", ["overlay"], predict.VIDEO_OUTPUTS,
     "Per video: overlay (<stem>_overlay.mp4), color (<stem>_color.mp4), labels (PNGs).",
 )  # fmt: skip
 flags.DEFINE_integer("batch", 1, "Images of one size per call of the network.", lower_bound=1)
@@ -113,7 +110,7 @@ def main(argv):
     except ValueError as error:
         raise errors.UserError(f"--scales={FLAGS.scales}: {error}") from None
     tiles = sliding_window.make_policy(FLAGS.tile, FLAGS.tile_stride, FLAGS.max_pixels)
-    options = prediction.PredictOptions(
+    options = predict.PredictOptions(
         branch=FLAGS.branch,
         flip=FLAGS.flip,
         scales=scales,
@@ -129,10 +126,10 @@ def main(argv):
         batch=FLAGS.batch,
     )
     given, overrides = cli.config_given()
-    command_line = inference.CommandLine(
+    command_line = saved_run.CommandLine(
         FLAGS.config, given, overrides, tuple(FLAGS.command_line_wins)
     )
-    summary = prediction.predict(command_line, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
+    summary = predict.predict(command_line, FLAGS.checkpoint, FLAGS.input, FLAGS.output, options)
     return summary.exit_code(FLAGS.strict)
 
 

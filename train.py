@@ -16,8 +16,7 @@ saving a checkpoint (the last good one is named and kept; an unfinished save is 
 from absl import flags
 
 from icnet_jax import cli
-from icnet_jax.train import loop as train_lib
-from icnet_jax.train import run_control, workdir_lock
+from icnet_jax.train import run_control, trainer, workdir_lock
 
 FLAGS = flags.FLAGS
 cli.define_config("configs/quickstart.py", "Training config.", lock_config=True)
@@ -30,8 +29,8 @@ def main(argv):
     cli.join_multihost()
     with workdir_lock.hold(FLAGS.workdir):
         try:
-            train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        except train_lib.NonFiniteLossError as error:
+            trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        except trainer.NonFiniteLossError as error:
             cli.fail(str(error), cli.EXIT_FAILED)
         except run_control.Stopped as stopped:
             print(stopped, flush=True)

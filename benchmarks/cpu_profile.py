@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from icnet_jax import cli
-from icnet_jax.benchmarking.models import build_model
+from icnet_jax.benchmarking.networks import build_model
 from icnet_jax.cli import flags
 
 TOP = 12  # the slowest single ops listed

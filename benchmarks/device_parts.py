@@ -74,7 +74,7 @@ def part_prepare(args: argparse.Namespace) -> None:
     import pipeline_throughput
 
     from configs import quickstart
-    from icnet_jax import config as default
+    from icnet_jax import default
     from icnet_jax.data import datasets
 
     pipeline_throughput.street_source(
@@ -142,7 +142,7 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
 def _train_config(dtype: str, sizes: dict[str, Any]):
     """The Cityscapes recipe at the check's batch, crop, width and `dtype`."""
     from configs import cityscapes
-    from icnet_jax import config as default
+    from icnet_jax import default
 
     crop = sizes["train_crop"]
     return default.override(
@@ -164,28 +164,28 @@ class _StepTimer:
     def __init__(self, config, device, batch: int, crop: int):
         import jax
 
-        from icnet_jax.train import loop as train_lib
+        from icnet_jax.train import trainer
 
         self.config, self.device, self.batch, self.crop = config, device, batch, crop
-        model = train_lib.create_model(config, self.NUM_CLASSES, axis_name=train_lib.AXIS)
-        state = train_lib.create_train_state(
-            jax.random.PRNGKey(0), model, train_lib.create_optimizer(config), (crop, crop)
+        model = trainer.create_model(config, self.NUM_CLASSES, axis_name=trainer.AXIS)
+        state = trainer.create_train_state(
+            jax.random.PRNGKey(0), model, trainer.create_optimizer(config), (crop, crop)
         )
-        self.step = train_lib.make_train_step(config, devices=[device])
-        self.state = train_lib.replicate(state, [device])
+        self.step = trainer.make_train_step(config, devices=[device])
+        self.state = trainer.replicate(state, [device])
 
     def random_batches(self, count: int) -> list[Any]:
         """`count` random batches, already on the device."""
         import jax
         import numpy as np
 
-        from icnet_jax.train import loop as train_lib
+        from icnet_jax.train import trainer
 
         rng = np.random.default_rng(0)
         shape = (self.batch, self.crop, self.crop)
         return [
             jax.device_put(
-                train_lib.shard(
+                trainer.shard(
                     {
                         "image": rng.normal(0, 50, (*shape, 3)).astype(np.float32),
                         "label": rng.integers(0, self.NUM_CLASSES, shape).astype(np.int32),
@@ -212,10 +212,12 @@ class _StepTimer:
 
     def pipeline_fed(self, source: Any, workers: int, sizes: dict[str, Any]) -> float:
         """Images/s with batches from the real grain pipeline over `source`."""
+        from icnet_jax import cli
         from icnet_jax.data import pipeline
         from icnet_jax.data.input_spec import InputSpec
-        from icnet_jax.train import loop as train_lib
+        from icnet_jax.train import trainer
 
+        cli.flags_at_defaults()  # argparse here, not absl: grain's workers read absl's flags
         iterator = pipeline.train_dataset(
             source,
             InputSpec.from_config(self.config),
@@ -227,7 +229,7 @@ class _StepTimer:
         )
         try:
             return self.images_per_s(
-                sizes["pipeline_steps"], lambda: train_lib.shard(next(iterator), 1)
+                sizes["pipeline_steps"], lambda: trainer.shard(next(iterator), 1)
             )
         finally:
             iterator.close()

@@ -20,7 +20,7 @@ from icnet_jax import cli
 from icnet_jax.cli import flags
 from icnet_jax.data import augment, datasets
 from icnet_jax.evaluation.metrics import segmentation_metrics
-from icnet_jax.inference import load
+from icnet_jax.inference import saved_run
 from icnet_jax.inference.onnx_backend import Backend
 from icnet_jax.inference.predict import Segmenter
 
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     config = camvid.get_config()
     config.dataset.data_dir = args.data_dir
     config.dataset.manual_dir = args.manual_dir
-    loaded = load.load_checkpoint(args.checkpoint, config)
+    loaded = saved_run.load_checkpoint(args.checkpoint, config)
     source, info = datasets.config_source(loaded.config, "val")
     limit = min(args.limit or len(source), len(source))
     backends = {

@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax import cli, errors
-from icnet_jax import config as default
+from icnet_jax import cli, default, errors
 from icnet_jax.cli import flags
 from icnet_jax.data.augment import train_transform
 from icnet_jax.data.input_spec import InputSpec
@@ -44,7 +43,7 @@ IMAGE_SIZE = (1024, 2048)
 
 
 def recipe(crop: int) -> InputSpec:
-    """The Cityscapes recipe's input (icnet_jax/config.py) with `crop x crop` crops."""
+    """The Cityscapes recipe's input (icnet_jax/default.py) with `crop x crop` crops."""
     return dataclasses.replace(InputSpec.from_config(default.get_config()), crop_size=(crop, crop))
 
 

@@ -4,7 +4,7 @@ step's time goes.
     PYTHONPATH=. python benchmarks/train_step_speed.py [--batch=8 --height=385 --width=481]
         [--runs=7] [--profile] [--json=FILE]
 
-JAX runs `icnet_jax.train.loop.make_train_step` (the pmapped step `train.py` runs: forward in
+JAX runs `icnet_jax.train.trainer.make_train_step` (the pmapped step `train.py` runs: forward in
 training mode, the cascade loss at three resolutions, backward, SGD with momentum and weight
 decay) of `configs/camvid.py` (ICNet width 0.5, 11 classes, plain cross entropy). PyTorch runs
 `benchmarks/torch_icnet.py`, the same layers with the same starting weights, written as the
@@ -36,10 +36,9 @@ import torch
 
 from benchmarks import cpu_profile, torch_icnet
 from configs import camvid
-from icnet_jax import cli
-from icnet_jax import state as state_lib
+from icnet_jax import build, cli
 from icnet_jax.cli import flags
-from icnet_jax.train import loop
+from icnet_jax.train import trainer
 
 NUM_CLASSES = 11
 IGNORE = 255
@@ -50,14 +49,12 @@ def jax_step(args: flags.FlagValues):
     this crop, its replicated state, the starting variables as numpy and the config."""
     config = camvid.get_config()
     config.input.crop_size = (args.height, args.width)
-    model = state_lib.create_model(config, NUM_CLASSES, axis_name=loop.AXIS)
-    tx = state_lib.create_optimizer(config)
-    state = state_lib.create_train_state(
-        jax.random.PRNGKey(0), model, tx, (args.height, args.width)
-    )
+    model = build.create_model(config, NUM_CLASSES, axis_name=trainer.AXIS)
+    tx = build.create_optimizer(config)
+    state = build.create_train_state(jax.random.PRNGKey(0), model, tx, (args.height, args.width))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    step = loop.make_train_step(config, num_classes=NUM_CLASSES)
-    return step, loop.replicate(state), jax.tree.map(np.asarray, variables), config
+    step = trainer.make_train_step(config, num_classes=NUM_CLASSES)
+    return step, trainer.replicate(state), jax.tree.map(np.asarray, variables), config
 
 
 def torch_step(config, variables, batch: dict[str, np.ndarray]):
@@ -160,7 +157,7 @@ def main(argv: list[str]) -> None:
     batch["label"] = np.where(labels == NUM_CLASSES, IGNORE, labels).astype(np.int32)
     load_before = os.getloadavg()[0]
     step, state, variables, config = jax_step(args)
-    sharded = loop.shard(batch, 1)
+    sharded = trainer.shard(batch, 1)
     run_torch = torch_step(config, variables, batch)
 
     def run_jax():

@@ -34,7 +34,7 @@ import numpy as np
 from configs import camvid
 from icnet_jax import cli, errors
 from icnet_jax.cli import flags
-from icnet_jax.inference import image_io, load, video
+from icnet_jax.inference import image_io, saved_run, video
 from icnet_jax.inference.onnx_backend import Backend
 from icnet_jax.inference.predict import Segmenter
 
@@ -126,8 +126,8 @@ def main(argv: list[str]) -> None:
     if args.data_dir:
         config.dataset.data_dir = args.data_dir
     batches = [int(b) for b in args.batches]
-    loaded = load.load_checkpoint(args.checkpoint, config, command_line_wins=("input.eval_size",))
-    palette = load.dataset_info_for("camvid", loaded.num_classes).palette
+    loaded = saved_run.load_checkpoint(args.checkpoint, config, command_line_wins=("input.eval_size",))
+    palette = saved_run.dataset_info_for("camvid", loaded.num_classes).palette
     result: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -5,7 +5,7 @@ docs/camvid.md (its ablation table chose the options); `:cpu+compress_full` and
 `:cpu+compress_half` run the compression recipe (README, "Pretrained starts") at that scale.
 """
 
-from icnet_jax import config as default
+from icnet_jax import default
 
 # Batch 8 of 225x321 crops (40% of a frame's pixels, 32k+1 sides: the release geometry; the
 # 2-core CPU's budget), the short schedule's lr of 0.02, ENet class weights and OHEM (min_kept:

@@ -1,6 +1,6 @@
 """ICNet on Cityscapes, paper recipe: 30K steps, batch 16 (`:trainval90k` for the test server)."""
 
-from icnet_jax import config as default
+from icnet_jax import default
 
 # The test-server model: 90K steps on train + val (paper Sec. 5.1).
 TRAINVAL90K = {"dataset.train_split": "trainval", "num_steps": 90_000}

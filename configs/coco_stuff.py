@@ -1,6 +1,6 @@
 """ICNet on COCO-Stuff 10K (182 classes, images up to 640x640): 30K steps as in the paper."""
 
-from icnet_jax import config as default
+from icnet_jax import default
 
 
 def get_config(variant: str | None = None):

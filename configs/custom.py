@@ -1,6 +1,6 @@
 """ICNet on your own images and label PNGs (see the README's "Your own data")."""
 
-from icnet_jax import config as default
+from icnet_jax import default
 
 
 def get_config(variant: str | None = None):

@@ -6,7 +6,7 @@ sub124 should beat sub24 and sub24 beat sub4, above all on the small classes (po
 bicycle).
 """
 
-from icnet_jax import config as default
+from icnet_jax import default
 
 
 def get_config(variant: str | None = None):

@@ -4,7 +4,8 @@ Entry points call `run(main)` instead of `absl.app.run(main)`. A failure the use
 is raised as `UserError("what, where, what to do")` (or a `flags` error while parsing) and reaches
 the terminal as one `error: ...` line with exit status `EXIT_USAGE`, no traceback unless
 `--verbosity=1` or higher. Library loggers (orbax, tfds, absl, jax) stay at WARNING unless
-`--verbosity` is given; our own progress and results are printed, not logged.
+`--verbosity` is given. The package reports through `logging` (`icnet_jax.*` loggers); `run`
+shows its records as plain lines, INFO on stdout and warnings on stderr (`terminal.py`).
 
 Before `main`: the `--config` file loads (else one line naming it and the current folder), and
 every output flag declared with `define_output` can be written (`errors.check_outputs`).
@@ -34,7 +35,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from icnet_jax import config_files, errors
+from icnet_jax import config_files, errors, terminal
 from icnet_jax.errors import UserError
 
 # The flags defined here (`define_config`, `define_output`, ...) belong to the script that calls
@@ -46,22 +47,20 @@ EXIT_FAILED = 1  # the job ran but did not succeed (e.g. every input of predict.
 EXIT_USAGE = 2  # bad input (flags, config, files, paths): nothing was computed or written
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly (training saves a checkpoint first)
 
-_LIBRARY_LOGGERS = (
-    "absl",
-    "orbax",
-    "jax",
-    "jax._src",
-    "tensorflow",
-    "tensorflow_datasets",
-    "grain",
-)
-
 
 def quiet_libraries() -> None:
-    """Library loggers at WARNING (orbax alone logs ~60 INFO lines a training run)."""
+    """Library loggers quiet (`terminal.quiet_library_loggers`), absl's at WARNING too."""
     absl_logging.set_verbosity(absl_logging.WARNING)
-    for name in _LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    terminal.quiet_library_loggers()
+
+
+def flags_at_defaults() -> None:
+    """Marks absl's flags parsed, at their defaults, where no command line parsed them: call it
+    before reading data with grain worker processes (`config.input.worker_count > 0`) outside
+    `run` (a notebook, the tests). grain 0.2.18 reads its absl flags when it starts workers and
+    fails with UnparsedFlagAccessError before they are parsed; `run` parses them before `main`."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def verbose() -> bool:
@@ -368,6 +367,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
             signal.signal(signal.SIGTERM, _interrupt)
         if not flags.FLAGS["verbosity"].present:
             quiet_libraries()
+        terminal.report_to_terminal(logging.DEBUG if verbose() else logging.INFO)
         _check_config_loads()
         try:
             check_outputs()
@@ -392,6 +392,6 @@ def run(main: Callable[[list[str]], int | None]) -> None:
 
 def config_given() -> tuple[bool, dict]:
     """Whether `--config` was given, and its `--config.KEY=VALUE` overrides (dotted keys): a job
-    on a run takes the run's config and only these changes (`inference.load.CommandLine`)."""
+    on a run takes the run's config and only these changes (`inference.saved_run.CommandLine`)."""
     holder = flags.FLAGS["config"]
     return bool(holder.present), dict(config_flags.get_override_values(holder))

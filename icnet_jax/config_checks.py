@@ -2,9 +2,10 @@
 
 `check(config)` raises one `errors.UserError` naming every field out of its domain, each as the
 flag that sets it (`--config.optim.lr=-1: must be > 0`), joined by '; '. Fields a config lacks
-(configs saved before they existed) are skipped. The architecture's and the loss's names are
-repeated here, not imported from `models/` or `train/` (this module sits beside `config`, below
-them); tests/test_config_checks.py keeps them in step.
+(configs saved before they existed) are skipped. The architecture's option names (branches, CFF,
+stem, stride, shortcut) are imported from `models/`, where they are defined; the loss's are
+repeated here, not imported from `train/` (above this module); tests/test_config_checks.py keeps
+those in step.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from icnet_jax.errors import UserError
+from icnet_jax.models.backbone import SHORTCUTS, STEM_LAYERS, STRIDE_ON
+from icnet_jax.models.icnet import BRANCHES, CFF_UPSAMPLING
 
 MODEL_NAMES = ("icnet", "pspnet")
-BRANCHES = ("sub4", "sub24", "sub124")
-CFF_UPSAMPLING = ("bilinear", "deconv3", "deconv5", "deconv7")
-STEMS = ("release", "resnet", "deep")
-STRIDE_ON = ("1x1", "3x3")
-SHORTCUTS = ("conv", "avgpool")
+STEMS = tuple(STEM_LAYERS)
 # float64 computes with JAX_ENABLE_X64=1 (exact comparisons in the tests).
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 OUTPUT_STRIDES = (8, 16, 32)

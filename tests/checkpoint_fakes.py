@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 from configs import quickstart
-from icnet_jax import config as default
-from icnet_jax.train import loop as train_lib
+from icnet_jax import default
+from icnet_jax.train import trainer
 from icnet_jax.weights import checkpoints
 
 NUM_CLASSES = 9  # the street dataset's
@@ -28,10 +28,10 @@ def checkpoint_config(**overrides):
 
 def random_state(config, num_classes: int, seed: int = 0):
     """A TrainState with random weights (fan-in scaled) without compiling `model.init`."""
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
+    model = trainer.create_model(config, num_classes)
+    tx = trainer.create_optimizer(config)
     abstract = jax.eval_shape(
-        functools.partial(train_lib.create_train_state, model=model, tx=tx, image_size=(33, 65)),
+        functools.partial(trainer.create_train_state, model=model, tx=tx, image_size=(33, 65)),
         jax.random.PRNGKey(0),
     )
     rng = np.random.default_rng(seed)

@@ -1,5 +1,7 @@
-"""Test set-up: four simulated CPU devices (for pmap tests) and the path to ../shared/data."""
+"""Test set-up: four simulated CPU devices (for pmap tests), the path to ../shared/data, absl's
+flags at their defaults, and `logged` (what the package reports, as a command line shows it)."""
 
+import logging
 import os
 import pathlib
 
@@ -34,3 +36,26 @@ def tiny_checkpoint(tmp_path_factory):
     config = checkpoint_config()
     state = write_checkpoint(workdir, config)
     return workdir, state, config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flags_at_defaults():
+    """absl's flags parsed at their defaults, as under a command line: grain's worker processes
+    read them (`cli.flags_at_defaults`)."""
+    from icnet_jax import cli
+
+    cli.flags_at_defaults()
+
+
+@pytest.fixture
+def logged(caplog):
+    """A function returning the package's log messages (INFO and above) since its last call, one
+    per line: what a command line shows its user (`terminal.report_to_terminal`)."""
+    caplog.set_level(logging.INFO, logger="icnet_jax")
+
+    def read() -> str:
+        text = "".join(record.getMessage() + "\n" for record in caplog.records)
+        caplog.clear()
+        return text
+
+    return read

@@ -11,8 +11,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from icnet_jax import config as default
-from icnet_jax.train import loop as train_lib
+from icnet_jax import default
+from icnet_jax.train import trainer
 
 CONFIGS = ["cityscapes", "camvid", "coco_stuff", "custom", "quickstart"]
 
@@ -21,7 +21,7 @@ CONFIGS = ["cityscapes", "camvid", "coco_stuff", "custom", "quickstart"]
 def test_config_resolves(name):
     config = importlib.import_module(f"configs.{name}").get_config()
     assert config.num_steps > 0 and len(config.input.crop_size) == 2
-    model = train_lib.create_model(config, num_classes=5)
+    model = trainer.create_model(config, num_classes=5)
     out = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     assert "params" in out
 
@@ -29,7 +29,7 @@ def test_config_resolves(name):
 @pytest.mark.parametrize("variant", sorted({**default.ABLATIONS, **default.RECIPES}))
 def test_variants(variant):
     config = importlib.import_module("configs.cityscapes").get_config(variant)
-    model = train_lib.create_model(config, num_classes=19)
+    model = trainer.create_model(config, num_classes=19)
     images = jnp.zeros((1, 65, 65, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
     logits, _ = jax.eval_shape(
@@ -44,7 +44,7 @@ def test_training_crop_keeps_the_release_geometry(name):
     sub124 (so labels shrink exactly): what 32k+1 sizes give (ICNet's three stride-2 stages on
     the full image, four on the half image and a x2 shrink; align-corners zoom: 2n - 1)."""
     config = importlib.import_module(f"configs.{name}").get_config()
-    model = train_lib.create_model(config, num_classes=5)
+    model = trainer.create_model(config, num_classes=5)
     images = jnp.zeros((1, *config.input.crop_size, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
     logits, _ = jax.eval_shape(
@@ -57,7 +57,7 @@ def test_training_crop_keeps_the_release_geometry(name):
 
 def test_a_size_off_the_geometry_is_caught():
     # CamVid's former 361 rows: the high branch's 1/8 map has 46 rows, sub24's zoom 45.
-    model = train_lib.create_model(importlib.import_module("configs.camvid").get_config(), 11)
+    model = trainer.create_model(importlib.import_module("configs.camvid").get_config(), 11)
     images = jnp.zeros((1, 361, 481, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
     logits, _ = jax.eval_shape(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.weights import checkpoints, spec
 from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, random_state
@@ -43,7 +43,7 @@ def recorded_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("readme_run")
     config = checkpoint_config()
     saved = json.loads(config.to_json())
-    saved[spec.RECORD] = spec.classes_record(L.STREET)
+    saved[spec.RECORD] = spec.classes_record(taxonomy.STREET)
     checkpoints.write(workdir, 7, random_state(config, NUM_CLASSES), saved)
     return workdir
 
@@ -60,7 +60,7 @@ def test_the_readme_blocks_give_predict_labels_on_a_real_frame(shared_data, reco
     loaded = run_block("load", recorded_run, frame)
     model = loaded["model"]
     np.testing.assert_array_equal(loaded["labels"], expected)  # 100% agreement
-    assert model.class_names == L.STREET.class_names
+    assert model.class_names == taxonomy.STREET.class_names
 
     orbax = run_block("orbax", recorded_run, frame)
     assert "icnet_jax" not in readme_block("orbax")

@@ -3,7 +3,7 @@ BatchNorm folded as `--fold_bn` says), run by onnxruntime on the CPU, in float32
 `--dtype=int8`, statically quantised (QDQ, per channel; `inference.quantize`).
 
 The weights are random, so the int8 ranges are calibrated on `calibration_images` random inputs
-(`models.make_images` with the next seeds): speed does not depend on the ranges. mIoU of a real
+(`networks.make_images` with the next seeds): speed does not depend on the ranges. mIoU of a real
 checkpoint in int8: `benchmarks/int8_camvid.py`. Each int8 result also has
 `speedup_vs_float32`: the float32 median of the same export over the int8 median (int8 is timed
 with float32 for that ratio).
@@ -22,8 +22,8 @@ import numpy as np
 
 from icnet_jax import errors
 from icnet_jax.benchmarking import profiling
-from icnet_jax.benchmarking.models import MODELS, build_model, make_images
-from icnet_jax.inference import export as export_lib
+from icnet_jax.benchmarking.networks import MODELS, build_model, make_images
+from icnet_jax.inference import export
 
 DTYPES = ("float32", "int8")
 
@@ -34,7 +34,7 @@ def check(dtypes: Sequence[str]) -> None:
     if unknown:
         raise errors.UserError(f"--backend=onnxruntime runs {' or '.join(DTYPES)}, not {unknown}")
     modules = ["jax2onnx", "onnxruntime", "onnx"]
-    export_lib.require(modules, "--backend=onnxruntime")
+    export.require(modules, "--backend=onnxruntime")
 
 
 def write_models(name: str, dtypes: Sequence[str], options: Any, folder: pathlib.Path) -> dict:
@@ -46,7 +46,7 @@ def write_models(name: str, dtypes: Sequence[str], options: Any, folder: pathlib
     variables = jax.tree.map(np.asarray, variables)
     size = (options.height, options.width)
     paths = {"float32": folder / f"{name}.onnx"}
-    export_lib.export_onnx(model.apply, variables, size, paths["float32"])
+    export.export_onnx(model.apply, variables, size, paths["float32"])
     if "int8" in dtypes:
         paths["int8"] = folder / f"{name}_int8.onnx"
         images = (

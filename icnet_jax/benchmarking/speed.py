@@ -45,16 +45,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
 from icnet_jax.benchmarking import onnx_speed, profiling
-from icnet_jax.benchmarking.models import (
+from icnet_jax.benchmarking.networks import (
     DTYPES,
     MODELS,
     build_model,
@@ -63,6 +63,8 @@ from icnet_jax.benchmarking.models import (
 )
 from icnet_jax.benchmarking.table import BASELINE, format_table
 from icnet_jax.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 # The memory probe re-runs the entry point in a fresh process (the peak counter cannot be reset).
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmark.py"
@@ -267,38 +269,34 @@ def run(
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
-            print(
-                "warning: --xla_flags given after the JAX backend started; ignored",
-                file=sys.stderr,
-            )
+            _log.warning("warning: --xla_flags given after the JAX backend started; ignored")
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
     if probe is not None:
         result = memory_probe(options, probe)
-        print(json.dumps(result))
+        _log.info(json.dumps(result))
         return result
     info = device_info()
-    print(
+    _log.info(
         f"device: {info['device_kind']} (platform {info['platform']}, "
         f"{info['device_count']} device(s)), jax {jax.__version__}, backend {options.backend}"
     )
-    print(
+    _log.info(
         f"input {options.batch}x{options.height}x{options.width}x3, BatchNorm "
         f"{'folded' if options.fold_bn else 'not folded'}, XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '')!r}"
     )
     budget = f"{options.time_budget:g} s" if options.time_budget else "none"
-    print(
+    _log.info(
         f"timing: compiled ahead of time, {options.warmup} warm-up call(s), block_until_ready "
         f"per call; runs = min({options.runs}, floor(time budget {budget} / one call)), "
-        f"at least {min(options.min_runs, options.runs)}",
-        flush=True,
+        f"at least {min(options.min_runs, options.runs)}"
     )
     document = measure(options)
-    print()
-    print(format_table(document["results"]))
+    _log.info("")
+    _log.info(format_table(document["results"]))
     if json_path:
         pathlib.Path(json_path).absolute().parent.mkdir(parents=True, exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(document, f, indent=2)
-        print(f"\nwrote {json_path}")
+        _log.info(f"\nwrote {json_path}")
     return document

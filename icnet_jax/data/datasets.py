@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.augment import file_name_of
 from icnet_jax.data.builders import BUILDERS
 from icnet_jax.errors import UserError
@@ -68,7 +68,7 @@ def get_builder(
         builder_kwargs["manual_dir"] = manual_dir
     builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
     if builder.is_prepared() and (reason := _reason_to_prepare_again(builder)):
-        print(f"{name}: {reason}: preparing it again")
+        _log.info(f"{name}: {reason}: preparing it again")
         shutil.rmtree(builder.data_dir)
         builder = BUILDERS[name](data_dir=str(data_dir), **builder_kwargs)
     if not builder.is_prepared():
@@ -143,10 +143,10 @@ def _filtered_source(builder: tfds.core.GeneratorBasedBuilder, split: str) -> An
     return FilteredSource(builder.as_data_source(spec), np.asarray(indices))
 
 
-def dataset_info(name: str, builder: tfds.core.GeneratorBasedBuilder) -> L.DatasetInfo:
+def dataset_info(name: str, builder: tfds.core.GeneratorBasedBuilder) -> taxonomy.DatasetInfo:
     """Class names and palette stored with the prepared dataset."""
     meta = builder.info.metadata
-    return L.DatasetInfo(
+    return taxonomy.DatasetInfo(
         name, tuple(meta["class_names"]), np.asarray(meta["palette"], dtype=np.uint8)
     )
 
@@ -158,7 +158,7 @@ def get_data_source(
     data_dir: str | pathlib.Path,
     manual_dir: str | pathlib.Path | None = None,
     **builder_kwargs: Any,
-) -> tuple[Any, L.DatasetInfo]:
+) -> tuple[Any, taxonomy.DatasetInfo]:
     """Prepares dataset ``name`` once and returns a random-access source of ``split``.
 
     Args:

@@ -9,7 +9,6 @@ such as a tfds `as_data_source` split or a list. With `worker_count > 0` it must
 """
 
 import functools
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -187,12 +186,8 @@ def _iterate(ds: grain.MapDataset, *, worker_count: int, read_threads: int):
     )
     iter_ds = ds.to_iter_dataset(read_options)
     if worker_count > 0:
-        # grain 0.2.18 with jax >= 0.10 reads an absl flag (of the absl grain itself imports) when
-        # it starts workers and fails with UnparsedFlagAccessError outside `absl.app.run`;
-        # defaults are what we want.
-        absl_flags = sys.modules.get("absl.flags")
-        if absl_flags is not None and not absl_flags.FLAGS.is_parsed():
-            absl_flags.FLAGS.mark_as_parsed()
+        # grain reads its absl flags here: parsed by the command line (`cli.run`), else see
+        # `cli.flags_at_defaults`.
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(iter_ds)
 

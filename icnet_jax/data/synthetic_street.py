@@ -6,7 +6,7 @@ far object is a few pixels wide, a near one a few tens (at 256x512). Region colo
 noise and a global colour jitter vary per scene so that the task is not solvable by colour alone,
 and the thin classes are too small for a 1/32-resolution branch alone.
 
-Class ids are those of ``labels.STREET_CLASSES``.
+Class ids are those of ``taxonomy.STREET_CLASSES``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def render_street(index: int, height: int = 256, width: int = 512, seed: int = 0
 
     Returns:
       image: uint8 ``[height, width, 3]`` RGB.
-      label: uint8 ``[height, width]`` class ids in ``[0, 9)`` (see ``labels.STREET_CLASSES``).
+      label: uint8 ``[height, width]`` class ids in ``[0, 9)`` (see ``taxonomy.STREET_CLASSES``).
     """
     rng = np.random.default_rng([seed, index])
     # The draws happen in this order (the scene of an index depends on it).

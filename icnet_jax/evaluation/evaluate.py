@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import pathlib
 import re
 import time
@@ -25,12 +26,13 @@ import ml_collections
 from icnet_jax import errors
 from icnet_jax.data import datasets
 from icnet_jax.data.input_spec import InputSpec
-from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.evaluation.submission import SubmissionWriter
 from icnet_jax.evaluation.writers import PictureWriter, RegionWriter
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import visualize
+from icnet_jax.inference import saved_run, visualize
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +43,15 @@ class EvalOptions:
       checkpoint: a workdir, checkpoints dir or step dir (default: `workdir`).
       workdir: outputs go to `workdir/eval/<split>` (default: the checkpoint's workdir).
       split: default `config.dataset.eval_split`.
-      flip, scales: test-time augmentation (`multiscale.average_probabilities`).
+      flip, scales: test-time augmentation (`test_time.average_probabilities`).
       save_predictions: pictures of the first N predictions (host 0).
       submission_dir: where to write every image's prediction (`config.model.branch`) in the
         dataset's benchmark-server format (`submission.SubmissionWriter`); each host writes its
         own images.
       region_size_scale: factor on region pixel counts before binning (`RegionAccuracy`).
       command_line_wins: config keys whose command-line value beats the checkpoint's (used when
-        `evaluate` is given a bare ConfigDict; a `load.CommandLine` carries its own).
-      devices: local devices to spread the images over (default `eval_lib.default_devices()`).
+        `evaluate` is given a bare ConfigDict; a `saved_run.CommandLine` carries its own).
+      devices: local devices to spread the images over (default `loop.default_devices()`).
       progress: a progress bar on host 0.
     """
 
@@ -70,7 +72,7 @@ class EvalOptions:
 class _Target:
     """The loaded checkpoint, the split and the output folder, checked before any work."""
 
-    loaded: inference.LoadedCheckpoint
+    loaded: saved_run.LoadedCheckpoint
     split: str
     out: pathlib.Path
 
@@ -80,7 +82,7 @@ class _Target:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     options: EvalOptions,
     *,
     source: Any = None,
@@ -89,7 +91,7 @@ def evaluate(
     """Evaluates a checkpoint and writes the outputs (see the module docstring).
 
     Args:
-      config: the command line (`load.CommandLine`), or a config file's ConfigDict; None: the
+      config: the command line (`saved_run.CommandLine`), or a config file's ConfigDict; None: the
         run's own config.
       source, info: a random-access source and its `DatasetInfo`, instead of preparing
         `config.dataset` (tests, notebooks).
@@ -111,8 +113,8 @@ def evaluate(
     _check_classes(info, target.loaded)
     spec = evaluator.spec
     if jax.process_index() == 0:
-        print(f"evaluating {info.name} {split}: {evaluator.num_images} images{_tta(options)}; "
-              f"writing to {target.out}")  # fmt: skip
+        _log.info(f"evaluating {info.name} {split}: {evaluator.num_images} images{_tta(options)}; "
+                  f"writing to {target.out}")  # fmt: skip
     regions = RegionWriter(
         evaluator.branches,
         ignore_label=spec.ignore_label,
@@ -137,7 +139,7 @@ def evaluate(
     for writer in (pictures, submission):  # pictures: host 0 only; a submission: every host
         line = writer.close() if writer is not None else None
         if line:
-            print(line)
+            _log.info(line)
     return {**summary, "region_accuracy": region_result, "output_dir": str(target.out)}
 
 
@@ -147,7 +149,7 @@ def _tta(options: EvalOptions) -> str:
 
 
 def _open(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     options: EvalOptions,
     *,
     check_split: bool = True,
@@ -157,8 +159,8 @@ def _open(
     checkpoint, workdir = options.checkpoint, options.workdir
     if checkpoint is None and workdir is None:
         raise errors.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
-    if not isinstance(config, inference.CommandLine):
-        config = inference.CommandLine(config, config is not None, wins=options.command_line_wins)
+    if not isinstance(config, saved_run.CommandLine):
+        config = saved_run.CommandLine(config, config is not None, wins=options.command_line_wins)
 
     def check(cfg: ml_collections.ConfigDict) -> None:
         split = _split(cfg, options)
@@ -167,9 +169,9 @@ def _open(
 
     run = checkpoint if checkpoint is not None else workdir
     assert run is not None  # checked above
-    loaded = inference.load_checkpoint(run, config, before_restore=check)
+    loaded = saved_run.load_checkpoint(run, config, before_restore=check)
     if jax.process_index() == 0:
-        print(loaded.header())
+        _log.info(loaded.header())
     split = _split(loaded.config, options)
     folder = split + _difference(loaded.changes, options)
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / folder
@@ -236,7 +238,7 @@ def _changes_results(key: str) -> bool:
     return key in EVALUATION_KEYS
 
 
-def _difference(changes: Sequence[inference.Change], options: EvalOptions) -> str:
+def _difference(changes: Sequence[saved_run.Change], options: EvalOptions) -> str:
     """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
     folder suffix of an evaluation that must not overwrite the run's own."""
     parts = [
@@ -264,7 +266,7 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _check_classes(info: Any, loaded: inference.LoadedCheckpoint) -> None:
+def _check_classes(info: Any, loaded: saved_run.LoadedCheckpoint) -> None:
     if info.num_classes != loaded.num_classes:
         raise errors.UserError(
             f"dataset {info.name!r} has {info.num_classes} classes but the checkpoint's classifier "
@@ -296,7 +298,7 @@ def _summary(
     the settings that differ from the run's."""
     loaded = target.loaded
     protocol = evaluator.protocol()
-    return eval_lib.make_summary(
+    return loop.make_summary(
         loaded.step,
         target.split,
         results,
@@ -325,18 +327,18 @@ def _report(
     # Cityscapes' test labels are withheld (all ignore): its metrics would be NaN, not written.
     labelled = any(r["num_pixels"] for r in results.values())
     if labelled:
-        eval_lib.write_metrics(out, summary)
+        loop.write_metrics(out, summary)
         region_line = regions.write(out)
         visualize.plot_per_class_iou(
             {b: r["per_class"] for b, r in results.items()},
             out / "per_class_iou.png",
             title=f"Per-class IoU ({target.title})",
         )
-        print(f"\nstep {target.loaded.step}, {target.split}:\n"
-              + eval_lib.format_table(results, class_names))  # fmt: skip
-        print(region_line)
+        _log.info(f"\nstep {target.loaded.step}, {target.split}:\n"
+                  + loop.format_table(results, class_names))  # fmt: skip
+        _log.info(region_line)
     else:
-        print(f"{target.split} has no labelled pixels (as Cityscapes' test split): no metrics")
+        _log.info(f"{target.split} has no labelled pixels (as Cityscapes' test split): no metrics")
     rate = regions.num_images / max(seconds, 1e-9)
-    print(f"{regions.num_images} images in {seconds:.1f}s ({rate:.2f} images/s, compilation "
-          f"included); outputs in {out}")  # fmt: skip
+    _log.info(f"{regions.num_images} images in {seconds:.1f}s ({rate:.2f} images/s, compilation "
+              f"included); outputs in {out}")  # fmt: skip

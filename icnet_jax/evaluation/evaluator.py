@@ -10,17 +10,17 @@ from typing import Any
 import jax
 import ml_collections
 
-from icnet_jax import state as state_lib
+from icnet_jax import build
 from icnet_jax.data import datasets, pipeline
 from icnet_jax.data.input_spec import InputSpec
-from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation import loop
 
 
 class Evaluator:
     """Every branch of a model evaluated on a split (whole images, the config's protocol).
 
     Attributes:
-      model: the Flax module giving every branch (`state.inference_model`).
+      model: the Flax module giving every branch (`build.inference_model`).
       branches: the names of its outputs (`loop.branch_names`).
       step: the jitted `(variables, images, labels) -> (confusions, predictions)` (`make_step`).
       source, info: the split's random-access source and its `DatasetInfo`.
@@ -47,9 +47,9 @@ class Evaluator:
         self.config = config
         self.spec = InputSpec.from_config(config)
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
-        self.model = state_lib.inference_model(config, num_classes)
-        self.branches = eval_lib.branch_names(self.model)
-        self.step = eval_lib.make_step(
+        self.model = build.inference_model(config, num_classes)
+        self.branches = loop.branch_names(self.model)
+        self.step = loop.make_step(
             self.model,
             num_classes,
             eval_size=self.spec.eval_size,
@@ -87,13 +87,13 @@ class Evaluator:
         self,
         variables: Any,
         *,
-        writers: Sequence[eval_lib.PredictionWriter] = (),
+        writers: Sequence[loop.PredictionWriter] = (),
         devices: Sequence[jax.Device] | None = None,
         progress: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """`{branch: metrics}` of `variables` on the split (`loop.evaluate_examples`)."""
         kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-        return eval_lib.evaluate_examples(
+        return loop.evaluate_examples(
             self.step,
             variables,
             pipeline.eval_dataset(self.source, self.spec, **kw),

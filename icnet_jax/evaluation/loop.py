@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from icnet_jax.evaluation.metrics import confusion_matrix, segmentation_metrics
 from icnet_jax.evaluation.regions import RegionAccuracy
-from icnet_jax.inference.multiscale import average_probabilities, prediction_dtype
+from icnet_jax.inference.test_time import average_probabilities, prediction_dtype
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
 
 # The order of branch columns everywhere (tables, metrics.json): the network's output first.
-BRANCH_ORDER = ("sub124", "sub24", "sub4")
+BRANCH_ORDER = tuple(reversed(BRANCHES))
 
 Array = jax.Array
 

@@ -34,8 +34,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from icnet_jax.models.icnet import BRANCHES
+
 # ICNet's branches from coarsest to finest; differences are finer minus coarser.
-ICNET_BRANCH_ORDER: tuple[str, ...] = ("sub4", "sub24", "sub124")
+ICNET_BRANCH_ORDER: tuple[str, ...] = BRANCHES
 
 
 def connected_regions(

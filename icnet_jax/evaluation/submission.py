@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.errors import UserError
 from icnet_jax.inference.image_io import write_png
 
@@ -72,7 +72,7 @@ class SubmissionWriter:
         self.written[name] = file_name
         ids = np.asarray(prediction)
         if self.dataset == "cityscapes":
-            ids = L.CITYSCAPES_TRAIN_TO_LABEL_ID[ids]
+            ids = taxonomy.CITYSCAPES_TRAIN_TO_LABEL_ID[ids]
         return write_png(self.out_dir / name, ids)
 
     def add(self, example: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> None:

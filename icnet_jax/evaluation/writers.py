@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from icnet_jax.data.input_spec import InputSpec
-from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.regions import RegionAccuracy
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import visualize
+from icnet_jax.inference import saved_run, visualize
 from icnet_jax.inference.image_io import write_png
 
 
@@ -53,7 +52,7 @@ class RegionWriter:
 
     def close(self) -> dict[str, Any]:
         """Sums every host's regions (all hosts call it) and returns the JSON's content."""
-        self.accumulator = eval_lib.region_accuracy_over_hosts(self.accumulator)
+        self.accumulator = loop.region_accuracy_over_hosts(self.accumulator)
         self.result = {"step": self.step, "split": self.split, **self.accumulator.result()}
         return self.result
 
@@ -100,7 +99,7 @@ class PictureWriter:
             return
         spec = self.spec
         stem = prediction_stem(example.get("file_name", "<unnamed>"), index)
-        image = inference.denormalize(example["image"], spec.mean, spec.std, spec.bgr)
+        image = saved_run.denormalize(example["image"], spec.mean, spec.std, spec.bgr)
         visualize.save_prediction(
             self.folder, stem, image, predictions[self.branch], self.palette, spec.ignore_label
         )

@@ -33,6 +33,8 @@ from icnet_jax import errors
 from icnet_jax.weights import trees
 from icnet_jax.weights.checkpoints import existing_checkpoint
 
+_log = logging.getLogger(__name__)
+
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
 # The ONNX graph's revision, part of the onnxruntime backend's cache key: a change of the graph
@@ -56,12 +58,12 @@ def require(modules: Sequence[str], what: str) -> None:
 
 def inference_function(checkpoint, *, fold_bn: bool = True) -> tuple[Apply, Any, dict]:
     """`(apply(variables, images), variables, config_dict)` of a checkpoint's ICNet / PSPNet."""
-    from icnet_jax import state as state_lib
-    from icnet_jax.inference import load
+    from icnet_jax import build
+    from icnet_jax.inference import saved_run
     from icnet_jax.models import fold_batchnorm
 
-    loaded = load.load_checkpoint(checkpoint)  # the run's own config, nothing changed
-    model = state_lib.create_model(loaded.config, loaded.num_classes, fold_bn=fold_bn)
+    loaded = saved_run.load_checkpoint(checkpoint)  # the run's own config, nothing changed
+    model = build.create_model(loaded.config, loaded.num_classes, fold_bn=fold_bn)
     variables = loaded.variables
     if fold_bn:
         variables = fold_batchnorm(variables)
@@ -104,10 +106,6 @@ def export_onnx(
     """Writes an ONNX model `images [B, H, W, 3] -> logits [B, H, W, classes]` (B symbolic), one
     self-contained file (no `.onnx.data` beside it: it can be renamed, copied and quantised
     alone; ICNet and PSPNet50 are far below protobuf's 2 GB)."""
-    # onnx_ir warns once per shape-only constant it cannot type, jax2onnx with a traceback per
-    # example plugin whose optional package is absent (dm_pix, equinox): harmless, many lines.
-    logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)
-    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
     import jax2onnx
     import onnx
 
@@ -208,7 +206,7 @@ def export(
             for images, reference in zip(batches, references)
         )
         if verbose:
-            print(
+            _log.info(
                 f"{output / name}: max |difference| / max |logit| = {max_errors[fmt]:.2e} "
                 f"(batches {tuple(check_batches)})"
             )

@@ -24,8 +24,7 @@ import ml_collections
 import numpy as np
 
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import load as load_lib
-from icnet_jax.inference import multiscale, onnx_backend, sliding_window
+from icnet_jax.inference import onnx_backend, saved_run, sliding_window, test_time
 from icnet_jax.inference.predict import Segmenter
 
 
@@ -41,7 +40,7 @@ class Model:
         the input); an `onnx_backend.OnnxModel` with the onnxruntime backend.
       num_classes, class_names, palette: the classes (palette: uint8 `[num_classes, 3]` RGB).
       step, path: the checkpoint's step and step folder.
-      loaded: the whole `load.LoadedCheckpoint` (settings taken, changes, saved config).
+      loaded: the whole `saved_run.LoadedCheckpoint` (settings taken, changes, saved config).
     """
 
     config: ml_collections.ConfigDict
@@ -52,7 +51,7 @@ class Model:
     palette: np.ndarray
     step: int
     path: pathlib.Path
-    loaded: load_lib.LoadedCheckpoint
+    loaded: saved_run.LoadedCheckpoint
     segmenter: Segmenter = dataclasses.field(repr=False)
     _probabilities: Any = dataclasses.field(repr=False, default=None)
 
@@ -87,7 +86,7 @@ def load(
     scales: Sequence[float] = (1.0,),
     tiles: sliding_window.TilePolicy | None = None,
     overrides: Mapping[str, Any] | None = None,
-    command_line: load_lib.CommandLine | None = None,
+    command_line: saved_run.CommandLine | None = None,
     calibration_images: int = 32,
 ) -> Model:
     """Loads a run (a workdir, its `checkpoints/` or one `checkpoints/<step>` folder).
@@ -99,7 +98,7 @@ def load(
       tiles: when to segment in windows (default: images above `sliding_window.MAX_PIXELS`).
       overrides: changes to the run's config (`{'input.eval_size': (513, 1025)}`); a key that
         describes the weights (`spec.CONFIG_KEYS`) is refused.
-      command_line: what a script's command line says instead (`load.CommandLine`).
+      command_line: what a script's command line says instead (`saved_run.CommandLine`).
     Raises:
       checkpoints.NoCheckpointError: nothing readable at `run`.
       errors.UserError: a refused override, a backend that cannot run.
@@ -107,13 +106,15 @@ def load(
     choice = onnx_backend.Backend(backend, dtype, calibration_images)
     choice.check()
     if command_line is None:
-        command_line = load_lib.CommandLine(None, file_given=False, overrides=dict(overrides or {}))
-    loaded = load_lib.load_checkpoint(run, command_line)
+        command_line = saved_run.CommandLine(
+            None, file_given=False, overrides=dict(overrides or {})
+        )
+    loaded = saved_run.load_checkpoint(run, command_line)
     return from_loaded(loaded, branch=branch, flip=flip, scales=scales, tiles=tiles, backend=choice)
 
 
 def from_loaded(
-    loaded: load_lib.LoadedCheckpoint,
+    loaded: saved_run.LoadedCheckpoint,
     *,
     branch: str = "sub124",
     flip: bool = False,
@@ -134,7 +135,7 @@ def from_loaded(
         flip=flip,
     )
     probabilities = jax.jit(
-        functools.partial(multiscale.average_probabilities, segmenter.network, **tta)
+        functools.partial(test_time.average_probabilities, segmenter.network, **tta)
     )
     return Model(
         config=loaded.config,

@@ -13,7 +13,7 @@ number of classes, the branch and the exporter's graph revision: a new checkpoin
 or a newer export never reuses a stale file.
 Files are written under a temporary name and renamed, so a killed export leaves no half file.
 
-`OnnxModel` stands in for the Flax module in the jitted test-time functions (`multiscale`): its
+`OnnxModel` stands in for the Flax module in the jitted test-time functions (`test_time`): its
 `apply(variables, images)` calls onnxruntime through `jax.pure_callback`, so resizing, scales,
 flips, softmax and argmax stay the JAX path's own code and the labels agree with it. Its sessions
 are made by `prepare(sizes)` before those functions are traced: exporting and quantising run JAX
@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterable
@@ -36,10 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icnet_jax import errors
-from icnet_jax import state as state_lib
-from icnet_jax.inference import export as export_lib
+from icnet_jax import build, errors
+from icnet_jax.inference import export
 from icnet_jax.models import fold_batchnorm
+
+_log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "jax", "onnxruntime")
 DTYPES = ("float32", "int8")
@@ -73,7 +75,7 @@ class Backend:
         if self.calibration_images < 1:
             raise errors.UserError("--calibration_images must be at least 1")
         if self.name == "onnxruntime":
-            export_lib.require(EXTRAS_MODULES, "--backend=onnxruntime")
+            export.require(EXTRAS_MODULES, "--backend=onnxruntime")
 
     def resolve(self) -> tuple[Backend, str]:
         """`(backend, why)`: `auto` made concrete, with the reason in words. onnxruntime runs the
@@ -88,7 +90,7 @@ class Backend:
         if platform != "cpu":
             return dataclasses.replace(self, name="jax"), f"auto: JAX on the {platform}"
         if not extras_available():
-            why = f"auto: no export extras; onnxruntime is faster on a CPU: {export_lib.EXTRAS}"
+            why = f"auto: no export extras; onnxruntime is faster on a CPU: {export.EXTRAS}"
             return dataclasses.replace(self, name="jax"), why
         return dataclasses.replace(self, name="onnxruntime"), "auto: a CPU with onnxruntime"
 
@@ -111,7 +113,7 @@ def cache_key(loaded: Any, branch: str) -> str:
         "model": loaded.config.model.to_dict(),
         "num_classes": int(loaded.num_classes),
         "branch": branch,
-        "onnx_revision": export_lib.ONNX_REVISION,
+        "onnx_revision": export.ONNX_REVISION,
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -158,7 +160,7 @@ class OnnxModel:
     `[N, H, W, classes]`, usable under `jax.jit` at the sizes made ready by `prepare`."""
 
     def __init__(self, loaded: Any, branch: str, backend: Backend, *, verbose: bool = True):
-        model = state_lib.inference_model(loaded.config, loaded.num_classes, branch)
+        model = build.inference_model(loaded.config, loaded.num_classes, branch)
         self._apply = model.clone(fold_bn=True).apply
         self._variables = jax.tree.map(np.asarray, fold_batchnorm(loaded.variables))
         self._loaded = loaded
@@ -175,7 +177,7 @@ class OnnxModel:
         name = f"icnet_{h}x{w}_{self._key}"
         float32 = cached_file(
             self._folder / f"{name}.onnx",
-            lambda out: export_lib.export_onnx(self._apply, self._variables, size, out),
+            lambda out: export.export_onnx(self._apply, self._variables, size, out),
         )
         if self._backend.dtype == "float32":
             return float32
@@ -200,7 +202,7 @@ class OnnxModel:
         if size not in self._sessions:
             path = self.model_file(size)
             if self._verbose:
-                print(f"onnxruntime ({self._backend.dtype}): {path}", flush=True)
+                _log.info(f"onnxruntime ({self._backend.dtype}): {path}")
             self._sessions[size] = cpu_session(path)
         return self._sessions[size]
 
@@ -226,7 +228,7 @@ def inference_network(loaded: Any, branch: str, backend: Backend) -> Any:
     """The network the Segmenter runs: the Flax module (jax) or an `OnnxModel`."""
     if backend.name == "onnxruntime":
         return OnnxModel(loaded, branch, backend)
-    return state_lib.inference_model(loaded.config, loaded.num_classes, branch)
+    return build.inference_model(loaded.config, loaded.num_classes, branch)
 
 
 def prepare(network: Any, sizes: Iterable[tuple[int, int]]) -> None:

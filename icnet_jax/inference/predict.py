@@ -4,6 +4,7 @@ outputs named, failures counted)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -14,9 +15,17 @@ from tqdm import tqdm
 
 from icnet_jax import errors
 from icnet_jax.data.augment import normalize
-from icnet_jax.inference import image_io, onnx_backend, sliding_window, video, visualize
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import (
+    image_io,
+    onnx_backend,
+    saved_run,
+    sliding_window,
+    test_time,
+    video,
+    visualize,
+)
+
+_log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
@@ -101,7 +110,7 @@ class Segmenter:
 
     def __init__(
         self,
-        loaded: inference.LoadedCheckpoint,
+        loaded: saved_run.LoadedCheckpoint,
         *,
         branch: str = "sub124",
         flip: bool = False,
@@ -196,7 +205,7 @@ class Segmenter:
         if not self._told:
             why = "--tile" if self.tiles.size else f"above --max_pixels={self.tiles.max_pixels}"
             eval_size = self._eval_size
-            tqdm.write(
+            _log.info(
                 f"a {shape[0]}x{shape[1]} image ({why}): segmented in {tiling.describe()}"
                 + (f" of it resized to input.eval_size={eval_size}" if eval_size else "")
             )
@@ -244,7 +253,7 @@ def _segment_video(segmenter, item, output, palette, o: PredictOptions) -> list[
     t = report.timing
     model, end_to_end = t.model_fps(), t.end_to_end_fps(report.frames)
     dropped = f", {report.dropped} dropped (--drop_late)" if report.dropped else ""
-    tqdm.write(
+    _log.info(
         f"{item.spec or item.path}: {report.frames} frames at {source.fps:g} fps{dropped} -> "
         f"{', '.join(map(str, paths))}; end to end {end_to_end:.2f} fps, the network "
         f"{model:.2f} fps (its median time per frame; {end_to_end / max(model, 1e-9):.2f}x; "
@@ -264,7 +273,7 @@ def _attempt(summary: Summary, items: Sequence[Item], function, *args):
     except Exception as error:  # noqa: BLE001 - name the file, go on with the rest
         reason = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
         for item in items:
-            tqdm.write(f"skipped {item.path}: {reason}")
+            _log.info(f"skipped {item.path}: {reason}")
             summary.failed.append((str(item.path), reason))
         return None
 
@@ -302,7 +311,7 @@ class PredictOptions:
 
 
 def predict(
-    config: ml_collections.ConfigDict | inference.CommandLine | None,
+    config: ml_collections.ConfigDict | saved_run.CommandLine | None,
     checkpoint: str | os.PathLike,
     inputs: str | os.PathLike,
     output: str | os.PathLike,
@@ -323,10 +332,10 @@ def predict(
             + ("" if o.recursive else " (--recursive reads its sub-folders)")
         )
     errors.check_writable(output, "--output")
-    loaded = inference.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
-    print(loaded.header())
+    loaded = saved_run.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
+    _log.info(loaded.header())
     info = loaded.dataset_info()
-    print(f"backend: {backend.describe()} ({why})")
+    _log.info(f"backend: {backend.describe()} ({why})")
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=backend
     )
@@ -358,10 +367,10 @@ def predict(
             summary.succeeded[str(item.path)] = paths
     for group in groups.values():
         flush(group)
-    print(
+    _log.info(
         f"{len(summary.succeeded)} of {len(items)} inputs segmented into {output}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")
     )
     for path, reason in summary.failed:
-        print(f"  {path}: {reason}")
+        _log.info(f"  {path}: {reason}")
     return summary

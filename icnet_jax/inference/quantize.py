@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import ml_collections
 import numpy as np
 
-from icnet_jax import config as default_config
+from icnet_jax import default
 from icnet_jax.data import augment, datasets
 
 
@@ -27,7 +27,7 @@ def calibration_config(loaded) -> ml_collections.ConfigDict:
     config's), read from the command line's `data_dir` / `manual_dir` where those were given
     (differ from the defaults)."""
     merged = loaded.config.to_dict()
-    defaults = default_config.get_config().dataset
+    defaults = default.get_config().dataset
     for key, value in loaded.saved_config.get("dataset", {}).items():
         given = key in ("data_dir", "manual_dir") and merged["dataset"].get(key) != defaults[key]
         if not given:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icnet_jax import errors
-from icnet_jax.inference import multiscale as test_time
+from icnet_jax.inference import test_time
 from icnet_jax.models.layers import resize_bilinear
 
 # Above this many pixels predict.py segments an image in windows (4096x4096; a 4K UHD frame and a

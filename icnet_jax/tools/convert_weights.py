@@ -50,7 +50,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from icnet_jax import config as default_config
+    from icnet_jax import default
     from icnet_jax.cli import flags
 
     FLAGS = flags.FLAGS
@@ -63,7 +63,7 @@ if __name__ == "__main__":
     )
     flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of the training-only heads.")
     cli.define_config(
-        default_config.__file__,
+        default.__file__,
         "Base config (default: the package's, Cityscapes).",
         lock_config=False,
     )

@@ -16,16 +16,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import pathlib
 import socket
-import sys
 from collections.abc import Iterator
 
 import filelock
 import jax
 
 from icnet_jax import errors
+
+_log = logging.getLogger(__name__)
 
 LOCK_NAME = "train.lock"
 HOLDER_NAME = "train.lock.json"  # who holds the lock: information only, never liveness
@@ -63,11 +65,9 @@ def _acquire(workdir: pathlib.Path) -> filelock.FileLock:
         ) from None
     left = _read(record)
     if left is not None:  # its run ended without removing it: killed
-        print(
+        _log.warning(
             f"taking over {workdir / LOCK_NAME}: it was left by {_describe(left)}, which is no "
-            "longer running",
-            file=sys.stderr,
-            flush=True,
+            "longer running"
         )
     since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,8 +27,9 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from icnet_jax import errors
-from icnet_jax.weights import saving as interrupted
-from icnet_jax.weights import spec
+from icnet_jax.weights import saving, spec
+
+_log = logging.getLogger(__name__)
 
 ITEMS = ("state", "data", "config")
 # The layers whose kernel's last axis is the number of classes (ICNet's output, PSPNet's).
@@ -49,7 +49,7 @@ class NoCheckpointError(errors.UserError, FileNotFoundError):
     """No (readable) checkpoint where one was asked for."""
 
 
-DiskFullError = interrupted.DiskFullError  # what save, write and finish raise on a full disk
+DiskFullError = saving.DiskFullError  # what save, write and finish raise on a full disk
 
 
 def create_manager(
@@ -63,13 +63,13 @@ def create_manager(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
     )
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    interrupted.prepare(directory)
+    saving.prepare(directory)
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
     """Waits for the manager's asynchronous save and closes it (a full disk: DiskFullError)."""
-    with interrupted.saving(manager.directory, manager.latest_step()):
+    with saving.saving(manager.directory, manager.latest_step()):
         manager.wait_until_finished()
     manager.close()
 
@@ -95,9 +95,9 @@ def save(
     if jax.process_count() > 1:
         state = jax.tree.map(_as_global, state)
     # The previous asynchronous save's errors (its full disk) come out of this wait.
-    with interrupted.saving(manager.directory, manager.latest_step()):
+    with saving.saving(manager.directory, manager.latest_step()):
         manager.wait_until_finished()
-    with interrupted.saving(manager.directory, step):
+    with saving.saving(manager.directory, step):
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -145,7 +145,7 @@ def _quiet():
 
 def _report(message: str) -> None:
     if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
+        _log.warning(message)
 
 
 def saved_shapes(state_dir: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
@@ -400,7 +400,7 @@ def _restore_first(
             raise
         except Exception as error:  # noqa: BLE001 - fall back to the previous checkpoint
             if not (directory / str(candidate)).exists():
-                logging.getLogger(__name__).info("checkpoint %s was deleted while read", candidate)
+                _log.info("checkpoint %s was deleted while read", candidate)
                 gone = True
                 continue
             reasons.append(f"{candidate}: {_reason(error)}")

@@ -11,7 +11,7 @@ The file's names say which (`detect_source`); the model must have that source's 
 (`backbone.Trunk`: stem, stride placement, shortcut) and the config its preprocessing, otherwise
 the error names the flags to set. Every tensor is used or listed as skipped (the ImageNet
 classifier, BatchNorm's `num_batches_tracked`, layers outside the trunk); shapes are checked per
-tensor; values become float32. Files are read by `weight_files` (`.safetensors` without torch;
+tensor; values become float32. Files are read by `files` (`.safetensors` without torch;
 `.pth` needs torch, `requirements-pretrained.txt`). A BN-folded trunk needs frozen BatchNorm
 statistics (`finetune.check_folded_start`).
 
@@ -26,6 +26,7 @@ segmentation trunk initialised from ImageNet.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -35,13 +36,15 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from icnet_jax.config import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
+from icnet_jax.default import IMAGENET_MEAN_RGB, TORCH_MEAN, TORCH_STD
 from icnet_jax.errors import UserError
 from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS, Trunk
 from icnet_jax.weights import trees
 from icnet_jax.weights.files import mismatch_summary, read_weights
+from icnet_jax.weights.finetune import check_folded_start, merge_variables
 from icnet_jax.weights.spec import WeightsSpec
-from icnet_jax.weights.start import check_folded_start, merge_variables
+
+_log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # Sources: which names, architecture and preprocessing a file has
@@ -352,7 +355,7 @@ def load_backbone(state: Any, path: str | pathlib.Path, config, *, verbose: bool
     merged, report = trunk_variables(tensors, variables, trunk, path=str(path))
     check_folded_start(merged["batch_stats"], None, config, str(path))
     if verbose:
-        print(report.summary())
+        _log.info(report.summary())
     state = state.replace(
         params=jax.tree.map(jnp.asarray, merged["params"]),
         batch_stats=jax.tree.map(jnp.asarray, merged["batch_stats"]),

@@ -20,6 +20,7 @@ width * keep) to fine-tune from (`config.init_checkpoint=DIR2`) or evaluate.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,8 @@ from icnet_jax.models.backbone import STAGE_BLOCKS, STEM_LAYERS
 from icnet_jax.models.layers import channels
 from icnet_jax.weights import trees
 from icnet_jax.weights.checkpoints import existing_checkpoint
+
+_log = logging.getLogger(__name__)
 
 
 class PruneError(ValueError, errors.UserError):
@@ -224,8 +227,8 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     """Prunes an ICNet training checkpoint into `output/checkpoints/0` (see the module doc)."""
     import ml_collections
 
+    from icnet_jax.weights.finetune import restore_checkpoint
     from icnet_jax.weights.release import write_training_checkpoint
-    from icnet_jax.weights.start import restore_checkpoint
 
     check_keep(keep)
     state, config_dict, num_classes, step = restore_checkpoint(existing_checkpoint(checkpoint))
@@ -243,7 +246,7 @@ def prune_checkpoint(checkpoint, keep: float, output, *, seed: int = 0, verbose:
     new_state = write_training_checkpoint(output, config, pruned, num_classes, seed=seed)
     if verbose:
         before, after = param_count(variables["params"]), param_count(pruned["params"])
-        print(
+        _log.info(
             f"pruned {checkpoint} (step {step}, width {width:g}) to width {width * keep:g} by "
             f"the L1 norm of each filter: {before:,} -> {after:,} parameters "
             f"-> {pathlib.Path(output) / 'checkpoints' / '0'} (fine-tune it next)"

@@ -10,6 +10,7 @@ at 1025x2049, align-corners resizing, width 0.5, and whether BatchNorm was folde
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from icnet_jax import errors
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import trees
 from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release: this tool's API
@@ -26,6 +27,8 @@ from icnet_jax.weights.files import (  # noqa: F401 - WeightsError, load_release
     load_release,
     mismatch_summary,
 )
+
+_log = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError, errors.UserError):
@@ -218,7 +221,7 @@ def infer_release_geometry(
 
 def expected_classes(config, num_classes: int | None = None) -> int | None:
     """`num_classes` if given, else that of `config.dataset.name` (None if it has no fixed one)."""
-    info = L.DATASETS.get(config.dataset.name)
+    info = taxonomy.DATASETS.get(config.dataset.name)
     return num_classes or (info.num_classes if info is not None else None)
 
 
@@ -229,7 +232,7 @@ def expected_classes(config, num_classes: int | None = None) -> int | None:
 
 def release_config(config, *, width: float = 0.5, num_classes: int = 19):
     """`config` set to the release's preprocessing and model (in place; returned)."""
-    from icnet_jax.config import IMAGENET_MEAN_RGB
+    from icnet_jax.default import IMAGENET_MEAN_RGB
 
     config.model.name = "icnet"
     config.model.width = float(width)
@@ -259,23 +262,23 @@ def write_training_checkpoint(
     import jax
     import jax.numpy as jnp
 
-    from icnet_jax import state as state_lib
-    from icnet_jax.weights import checkpoints, start
+    from icnet_jax import build
+    from icnet_jax.weights import checkpoints, finetune
 
     output = pathlib.Path(output)
     existing = output / "checkpoints"
     if existing.is_dir() and any(p.name.isdigit() for p in existing.iterdir()):
         raise OutputExistsError(f"{existing} already holds checkpoints; choose another --output")
-    model = state_lib.create_model(config, num_classes)
-    tx = state_lib.create_optimizer(config)
+    model = build.create_model(config, num_classes)
+    tx = build.create_optimizer(config)
     # Eager init on a tiny image: jit-compiling the whole network costs far more on a CPU.
     init = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32))
-    fresh = state_lib.TrainState.create(
+    fresh = build.TrainState.create(
         apply_fn=model.apply, params=init["params"], tx=tx, batch_stats=init.get("batch_stats", {})
     )
     target = {"params": fresh.params, "batch_stats": fresh.batch_stats}
     source = {c: variables.get(c, {}) for c in ("params", "batch_stats")}
-    merged, _ = start.merge_variables(jax.device_get(target), source)
+    merged, _ = finetune.merge_variables(jax.device_get(target), source)
     params = jax.tree.map(jnp.asarray, merged["params"])
     state = fresh.replace(
         params=params,
@@ -311,7 +314,7 @@ def convert(
     import jax.numpy as jnp
 
     from icnet_jax.models import ICNet
-    from icnet_jax.weights import start as finetune
+    from icnet_jax.weights import finetune
 
     tensors = load_release(input_path)
     width, num_classes = infer_release_geometry(tensors, expected_classes(config, num_classes))
@@ -320,23 +323,23 @@ def convert(
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
     variables, ignored, absent = release_variables(tensors, template)
     # Recorded for fine-tuning, which refuses BN-folded weights unless BatchNorm statistics are
-    # frozen (icnet_jax.weights.start.check_folded_start).
+    # frozen (icnet_jax.weights.finetune.check_folded_start).
     config.bn_folded = bool(finetune.folded_layers(variables["batch_stats"]))
     state = write_training_checkpoint(output, config, variables, num_classes, seed=seed)
     if verbose:
         count = len(tensors) - len(ignored)
-        print(
+        _log.info(
             f"converted {count} tensors of {input_path} (ICNet width {width:g}, "
             f"{num_classes} classes) -> {pathlib.Path(output) / 'checkpoints' / '0'}"
         )
         if ignored:
-            print(f"ignored training bookkeeping: {', '.join(ignored)}")
+            _log.info(f"ignored training bookkeeping: {', '.join(ignored)}")
         if absent:
-            print(
+            _log.info(
                 f"not in the release, initialised randomly (training-only heads for cascade label "
                 f"guidance): {', '.join(absent)}"
             )
-        print(
+        _log.info(
             "preprocessing recorded in the config: BGR, minus mean (RGB) "
             f"{tuple(config.input.mean)}, std {tuple(config.input.std)}, eval size "
             f"{config.input.eval_size}, align_corners {config.model.align_corners}"

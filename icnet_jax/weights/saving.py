@@ -11,12 +11,13 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 
 import jax
 
 from icnet_jax import errors
+
+_log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's unfinished save: `<step>.orbax-checkpoint-tmp-<t>`
 
@@ -38,7 +39,8 @@ _FILTER = _NoSpaceRecords()
 
 
 def quiet_full_disk_logs() -> None:
-    """Installs the filter on the loggers orbax's background threads log to (idempotent)."""
+    """Installs the filter on the loggers orbax's background threads log to (idempotent); the
+    command line does (`cli.quiet_libraries`), a library user may."""
     for name in ("absl", "orbax"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
@@ -50,10 +52,9 @@ def no_space_text(text: str) -> bool:
 
 
 def prepare(directory: pathlib.Path) -> None:
-    """Before a manager opens `directory`: quiets orbax's full-disk logs; process 0 creates the
-    folder (one error line where it cannot be, where orbax's makedirs ends in a traceback) and
-    removes the unfinished saves of an interrupted run, saying so."""
-    quiet_full_disk_logs()
+    """Before a manager opens `directory`: process 0 creates the folder (one error line where it
+    cannot be, where orbax's makedirs ends in a traceback) and removes the unfinished saves of an
+    interrupted run, saying so."""
     if jax.process_index() != 0:
         return
     try:
@@ -63,11 +64,7 @@ def prepare(directory: pathlib.Path) -> None:
             f"cannot create {directory} ({error.strerror or error}); choose another folder"
         ) from None
     for leftover in remove_interrupted_saves(directory):
-        print(
-            f"removed {leftover}: the leftover of a checkpoint save that was interrupted",
-            file=sys.stderr,
-            flush=True,
-        )
+        _log.warning(f"removed {leftover}: the leftover of a checkpoint save that was interrupted")
 
 
 def remove_interrupted_saves(directory: pathlib.Path) -> list[pathlib.Path]:

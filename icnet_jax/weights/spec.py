@@ -6,9 +6,9 @@ other kinds of statistics (BN-folded placeholders, frozen layers). The spec list
 setting once. It travels with the weights as the config saved next to them
 (`workdir/checkpoints/<step>/config`); `upgrade` gives a config saved before a setting existed the
 release's value of it, and is the only place that does. Every path that reads weights checks the
-spec: training resume (`start.check_resume`: any difference is refused), a start from a
-checkpoint (`start.check_fits`: the trunk and input must match), from an ImageNet trunk
-(`imagenet.required_settings`), evaluation and prediction (`inference.load`: the saved settings
+spec: training resume (`finetune.check_resume`: any difference is refused), a start from a
+checkpoint (`finetune.check_fits`: the trunk and input must match), from an ImageNet trunk
+(`imagenet.required_settings`), evaluation and prediction (`inference.saved_run`: the saved settings
 replace the command line's), pruning and export (the model is the saved spec's), and the weights
 converter records it.
 
@@ -31,9 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from icnet_jax import state as state_lib
-from icnet_jax.config import get_config
-from icnet_jax.data import labels as L
+from icnet_jax import build
+from icnet_jax.data import taxonomy
+from icnet_jax.default import get_config
 
 # Spec field -> the config key a user sets (the name every message uses).
 KEYS = {
@@ -72,7 +72,7 @@ CONFIG_KEYS = tuple(k for k in KEYS.values() if k != "num_classes")
 RECORD = "classes"
 
 
-def classes_record(info: L.DatasetInfo) -> dict[str, Any]:
+def classes_record(info: taxonomy.DatasetInfo) -> dict[str, Any]:
     """The record of a dataset's classes saved with a run's checkpoints (`RECORD`)."""
     return {
         "num_classes": len(info.class_names),
@@ -81,14 +81,14 @@ def classes_record(info: L.DatasetInfo) -> dict[str, Any]:
     }
 
 
-def record_info(saved: Mapping[str, Any], num_classes: int) -> L.DatasetInfo | None:
+def record_info(saved: Mapping[str, Any], num_classes: int) -> taxonomy.DatasetInfo | None:
     """The classes and palette a saved config records (None: a checkpoint saved before the
     record existed, or a record of another number of classes than the classifier's)."""
     record = saved.get(RECORD)
     if not isinstance(record, Mapping) or len(record.get("names", ())) != num_classes:
         return None
     name = saved.get("dataset", {}).get("name") or "unknown"
-    return L.custom_info(name, record["names"], np.asarray(record["palette"], np.uint8))
+    return taxonomy.custom_info(name, record["names"], np.asarray(record["palette"], np.uint8))
 
 
 def without_record(saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class WeightsSpec:
 
     `cff_upsampling` is ICNet's only (None for PSPNet), `output_stride` PSPNet's only (None for
     ICNet); `num_classes` is None where unknown (a config without data); `frozen_bn` is
-    `state.frozen_bn`: the layers whose BatchNorm statistics training keeps ('none', 'trunk',
+    `build.frozen_bn`: the layers whose BatchNorm statistics training keeps ('none', 'trunk',
     'all'); `bn_folded`: the statistics are the placeholders of BN-folded weights.
     """
 
@@ -154,7 +154,7 @@ class WeightsSpec:
             mean=tuple(float(v) for v in i.mean),
             std=tuple(float(v) for v in i.std),
             bn_folded=bool(c.bn_folded),
-            frozen_bn=state_lib.frozen_bn(c),
+            frozen_bn=build.frozen_bn(c),
         )
 
     def differences(
@@ -224,10 +224,8 @@ def restore_target(saved: Mapping[str, Any], num_classes: int) -> Any:
     target every reader restores a checkpoint with (the optimiser state is part of it)."""
     # A section the saved config lacks (a hand-written one without `optim`) takes the defaults.
     config = ml_collections.ConfigDict({**get_config().to_dict(), **upgrade(saved)})
-    model = state_lib.create_model(config, num_classes)
-    tx = state_lib.create_optimizer(config)
+    model = build.create_model(config, num_classes)
+    tx = build.create_optimizer(config)
     # Parameter shapes do not depend on the image size: a small one traces fast.
-    create = functools.partial(
-        state_lib.create_train_state, model=model, tx=tx, image_size=(65, 65)
-    )
+    create = functools.partial(build.create_train_state, model=model, tx=tx, image_size=(65, 65))
     return jax.eval_shape(create, jax.random.PRNGKey(0))

@@ -11,15 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icnet_jax.benchmarking import models as networks
-from icnet_jax.benchmarking import profiling
-from icnet_jax.benchmarking import speed as benchmarking
+from icnet_jax.benchmarking import networks, profiling, speed
 from tests import scripts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = benchmarking.Options(
-    height=65, width=129, width_scale=0.125, runs=2, warmup=1, progress=False
-)
+TINY = speed.Options(height=65, width=129, width_scale=0.125, runs=2, warmup=1, progress=False)
 TINY_FLAGS = ["--height=65", "--width=129", "--width_scale=0.125", "--runs=2", "--warmup=1"]
 
 
@@ -83,7 +79,7 @@ def test_add_ratios_against_half_width_pspnet():
     def result(model, dtype, ms, mem):
         return {"model": model, "dtype": dtype, "time_ms": {"median": ms}, "memory_bytes": mem}
 
-    results = benchmarking.add_ratios(
+    results = speed.add_ratios(
         [
             result("icnet_sub124", "float32", 50.0, 100),
             result("pspnet50_half", "float32", 500.0, 400),
@@ -139,7 +135,7 @@ def test_script_json_schema(tmp_path):
 
 def test_bfloat16_and_unfolded_run():
     options = dataclasses.replace(TINY, models=["icnet_sub4"], dtypes=["bfloat16"], fold_bn=False)
-    doc = benchmarking.measure(options)
+    doc = speed.measure(options)
     (r,) = doc["results"]
     assert r["dtype"] == "bfloat16" and doc["config"]["fold_bn"] is False
     assert r["speedup"] is None  # no baseline in the run
@@ -147,7 +143,7 @@ def test_bfloat16_and_unfolded_run():
 
 def test_memory_probe_subprocess_prints_peak_json():
     # What the fresh subprocess of `--memory=measured` runs; CPU has no memory stats (null).
-    argv = benchmarking.probe_argv(TINY, "icnet_sub4", "float32")
+    argv = speed.probe_argv(TINY, "icnet_sub4", "float32")
     peak = profiling.run_json_subprocess(argv, timeout_s=600)["peak_bytes"]
     expected = profiling.peak_memory_bytes(jax.devices()[0])
     assert (peak is None) == (expected is None)
@@ -165,9 +161,9 @@ def test_bad_flag_is_one_error_line_exit_2(flag):
 
 
 def test_dtypes_by_backend():
-    assert benchmarking.dtypes_of("both") == ["float32", "bfloat16"]
-    assert benchmarking.dtypes_of("int8", "onnxruntime") == ["float32", "int8"]
-    assert benchmarking.dtypes_of("float32", "onnxruntime") == ["float32"]
+    assert speed.dtypes_of("both") == ["float32", "bfloat16"]
+    assert speed.dtypes_of("int8", "onnxruntime") == ["float32", "int8"]
+    assert speed.dtypes_of("float32", "onnxruntime") == ["float32"]
 
 
 @pytest.mark.parametrize(

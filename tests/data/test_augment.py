@@ -6,7 +6,7 @@ import chex
 import numpy as np
 import pytest
 
-from icnet_jax import config as default
+from icnet_jax import default
 from icnet_jax.data import augment
 from icnet_jax.data.input_spec import InputSpec
 

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from icnet_jax.config import get_config
 from icnet_jax.data.builders import MissingDataError
 from icnet_jax.data.datasets import check_splits, get_data_source
+from icnet_jax.default import get_config
 from icnet_jax.errors import UserError
 from tests.data_fakes import by_name, exif_jpeg, png, random_image, two_colour_photo, write
 
@@ -113,7 +113,7 @@ def _holding(marker: pathlib.Path) -> subprocess.Popen:
     return holder
 
 
-def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, capsys):
+def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, logged):
     _custom(tmp_path / "m", {"train": 2, "val": 1})
     leftover = _leftover(tmp_path)
     dead = _marker(tmp_path, "host.1")
@@ -123,12 +123,12 @@ def test_leftover_of_a_killed_preparation_is_removed_at_the_next(tmp_path, capsy
     assert dead.exists()
     check_splits(_config(tmp_path))
     assert not leftover.exists() and not dead.exists()
-    assert f"removed {leftover}, left by an interrupted preparation" in capsys.readouterr().out
+    assert f"removed {leftover}, left by an interrupted preparation" in logged()
     assert len(_prepared(tmp_path)) == 1
     assert not list((tmp_path / "tfds").rglob(".preparing.*"))  # ours is gone too
 
 
-def test_leftover_kept_while_another_process_prepares(tmp_path, capsys):
+def test_leftover_kept_while_another_process_prepares(tmp_path, logged):
     _custom(tmp_path / "m", {"train": 2, "val": 1})
     leftover = _leftover(tmp_path)
     live = _marker(tmp_path, "host.2")
@@ -138,10 +138,10 @@ def test_leftover_kept_while_another_process_prepares(tmp_path, capsys):
     finally:
         holder.communicate(timeout=60)
     assert leftover.exists() and live.exists()
-    assert "removed" not in capsys.readouterr().out
+    assert "removed" not in logged()
 
 
-def test_raw_image_format_reads_back_what_png_storage_does(tmp_path, capsys):
+def test_raw_image_format_reads_back_what_png_storage_does(tmp_path, logged):
     _custom(tmp_path / "m", {"train": 3, "val": 1})
     write(tmp_path / "m/images/train/phone.jpg", exif_jpeg(two_colour_photo(4, 6), 6))
     write(tmp_path / "m/labels/train/phone.png", png(np.ones((6, 4), np.uint8)))
@@ -157,7 +157,7 @@ def test_raw_image_format_reads_back_what_png_storage_does(tmp_path, capsys):
                 assert got[name][key].dtype == np.uint8
                 np.testing.assert_array_equal(got[name][key], example[key])
     # Changing the format prepares the dataset again, in that format.
-    assert "changed since it was prepared" in capsys.readouterr().out
+    assert "changed since it was prepared" in logged()
 
 
 def test_street_raw_format_reads_back_the_rendered_scenes(tmp_path):

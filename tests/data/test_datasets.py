@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders import BadFileError, MissingDataError
 from icnet_jax.data.datasets import get_builder, get_data_source, num_examples
 from icnet_jax.data.synthetic_street import render_street
@@ -35,21 +35,21 @@ from tests.data_fakes import (
 
 
 def test_label_tables_match_hand_written_values():
-    assert L.map_labels(CITYSCAPES_IDS, L.CITYSCAPES_TABLE).tolist() == (
+    assert taxonomy.map_labels(CITYSCAPES_IDS, taxonomy.CITYSCAPES_TABLE).tolist() == (
         CITYSCAPES_TRAIN_IDS.tolist()
     )
-    assert L.CITYSCAPES.num_classes == 19 and L.CAMVID.num_classes == 11
-    assert L.COCO_STUFF.num_classes == 182 and L.STREET.num_classes == 9
-    assert L.COCO_STUFF_CLASSES[0] == "person" and L.COCO_STUFF_CLASSES[181] == "wood"
-    assert L.COCO_STUFF_CLASSES[91] == "banner"
-    for info in (L.CITYSCAPES, L.CAMVID, L.COCO_STUFF, L.STREET):
+    assert taxonomy.CITYSCAPES.num_classes == 19 and taxonomy.CAMVID.num_classes == 11
+    assert taxonomy.COCO_STUFF.num_classes == 182 and taxonomy.STREET.num_classes == 9
+    assert taxonomy.COCO_STUFF_CLASSES[0] == "person" and taxonomy.COCO_STUFF_CLASSES[181] == "wood"
+    assert taxonomy.COCO_STUFF_CLASSES[91] == "banner"
+    for info in (taxonomy.CITYSCAPES, taxonomy.CAMVID, taxonomy.COCO_STUFF, taxonomy.STREET):
         assert info.palette.shape == (info.num_classes, 3) and info.palette.dtype == np.uint8
         assert len(set(info.class_names)) == info.num_classes
     # Every one of the 32 CamVid colours is known; the 11 groups are all reached.
-    assert len(L.CAMVID_32_COLOURS) == 32
-    assert set(L.CAMVID_COLOUR_IDS.tolist()) == set(range(11)) | {255}
+    assert len(taxonomy.CAMVID_32_COLOURS) == 32
+    assert set(taxonomy.CAMVID_COLOUR_IDS.tolist()) == set(range(11)) | {255}
     with pytest.raises(ValueError, match=r"\[12\]"):
-        L.map_labels(np.array([[3, 12]]), L.CAMVID_SEGNET_TABLE)
+        taxonomy.map_labels(np.array([[3, 12]]), taxonomy.CAMVID_SEGNET_TABLE)
 
 
 # --- Cityscapes ------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_cityscapes_official_layout(tmp_path, layout):
     files = make_cityscapes(tmp_path / "manual", layout)
     kw = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "manual"}
     train, info = get_data_source("cityscapes", "train", **kw)
-    assert info.class_names == L.CITYSCAPES_CLASSES and info.num_classes == 19
+    assert info.class_names == taxonomy.CITYSCAPES_CLASSES and info.num_classes == 19
     assert len(train) == 3
     assert num_examples("cityscapes", "val", **kw) == 1
     assert num_examples("cityscapes", "trainval", **kw) == 4
@@ -143,7 +143,7 @@ def test_camvid_segnet_layout(tmp_path):
     label = np.array([[0, 3, 10, 11], [11, 5, 1, 2], [4, 6, 7, 8]], np.uint8)
     make_camvid_segnet(tmp_path / "m", {"train/0001TP_006690": label, "val/Seq05VD_f00000": label})
     train, info = get_data_source("camvid", "train", data_dir=tmp_path, manual_dir=tmp_path / "m")
-    assert info.class_names == L.CAMVID_CLASSES and len(train) == 1
+    assert info.class_names == taxonomy.CAMVID_CLASSES and len(train) == 1
     ex = by_name(train)["train/0001TP_006690.jpg"]
     assert ex["image"].shape == (3, 4, 3)
     expected = [[0, 3, 10, 255], [255, 5, 1, 2], [4, 6, 7, 8]]
@@ -158,7 +158,7 @@ def test_camvid_segnet_out_of_range_label_is_bad(tmp_path):
 
 
 def test_camvid_original_colour_labels(tmp_path):
-    colours = L.CAMVID_32_COLOURS
+    colours = taxonomy.CAMVID_32_COLOURS
     names = [
         ["Road", "LaneMkgsDriv", "Void", "Child"],
         ["TrafficCone", "Wall", "SUVPickupTruck", "MotorcycleScooter"],
@@ -336,21 +336,21 @@ def _custom_dataset(root: pathlib.Path, labels: dict[str, np.ndarray]) -> None:
         write(root / f"labels/{split}/{stem}.png", png(label))
 
 
-def test_changed_manual_dir_is_prepared_again(tmp_path, capsys):
+def test_changed_manual_dir_is_prepared_again(tmp_path, logged):
     good, bad = np.array([[0, 1], [1, 0]], np.uint8), np.array([[0, 5], [1, 0]], np.uint8)
     root = tmp_path / "m"
     _custom_dataset(root, {f"train/{i}": bad if i in (2, 5) else good for i in range(8)})
     kw = {"data_dir": tmp_path / "tfds", "manual_dir": root, "on_bad_file": "skip"}
     assert num_examples("custom", "train", **kw) == 6
-    out = capsys.readouterr().out
+    out = logged()
     assert "Unknown size" not in out and "Downloading" not in out  # tfds' banner
     assert "prepared icnet_custom: train 6 examples" in out
     assert num_examples("custom", "train", **kw) == 6  # unchanged: reused, not prepared again
-    assert "prepar" not in capsys.readouterr().out
+    assert "prepar" not in logged()
     for i in (2, 5):  # the user fixes the two labels
         write(root / f"labels/train/{i}.png", png(good))
     assert num_examples("custom", "train", **kw) == 8
-    assert "changed since it was prepared: preparing it again" in capsys.readouterr().out
+    assert "changed since it was prepared: preparing it again" in logged()
     write(root / "images/train/8.png", png(random_image(2, 2, 0)))  # an image without label
     with pytest.raises(BadFileError, match=r"train/8\.png: no label file"):
         num_examples("custom", "train", **{**kw, "on_bad_file": "error"})
@@ -423,7 +423,7 @@ def test_street_render_is_deterministic_and_has_small_objects():
 def test_street_dataset_source(tmp_path):
     kw = {"data_dir": tmp_path, "num_train": 3, "num_val": 2, "height": 64, "width": 128}
     val, info = get_data_source("street", "val", **kw)
-    assert info.class_names == L.STREET_CLASSES and len(val) == 2
+    assert info.class_names == taxonomy.STREET_CLASSES and len(val) == 2
     ex = by_name(val)["street_000004"]
     image, label = render_street(4, 64, 128, seed=0)
     np.testing.assert_array_equal(ex["image"], image)

@@ -1,4 +1,4 @@
-"""evaluate.py and icnet_jax/inference.py: metrics against hand-computed values, test-time
+"""evaluate.py and icnet_jax/saved_run.py: metrics against hand-computed values, test-time
 augmentation, the checkpoint's settings winning over the command line, the written files."""
 
 from __future__ import annotations
@@ -18,17 +18,13 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
-from icnet_jax import config as default_config
-from icnet_jax import errors
-from icnet_jax import state as state_lib
-from icnet_jax.data import labels as L
+from icnet_jax import build, default, errors
+from icnet_jax.data import taxonomy
 from icnet_jax.data.augment import normalize
-from icnet_jax.evaluation import evaluate as evaluation
-from icnet_jax.evaluation import loop as eval_lib
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
+from icnet_jax.evaluation import evaluate, loop
+from icnet_jax.inference import saved_run, test_time
 from icnet_jax.inference.image_io import read_image
-from icnet_jax.train import loop as train_lib
+from icnet_jax.train import trainer
 from icnet_jax.weights import checkpoints, spec
 from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, write_checkpoint
@@ -64,7 +60,7 @@ def test_checkpoint_settings_win_over_the_command_line():
         "ignore_label": 11,
     }
     cli = command_line_config()
-    merged, settings = inference.merge_checkpoint_config(cli, saved)
+    merged, settings = saved_run.merge_checkpoint_config(cli, saved)
     assert merged.model.width == 0.25 and merged.model.branch == "sub4"
     assert merged.model.align_corners is False
     assert merged.model.cff_upsampling == cli.model.cff_upsampling  # not saved: command line
@@ -75,11 +71,11 @@ def test_checkpoint_settings_win_over_the_command_line():
     keys = {s.key for s in settings}
     assert keys == {"model.width", "model.branch", "model.align_corners", "input.mean",
                     "input.bgr", "input.eval_size", "ignore_label"}  # fmt: skip
-    text = inference.describe_settings(settings)
+    text = saved_run.describe_settings(settings)
     assert "model.width = 0.25   (command line: 0.5)" in text
     assert cli.model.width == 0.5  # the command-line config is untouched
 
-    kept, settings = inference.merge_checkpoint_config(cli, saved, ["input.eval_size", "model"])
+    kept, settings = saved_run.merge_checkpoint_config(cli, saved, ["input.eval_size", "model"])
     assert kept.input.eval_size is None and kept.model.width == 0.5 and kept.input.mean == (1, 2, 3)
     assert {s.key for s in settings} == {"input.mean", "input.bgr", "ignore_label"}
 
@@ -87,7 +83,7 @@ def test_checkpoint_settings_win_over_the_command_line():
 def test_load_checkpoint_takes_the_saved_settings_and_classes(checkpoint):
     workdir, state = checkpoint
     for path in (workdir, workdir / "checkpoints" / "7"):
-        loaded = inference.load_checkpoint(path, command_line_config())
+        loaded = saved_run.load_checkpoint(path, command_line_config())
         assert loaded.step == 7 and loaded.num_classes == NUM_CLASSES
         assert loaded.workdir == workdir.absolute()
         assert loaded.config.model.width == 0.25 and loaded.config.input.bgr is False
@@ -96,7 +92,7 @@ def test_load_checkpoint_takes_the_saved_settings_and_classes(checkpoint):
         loaded.variables["params"]["conv6_cls"]["kernel"], state.params["conv6_cls"]["kernel"]
     )
     with pytest.raises(FileNotFoundError):
-        inference.load_checkpoint(workdir / "nowhere", command_line_config())
+        saved_run.load_checkpoint(workdir / "nowhere", command_line_config())
 
 
 # --- Metrics by hand, through evaluate() with a model whose output is known ---------------------
@@ -166,7 +162,7 @@ def restore_as_three_classes(path, make_abstract, step=None):
     )
 
 
-HAND_INFO = L.custom_info("hand", ["zero", "one", "two"])
+HAND_INFO = taxonomy.custom_info("hand", ["zero", "one", "two"])
 
 
 @pytest.mark.parametrize("flip, scales", [(False, (1.0,)), (True, (1.0, 2.0))])
@@ -174,13 +170,13 @@ def test_metrics_json_matches_hand_computed_values(tmp_path, checkpoint, monkeyp
     workdir, _ = checkpoint
     # The checkpoint's classifier has 9 classes; this model and dataset have 3.
     monkeypatch.setattr(checkpoints, "restore", restore_as_three_classes)
-    monkeypatch.setattr(state_lib, "inference_model", lambda config, n, branch="all": OneHotModel())
+    monkeypatch.setattr(build, "inference_model", lambda config, n, branch="all": OneHotModel())
     out = tmp_path / "out"
-    options = evaluation.EvalOptions(
+    options = evaluate.EvalOptions(
         workdir, workdir=out, split="val", flip=flip, scales=scales, save_predictions=5,
         progress=False,
     )  # fmt: skip
-    summary = evaluation.evaluate(None, options, source=hand_source(), info=HAND_INFO)
+    summary = evaluate.evaluate(None, options, source=hand_source(), info=HAND_INFO)
     # The run's own settings write eval/val; test-time options write beside it.
     folder = out / "eval" / ("val_flip_scales-1-2" if flip else "val")
     assert summary["output_dir"] == str(folder)
@@ -229,7 +225,7 @@ def test_several_devices_give_the_same_confusions():
         label = rng.integers(0, 3, (h, w)).astype(np.int32)
         label[0, 0] = 255
         examples.append({"image": np.eye(3, dtype=np.float32)[pred], "label": label, "i": i})
-    step = eval_lib.make_step(OneHotModel(), 3)
+    step = loop.make_step(OneHotModel(), 3)
     seen = []
 
     class Seen:
@@ -237,7 +233,7 @@ def test_several_devices_give_the_same_confusions():
             seen.append((ex["i"], predictions["sub124"].shape))
 
     results = [
-        eval_lib.evaluate_examples(
+        loop.evaluate_examples(
             step,
             {},
             examples,
@@ -273,7 +269,7 @@ def test_denormalize_inverts_normalize():
     mean, std = (123.68, 116.779, 103.939), (58.0, 57.0, 57.5)
     for bgr in (False, True):
         x = normalize(image, mean, std, bgr)
-        np.testing.assert_array_equal(inference.denormalize(x, mean, std, bgr), image)
+        np.testing.assert_array_equal(saved_run.denormalize(x, mean, std, bgr), image)
 
 
 # --- The real network, against model.apply + numpy ----------------------------------------------
@@ -289,13 +285,13 @@ def test_icnet_metrics_equal_numpy_from_model_apply(tmp_path, checkpoint):
         label = rng.integers(0, NUM_CLASSES, (33, 65), dtype=np.uint8)
         label[:5] = 255
         source.append(example(image, label, f"img{i}.png"))
-    options = evaluation.EvalOptions(
+    options = evaluate.EvalOptions(
         workdir / "checkpoints", workdir=tmp_path, split="val", progress=False
     )
-    summary = evaluation.evaluate(command_line_config(), options, source=source, info=L.STREET)
+    summary = evaluate.evaluate(command_line_config(), options, source=source, info=taxonomy.STREET)
 
     # Independently: the saved config's model and normalisation, model.apply, numpy argmax.
-    model = train_lib.create_model(checkpoint_config(), NUM_CLASSES, branch="all")
+    model = trainer.create_model(checkpoint_config(), NUM_CLASSES, branch="all")
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     apply = jax.jit(model.apply)
     expected = {b: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) for b in summary["branches"]}
@@ -330,36 +326,36 @@ def test_an_unknown_split_is_refused_before_reading_or_preparing(tiny_checkpoint
     def fail(*args, **kwargs):
         raise AssertionError("read or prepared before the split was checked")
 
-    monkeypatch.setattr(inference.spec, "restore_target", fail)
-    monkeypatch.setattr(evaluation.datasets, "config_source", fail)
-    options = evaluation.EvalOptions(tiny_checkpoint[0], split="nonexistent", progress=False)
+    monkeypatch.setattr(saved_run.spec, "restore_target", fail)
+    monkeypatch.setattr(evaluate.datasets, "config_source", fail)
+    options = evaluate.EvalOptions(tiny_checkpoint[0], split="nonexistent", progress=False)
     with pytest.raises(errors.UserError, match=r"--split=nonexistent: dataset 'street' has no"):
-        evaluation.evaluate(None, options)
+        evaluate.evaluate(None, options)
 
 
 def test_a_custom_split_is_a_folder_of_images(tmp_path):
     config = checkpoint_config(**{"dataset.name": "custom", "dataset.manual_dir": str(tmp_path)})
     for split in ("train", "val"):
         (tmp_path / "images" / split).mkdir(parents=True)
-    evaluation.check_split_name(config, "val")
-    evaluation.check_split_name(config, "trainval")
-    evaluation.check_split_name(config, "train[-0006R0]")
+    evaluate.check_split_name(config, "val")
+    evaluate.check_split_name(config, "trainval")
+    evaluate.check_split_name(config, "train[-0006R0]")
     with pytest.raises(errors.UserError, match="has no split 'test'; one of train, val"):
-        evaluation.check_split_name(config, "test")
+        evaluate.check_split_name(config, "test")
 
 
 def test_results_with_other_settings_get_a_folder_naming_the_difference():
-    change = inference.Change
-    options = evaluation.EvalOptions(scales=(0.75, 1.0))
+    change = saved_run.Change
+    options = evaluate.EvalOptions(scales=(0.75, 1.0))
     moved = [change("dataset.manual_dir", "/a", "/b"), change("dataset.data_dir", "x", "y")]
-    assert evaluation._difference(moved, evaluation.EvalOptions()) == ""  # the run's own
+    assert evaluate._difference(moved, evaluate.EvalOptions()) == ""  # the run's own
     other = [
         change("dataset.builder_kwargs.num_val", 4, 40),
         change("input.eval_size", None, (65, 129)),
     ]
-    assert evaluation._difference(other, options) == "_num_val-40_eval_size-65x129_scales-0.75-1"
+    assert evaluate._difference(other, options) == "_num_val-40_eval_size-65x129_scales-0.75-1"
     many = [change(f"dataset.builder_kwargs.k{i}", 0, i) for i in range(30)]
-    assert len(evaluation._difference(many, options)) <= 61
+    assert len(evaluate._difference(many, options)) <= 61
 
 
 def run_files(workdir: pathlib.Path) -> dict[pathlib.Path, bytes]:
@@ -438,13 +434,13 @@ def test_a_custom_dataset_run_needs_no_config_to_evaluate_and_predict(tmp_path):
             write(data / "labels" / split / f"{stem}.png", png(label))
     from configs import custom
 
-    config = default_config.override(custom.get_config(), {
+    config = default.override(custom.get_config(), {
         "dataset.manual_dir": str(data), "dataset.data_dir": str(tmp_path / "tfds"),
         "dataset.builder_kwargs.dataset_name": "mine", "model.width": 0.25,
     })  # fmt: skip
     saved = json.loads(config.to_json())
     palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], np.uint8)
-    info = L.custom_info("custom", ["ground", "wall", "sky"], palette)
+    info = taxonomy.custom_info("custom", ["ground", "wall", "sky"], palette)
     saved[spec.RECORD] = spec.classes_record(info)
     workdir = tmp_path / "run"
     checkpoints.write(workdir, 5, random_state(config, 3), saved)
@@ -469,14 +465,14 @@ def test_a_camvid_run_is_evaluated_with_no_config(tmp_path, shared_data):
     from configs import camvid
     from tests.checkpoint_fakes import random_state
 
-    config = default_config.override(camvid.get_config("cpu"), {
+    config = default.override(camvid.get_config("cpu"), {
         "dataset.manual_dir": str(shared_data / "camvid"),
         "dataset.data_dir": str(tmp_path / "tfds"), "model.width": 0.25,
     })  # fmt: skip
     saved = json.loads(config.to_json())
-    saved[spec.RECORD] = spec.classes_record(L.CAMVID)
+    saved[spec.RECORD] = spec.classes_record(taxonomy.CAMVID)
     workdir = tmp_path / "run"
-    checkpoints.write(workdir, 9, random_state(config, L.CAMVID.num_classes), saved)
+    checkpoints.write(workdir, 9, random_state(config, taxonomy.CAMVID.num_classes), saved)
 
     split = "val[0016E5_0795]"  # a few frames of the run's own eval split
     done = scripts.run("evaluate.py", f"--workdir={workdir}", f"--split={split}")

@@ -9,25 +9,25 @@ import chex
 import numpy as np
 import pytest
 
-from icnet_jax import state as state_lib
-from icnet_jax.evaluation import loop as eval_lib
+from icnet_jax import build
+from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.evaluator import Evaluator
-from icnet_jax.train import loop as train_lib
+from icnet_jax.train import trainer
 from tests.checkpoint_fakes import checkpoint_config
 from tests.evaluation.test_evaluate import HAND_INFO, OneHotModel, hand_source
-from tests.train.test_loop import tiny_config
+from tests.train.test_trainer import tiny_config
 
 
 @pytest.fixture
 def count_traces(monkeypatch):
     """Fails a test whose evaluation step is traced more than once."""
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(eval_lib.average_probabilities, 1)
-    monkeypatch.setattr(eval_lib, "average_probabilities", counted)
+    counted = chex.assert_max_traces(loop.average_probabilities, 1)
+    monkeypatch.setattr(loop, "average_probabilities", counted)
 
 
 def test_two_evaluations_trace_the_step_once(monkeypatch, count_traces):
-    monkeypatch.setattr(state_lib, "inference_model", lambda config, n, branch="all": OneHotModel())
+    monkeypatch.setattr(build, "inference_model", lambda config, n, branch="all": OneHotModel())
     source = hand_source() * 2
     evaluator = Evaluator(checkpoint_config(), 3, "val", source=source, info=HAND_INFO)
     first = evaluator({}, progress=False)
@@ -43,7 +43,7 @@ def test_training_with_eval_every_compiles_its_evaluation_once(tmp_path, count_t
     config = tiny_config(
         tmp_path / "tfds", num_steps=2, eval_every=1, checkpoint_every=2, batch_size=4
     )
-    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     evaluated = [json.loads(line)["step"] for line in lines if "eval/sub124/miou" in line]
     assert evaluated == [1, 2]  # two evaluations, one trace (the fixture)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs import cityscapes
 from icnet_jax.errors import UserError
-from icnet_jax.evaluation import evaluate as evaluation
+from icnet_jax.evaluation import evaluate
 from icnet_jax.evaluation.submission import SubmissionWriter
 from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
@@ -97,10 +97,8 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
     )
     config, workdir, manual = cityscapes_run
     out = tmp_path / "submission"
-    options = evaluation.EvalOptions(
-        workdir=workdir, split="val", submission_dir=out, progress=False
-    )
-    ours = evaluation.evaluate(config, options)
+    options = evaluate.EvalOptions(workdir=workdir, split="val", submission_dir=out, progress=False)
+    ours = evaluate.evaluate(config, options)
     ours = ours["branches"]["sub124"]
     predicted = read(out / f"{STEM}_leftImg8bit.png")
     assert len(np.unique(predicted)) >= 4, "a prediction of few classes would test little"
@@ -129,17 +127,17 @@ def test_cityscapesscripts_reads_our_predictions_and_finds_our_ious(cityscapes_r
 
 
 @pytest.mark.slow
-def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, capsys):
+def test_a_split_without_labels_gets_predictions_and_no_metrics(cityscapes_run, tmp_path, logged):
     config, workdir, _ = cityscapes_run
     out = tmp_path / "submission"
-    options = evaluation.EvalOptions(
+    options = evaluate.EvalOptions(
         workdir=workdir, split="test", submission_dir=out, progress=False
     )
-    result = evaluation.evaluate(config, options)
+    result = evaluate.evaluate(config, options)
     assert [p.name for p in out.iterdir()] == ["berlin_000000_000019_leftImg8bit.png"]
     written = read(out / "berlin_000000_000019_leftImg8bit.png")
     assert written.shape == (128, 256) and set(np.unique(written)) <= {
         7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33
     }  # fmt: skip
     assert not (pathlib.Path(result["output_dir"]) / "metrics.json").exists()
-    assert "test has no labelled pixels" in capsys.readouterr().out
+    assert "test has no labelled pixels" in logged()

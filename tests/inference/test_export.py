@@ -142,12 +142,12 @@ def camvid_frames(n: int) -> list[np.ndarray]:
 
 
 def segmenters(tiny_checkpoint, backend):
-    from icnet_jax.inference import load
+    from icnet_jax.inference import saved_run
     from icnet_jax.inference.predict import Segmenter
     from tests.checkpoint_fakes import checkpoint_config
 
     workdir, _, _ = tiny_checkpoint
-    loaded = load.load_checkpoint(workdir, checkpoint_config())
+    loaded = saved_run.load_checkpoint(workdir, checkpoint_config())
     return Segmenter(loaded), Segmenter(loaded, backend=backend), workdir
 
 
@@ -244,7 +244,7 @@ def test_benchmark_script_times_onnxruntime_in_float32_and_int8(tmp_path):
 def test_int8_calibrates_on_the_dataset_the_checkpoint_was_trained_on():
     import types
 
-    from icnet_jax import config as default
+    from icnet_jax import default
     from icnet_jax.inference.quantize import calibration_config
 
     command_line = default.get_config()  # quickstart-like: another dataset than the checkpoint's

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax import state as state_lib
-from icnet_jax.data import labels as L
-from icnet_jax.inference import image_io
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import predict as prediction
+from icnet_jax import build
+from icnet_jax.data import taxonomy
+from icnet_jax.inference import image_io, predict, saved_run
 from tests.checkpoint_fakes import NUM_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -72,7 +70,9 @@ class RedBandModel:
 
 
 def check_outputs(out, sizes, printed, inputs=None):
-    palette = {tuple(c) for c in L.STREET_PALETTE}  # the checkpoint's dataset, not Cityscapes
+    palette = {
+        tuple(c) for c in taxonomy.STREET_PALETTE
+    }  # the checkpoint's dataset, not Cityscapes
     for stem, size in sizes.items():
         labels = Image.open(out / f"{stem}_labels.png")
         assert labels.mode == "L"
@@ -98,20 +98,20 @@ def check_outputs(out, sizes, printed, inputs=None):
     assert "3 frames" in printed and "fps" in printed
 
 
-def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkeypatch):
+def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, logged, monkeypatch):
     """Every kind of input, with a stand-in network (fast): files, sizes and exact labels."""
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(
-        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    summary = predict.predict(
+        cli_config(), checkpoint, inputs, out, predict.PredictOptions(progress=False)
     )
 
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
     assert "corrupt.png" in summary.failed[0][1]  # the reason names the file
     assert len(summary.succeeded) == len(sizes) + 1  # + the video
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "6 of 7 inputs segmented" in printed and "corrupt.png" in printed
     # The checkpoint's normalisation (RGB, mean 0, std 1) feeds the model, not Cityscapes' BGR.
     assert "input.bgr = False   (command line: True)" in printed
@@ -120,15 +120,15 @@ def test_odd_inputs_give_the_expected_files(tmp_path, checkpoint, capsys, monkey
 
 
 @pytest.mark.slow  # two compilations of the network
-def test_odd_inputs_through_icnet(tmp_path, checkpoint, capsys):
+def test_odd_inputs_through_icnet(tmp_path, checkpoint, logged):
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    summary = prediction.predict(
-        cli_config(), checkpoint, inputs, out, prediction.PredictOptions(progress=False)
+    summary = predict.predict(
+        cli_config(), checkpoint, inputs, out, predict.PredictOptions(progress=False)
     )
     assert len(summary.succeeded) == 6 and len(summary.failed) == 1
-    check_outputs(out, sizes, capsys.readouterr().out)
+    check_outputs(out, sizes, logged())
     classes = set()
     for stem in sizes:
         classes |= set(np.unique(np.asarray(Image.open(out / f"{stem}_labels.png"))).tolist())
@@ -139,26 +139,26 @@ def test_collect_inputs_names_and_kinds(tmp_path):
     for name in ("b.png", "a.png", "a.JPG", "sub/c.png", ".hidden.png", "notes.txt", "v.MP4"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    items = prediction.collect_inputs(tmp_path)
+    items = predict.collect_inputs(tmp_path)
     assert [(i.path.name, i.stem, i.kind) for i in items] == [
         ("a.JPG", "a", "image"),
         ("a.png", "a_png", "image"),
         ("b.png", "b", "image"),
         ("v.MP4", "v", "video"),
     ]
-    deep = prediction.collect_inputs(tmp_path, recursive=True)
+    deep = predict.collect_inputs(tmp_path, recursive=True)
     assert "sub/c" in [i.stem for i in deep]
-    assert [i.stem for i in prediction.collect_inputs(tmp_path / "b.png")] == ["b"]
+    assert [i.stem for i in predict.collect_inputs(tmp_path / "b.png")] == ["b"]
     with pytest.raises(FileNotFoundError):
-        prediction.collect_inputs(tmp_path / "missing.png")
+        predict.collect_inputs(tmp_path / "missing.png")
 
 
 def test_palette_falls_back_to_a_generated_one():
-    assert inference.dataset_info_for("street", 9) is L.STREET
-    info = inference.dataset_info_for("street", 4)  # another number of classes
+    assert saved_run.dataset_info_for("street", 9) is taxonomy.STREET
+    info = saved_run.dataset_info_for("street", 4)  # another number of classes
     assert info.num_classes == 4
-    np.testing.assert_array_equal(info.palette, L.generated_palette(4))
-    assert inference.dataset_info_for("custom", 3).class_names == ("class_0", "class_1", "class_2")
+    np.testing.assert_array_equal(info.palette, taxonomy.generated_palette(4))
+    assert saved_run.dataset_info_for("custom", 3).class_names == ("class_0", "class_1", "class_2")
 
 
 @pytest.mark.slow
@@ -196,7 +196,7 @@ class ShapeRecorder:
 @pytest.mark.parametrize("flip", [False, True])
 def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     """What an onnxruntime network is made ready for before tracing (onnx_backend.prepare)."""
-    from icnet_jax.inference import multiscale as test_time
+    from icnet_jax.inference import test_time
 
     model, scales = ShapeRecorder(), (0.5, 1.0, 1.25, 1.0)
     predict_fn = test_time.make_predict_fn(model, 3, eval_size=eval_size, scales=scales, flip=flip)
@@ -204,21 +204,21 @@ def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     assert test_time.network_sizes((37, 53), scales, eval_size) == list(dict.fromkeys(model.sizes))
 
 
-def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, capsys, monkeypatch):
+def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, logged, monkeypatch):
     """`--backend=auto` where the export extras are absent (simulated): JAX, said in one line."""
     from icnet_jax.inference import onnx_backend
 
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     monkeypatch.setattr(onnx_backend, "extras_available", lambda: False)
     monkeypatch.setattr(onnx_backend.jax, "default_backend", lambda: "cpu")
     image = tmp_path / "in" / "a.png"
     image.parent.mkdir()
     pixels = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(image)
-    options = prediction.PredictOptions(progress=False, backend=onnx_backend.Backend("auto"))
-    summary = prediction.predict(cli_config(), checkpoint, image, tmp_path / "out", options)
+    options = predict.PredictOptions(progress=False, backend=onnx_backend.Backend("auto"))
+    summary = predict.predict(cli_config(), checkpoint, image, tmp_path / "out", options)
     assert summary.exit_code(strict=True) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
+    lines = [x for x in logged().splitlines() if x.startswith("backend:")]
     assert len(lines) == 1 and lines[0].startswith("backend: jax (auto: no export extras")
     labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
     np.testing.assert_array_equal(labels, pixels[..., 0] // 32)  # the JAX stand-in ran
@@ -227,18 +227,16 @@ def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, capsys, 
 def test_a_folder_of_frames_gives_one_video_and_label_frames(tmp_path, checkpoint, monkeypatch):
     """`--frames --video_outputs=overlay,color,labels` with the stand-in network: every frame
     in order, exact labels."""
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
         (tmp_path / "seq").mkdir(exist_ok=True)
         Image.fromarray(frame).save(tmp_path / "seq" / f"{i:03d}.png")
-    options = prediction.PredictOptions(
-        progress=False, frames=True, fps=7.0, video_outputs=prediction.VIDEO_OUTPUTS
+    options = predict.PredictOptions(
+        progress=False, frames=True, fps=7.0, video_outputs=predict.VIDEO_OUTPUTS
     )
-    summary = prediction.predict(
-        cli_config(), checkpoint, tmp_path / "seq", tmp_path / "o", options
-    )
+    summary = predict.predict(cli_config(), checkpoint, tmp_path / "seq", tmp_path / "o", options)
     assert summary.exit_code(strict=True) == 0
     fps, video = image_io.iter_video_frames(tmp_path / "o" / "seq_color.mp4")
     assert fps == pytest.approx(7.0) and len(list(video)) == 5
@@ -248,7 +246,7 @@ def test_a_folder_of_frames_gives_one_video_and_label_frames(tmp_path, checkpoin
         np.testing.assert_array_equal(labels, frame[..., 0] // 32)
 
 
-def test_batches_of_same_size_images_give_the_same_files(tmp_path, checkpoint, capsys, monkeypatch):
+def test_batches_of_same_size_images_give_the_same_files(tmp_path, checkpoint, logged, monkeypatch):
     """`--batch=3` over images of two sizes, a corrupt one and a video: the files and exact
     labels of one at a time, the batches grouped by size (4 of 32x64 in batches of 3 and 1)."""
     calls = []
@@ -258,13 +256,13 @@ def test_batches_of_same_size_images_give_the_same_files(tmp_path, checkpoint, c
             calls.append(images.shape[0])
             return super().apply(variables, images)
 
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: Recorder())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: Recorder())
     inputs = tmp_path / "in"
     sizes = make_inputs(inputs)
     out = tmp_path / "out"
-    options = prediction.PredictOptions(progress=False, batch=3)
-    summary = prediction.predict(cli_config(), checkpoint, inputs, out, options)
+    options = predict.PredictOptions(progress=False, batch=3)
+    summary = predict.predict(cli_config(), checkpoint, inputs, out, options)
     assert [pathlib.Path(p).name for p, _ in summary.failed] == ["corrupt.png"]
     assert len(summary.succeeded) == len(sizes) + 1
-    check_outputs(out, sizes, capsys.readouterr().out, inputs)
+    check_outputs(out, sizes, logged(), inputs)
     assert 3 in calls  # traced once per batch shape: 3 and 1 images of 32x64, 1 of 37x53

@@ -16,12 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax import cli, errors
-from icnet_jax import state as state_lib
-from icnet_jax.inference import load as inference
-from icnet_jax.inference import multiscale as test_time
-from icnet_jax.inference import predict as prediction
-from icnet_jax.inference import sliding_window as sw
+from icnet_jax import build, cli, errors
+from icnet_jax.inference import predict, saved_run, sliding_window, test_time
 from tests import numpy_reference as ref
 from tests.checkpoint_fakes import NUM_CLASSES
 from tests.inference.test_predict import RedBandModel, cli_config
@@ -77,7 +73,7 @@ def not_tied(p, tolerance=1e-4):
      [0, 3, 6])],
 )  # fmt: skip
 def test_window_starts(length, window, stride, starts):
-    assert sw.window_starts(length, window, stride) == starts
+    assert sliding_window.window_starts(length, window, stride) == starts
 
 
 SHAPES = [((37, 53), (16, 24), (11, 16)), ((37, 53), (16, 24), (16, 24)), ((20, 30), (64, 64),
@@ -87,8 +83,8 @@ SHAPES = [((37, 53), (16, 24), (11, 16)), ((37, 53), (16, 24), (16, 24)), ((20, 
 @pytest.mark.parametrize("shape, size, stride", SHAPES)
 def test_the_average_is_mmsegmentations_slide_mode(shape, size, stride):
     image = RNG.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    tiling = sw.Tiling(size, stride)
-    bands = list(sw.averaged_bands(image, toy_window_fn, tiling))
+    tiling = sliding_window.Tiling(size, stride)
+    bands = list(sliding_window.averaged_bands(image, toy_window_fn, tiling))
     # Consecutive bands of at most a window's height: what bounds the memory.
     assert [top for top, _ in bands] == np.cumsum([0] + [b.shape[0] for _, b in bands])[
         :-1
@@ -98,7 +94,7 @@ def test_the_average_is_mmsegmentations_slide_mode(shape, size, stride):
     got = np.concatenate([b for _, b in bands])
     expected = reference_slide(image, toy_window_fn, size, stride)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    labels = sw.segment(image, toy_window_fn, tiling, np.uint8)
+    labels = sliding_window.segment(image, toy_window_fn, tiling, np.uint8)
     assert labels.dtype == np.uint8
     p = reference_probabilities(expected)
     np.testing.assert_array_equal(labels[not_tied(p)], p.argmax(-1)[not_tied(p)])
@@ -108,8 +104,8 @@ def test_the_average_is_mmsegmentations_slide_mode(shape, size, stride):
 def test_probabilities_are_resized_to_the_image_before_the_labels(align_corners):
     """The view was the image resized (to an eval size): labels at the image's own size."""
     view = RNG.integers(0, 256, (21, 30, 3), dtype=np.uint8)
-    tiling = sw.Tiling((16, 16), (8, 12))
-    labels = sw.segment(
+    tiling = sliding_window.Tiling((16, 16), (8, 12))
+    labels = sliding_window.segment(
         view, toy_window_fn, tiling, np.int32, output_size=(45, 37), align_corners=align_corners
     )
     assert labels.shape == (45, 37) and labels.dtype == np.int32
@@ -120,7 +116,7 @@ def test_probabilities_are_resized_to_the_image_before_the_labels(align_corners)
 
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
-    return inference.load_checkpoint(tiny_checkpoint[0], cli_config())
+    return saved_run.load_checkpoint(tiny_checkpoint[0], cli_config())
 
 
 def with_eval_size(loaded, eval_size):
@@ -135,18 +131,20 @@ def test_one_window_covering_the_image_is_whole_image_inference(loaded, flip):
     """The checkpoint's ICNet: identical labels; the probabilities equal to rounding (the softmax
     is compiled apart from the network, a few probabilities differ in their last digits)."""
     image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    whole = prediction.Segmenter(loaded, flip=flip)
-    tiled = prediction.Segmenter(loaded, flip=flip, tiles=sw.TilePolicy(size=(64, 64)))
+    whole = predict.Segmenter(loaded, flip=flip)
+    tiled = predict.Segmenter(loaded, flip=flip, tiles=sliding_window.TilePolicy(size=(64, 64)))
     np.testing.assert_array_equal(tiled(image), whole(image))
-    model = state_lib.inference_model(loaded.config, loaded.num_classes, "sub124")
+    model = build.inference_model(loaded.config, loaded.num_classes, "sub124")
     whole_probabilities = jax.jit(
         lambda v, x: test_time.average_probabilities(model, v, x, align_corners=True, flip=flip)
     )
     (p,) = whole_probabilities(loaded.variables, whole.prepare(image)[None]).values()
     window_fn = lambda w: tiled._window(tiled.prepare(w))  # noqa: E731
-    (band,) = sw.averaged_bands(image, window_fn, sw.Tiling((37, 53), (37, 53)))
+    (band,) = sliding_window.averaged_bands(
+        image, window_fn, sliding_window.Tiling((37, 53), (37, 53))
+    )
     assert band[0] == 0 and band[1].shape == (37, 53, 2 if flip else 1, NUM_CLASSES)
-    probabilities = np.asarray(sw._probabilities(band[1]))
+    probabilities = np.asarray(sliding_window._probabilities(band[1]))
     np.testing.assert_allclose(probabilities, np.asarray(p[0]), rtol=1e-3, atol=1e-6)
 
 
@@ -157,15 +155,15 @@ def pointwise_probabilities(red: np.ndarray, size) -> np.ndarray:
 
 
 @pytest.mark.parametrize("eval_size", [(25, 41), (49, 65)])  # smaller and larger than the image
-def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monkeypatch, capsys):
+def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monkeypatch, logged):
     """Whole images go to the network at the eval size: a window covering that view (a --tile
     at least the image's size and the eval size) gives the same labels; smaller windows tile the
     view, whose size (not the image's) decides their number and size."""
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     loaded = with_eval_size(loaded, eval_size)
     image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    whole = prediction.Segmenter(loaded)(image)
-    tiled = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(64, 72)))(image)
+    whole = predict.Segmenter(loaded)(image)
+    tiled = predict.Segmenter(loaded, tiles=sliding_window.TilePolicy(size=(64, 72)))(image)
     np.testing.assert_array_equal(tiled, whole)
     # The pointwise model's labels of the view, resized as probabilities to the image's size;
     # pixels whose view has a red value at a class boundary (float32 rounding) are not compared.
@@ -173,80 +171,103 @@ def test_windows_see_the_image_resized_to_the_eval_size(loaded, eval_size, monke
     p, q = (pointwise_probabilities(view + d, image.shape[:2]) for d in (-1e-3, 1e-3))
     compared = not_tied(p) & not_tied(q) & (p.argmax(-1) == q.argmax(-1))
     windows = []
-    segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(24, 40), stride=(16, 24)))
+    segmenter = predict.Segmenter(
+        loaded, tiles=sliding_window.TilePolicy(size=(24, 40), stride=(16, 24))
+    )
     window = segmenter._window
     segmenter._window = lambda w: windows.append(w.shape) or window(w)
     labels = segmenter(image)
     assert compared.mean() > 0.9
     np.testing.assert_array_equal(labels[compared], p.argmax(-1)[compared])
-    starts = [sw.window_starts(n, t, s) for n, t, s in zip(eval_size, (24, 40), (16, 24))]
+    starts = [
+        sliding_window.window_starts(n, t, s) for n, t, s in zip(eval_size, (24, 40), (16, 24))
+    ]
     assert windows == [(24, 40, 3)] * (len(starts[0]) * len(starts[1]))
-    assert "of it resized to input.eval_size" in capsys.readouterr().out
+    assert "of it resized to input.eval_size" in logged()
 
 
 @pytest.mark.slow  # three compilations of the network
 def test_a_covering_window_reproduces_whole_image_inference_at_an_eval_size(loaded):
     loaded = with_eval_size(loaded, (25, 41))
     image = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    whole = prediction.Segmenter(loaded)(image)
+    whole = predict.Segmenter(loaded)(image)
     np.testing.assert_array_equal(
-        prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(37, 53)))(image), whole
+        predict.Segmenter(loaded, tiles=sliding_window.TilePolicy(size=(37, 53)))(image), whole
     )
     # Windows over the image's own pixels (no eval size) would not: the old behaviour.
-    unresized = prediction.Segmenter(with_eval_size(loaded, None), tiles=sw.TilePolicy((37, 53)))
+    unresized = predict.Segmenter(
+        with_eval_size(loaded, None), tiles=sliding_window.TilePolicy((37, 53))
+    )
     assert np.mean(unresized(image) != whole) > 0.01
 
 
 def test_overlapping_windows_of_a_pointwise_model_give_its_labels(loaded, monkeypatch):
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     image = RNG.integers(0, 256, (45, 70, 3), dtype=np.uint8)
-    segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(16, 24), stride=(5, 7)))
+    segmenter = predict.Segmenter(
+        loaded, tiles=sliding_window.TilePolicy(size=(16, 24), stride=(5, 7))
+    )
     np.testing.assert_array_equal(segmenter(image), image[..., 0] // 32)
 
 
-def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, capsys):
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+def test_the_switch_to_windows_above_the_pixel_budget(loaded, monkeypatch, logged):
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
     calls = []
-    segment = sw.segment
-    monkeypatch.setattr(sw, "segment", lambda *a, **k: calls.append(a[2]) or segment(*a, **k))
+    segment = sliding_window.segment
+
+    def record(*args, **kwargs):
+        calls.append(args[2])
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(sliding_window, "segment", record)
     image = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     for max_pixels, tiled in ((40 * 50, False), (40 * 50 - 1, True), (0, False)):
         calls.clear()
-        segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(max_pixels=max_pixels))
+        segmenter = predict.Segmenter(
+            loaded, tiles=sliding_window.TilePolicy(max_pixels=max_pixels)
+        )
         np.testing.assert_array_equal(segmenter(image), image[..., 0] // 32)
         # Windows of the checkpoint's training crop (33x65), every two thirds of it.
-        assert calls == ([sw.Tiling((33, 65), (22, 43))] if tiled else [])
+        assert calls == ([sliding_window.Tiling((33, 65), (22, 43))] if tiled else [])
     assert "a 40x50 image (above --max_pixels=1999): segmented in 33x65 windows every 22x43" in (
-        capsys.readouterr().out
+        logged()
     )
 
 
 def test_the_default_budget_keeps_ordinary_images_whole():
-    policy = sw.TilePolicy().for_checkpoint((1025, 1025))
+    policy = sliding_window.TilePolicy().for_checkpoint((1025, 1025))
     assert policy.tiling_for((1024, 2048, 3)) is None
     assert policy.tiling_for((2160, 3840, 3)) is None
-    assert policy.tiling_for((8000, 8000, 3)) == sw.Tiling((1025, 1025), (683, 683))
+    assert policy.tiling_for((8000, 8000, 3)) == sliding_window.Tiling((1025, 1025), (683, 683))
 
 
 def test_out_of_memory_is_one_error_naming_the_flag(loaded, monkeypatch, tmp_path):
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
-    segmenter = prediction.Segmenter(loaded)
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
+    segmenter = predict.Segmenter(loaded)
 
     def exhausted(*args):
         raise jax_runtime_error("RESOURCE_EXHAUSTED: Out of memory allocating 9000000000 bytes.")
 
     monkeypatch.setattr(segmenter, "_predict", exhausted)
     image = np.zeros((40, 50, 3), np.uint8)
-    with pytest.raises(sw.OutOfMemoryError, match=r"a 40x50 image whole; .*--tile=33,65"):
+    with pytest.raises(
+        sliding_window.OutOfMemoryError, match=r"a 40x50 image whole; .*--tile=33,65"
+    ):
         segmenter(image)
-    monkeypatch.setattr(segmenter, "tiles", sw.TilePolicy(size=(20, 20)).for_checkpoint((1, 1)))
+    monkeypatch.setattr(
+        segmenter, "tiles", sliding_window.TilePolicy(size=(20, 20)).for_checkpoint((1, 1))
+    )
     monkeypatch.setattr(segmenter, "_window", lambda w: (_ for _ in ()).throw(MemoryError()))
-    with pytest.raises(sw.OutOfMemoryError, match=r"in 20x20 windows every 13x13; .*--tile=10,10"):
+    with pytest.raises(
+        sliding_window.OutOfMemoryError, match=r"in 20x20 windows every 13x13; .*--tile=10,10"
+    ):
         segmenter(image)
     monkeypatch.setattr(segmenter, "_window", lambda w: (_ for _ in ()).throw(ValueError("x")))
     with pytest.raises(ValueError):  # anything else stays what it is
         segmenter(image)
-    assert issubclass(sw.OutOfMemoryError, errors.UserError)  # cli.run: one line, exit 2
+    assert issubclass(
+        sliding_window.OutOfMemoryError, errors.UserError
+    )  # cli.run: one line, exit 2
 
 
 def jax_runtime_error(message):
@@ -254,21 +275,21 @@ def jax_runtime_error(message):
 
 
 def test_predict_stops_at_out_of_memory_instead_of_skipping(tiny_checkpoint, monkeypatch, tmp_path):
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
 
     def exhausted(self, image):
-        raise sw.out_of_memory_error(image.shape, None, self.tiles)
+        raise sliding_window.out_of_memory_error(image.shape, None, self.tiles)
 
-    monkeypatch.setattr(prediction.Segmenter, "__call__", exhausted)
+    monkeypatch.setattr(predict.Segmenter, "__call__", exhausted)
     image = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    with pytest.raises(sw.OutOfMemoryError, match="--tile="):
-        prediction.predict(
+    with pytest.raises(sliding_window.OutOfMemoryError, match="--tile="):
+        predict.predict(
             cli_config(),
             tiny_checkpoint[0],
             image,
             tmp_path / "o",
-            prediction.PredictOptions(progress=False),
+            predict.PredictOptions(progress=False),
         )
 
 
@@ -280,20 +301,20 @@ def test_predict_stops_at_out_of_memory_instead_of_skipping(tiny_checkpoint, mon
 )  # fmt: skip
 def test_bad_tile_flags(tile, stride, max_pixels, message):
     with pytest.raises(errors.UserError, match=message):
-        sw.make_policy(tile, stride, max_pixels)
+        sliding_window.make_policy(tile, stride, max_pixels)
 
 
 def test_tile_flags():
-    assert sw.make_policy("", "", 0) == sw.TilePolicy(max_pixels=0)
-    policy = sw.make_policy("16", "8,12", 5)
-    assert policy.tiling_for((10, 10)) == sw.Tiling((16, 16), (8, 12))
+    assert sliding_window.make_policy("", "", 0) == sliding_window.TilePolicy(max_pixels=0)
+    policy = sliding_window.make_policy("16", "8,12", 5)
+    assert policy.tiling_for((10, 10)) == sliding_window.Tiling((16, 16), (8, 12))
     with pytest.raises(errors.UserError, match="--tile_stride=40,40: larger than the window 33x65"):
-        sw.make_policy("", "40,40", 5).for_checkpoint((33, 65))
+        sliding_window.make_policy("", "40,40", 5).for_checkpoint((33, 65))
 
 
 def test_labels_are_of_the_classes(loaded, monkeypatch):
-    monkeypatch.setattr(state_lib, "inference_model", lambda *a, **k: RedBandModel())
-    segmenter = prediction.Segmenter(loaded, tiles=sw.TilePolicy(size=(8, 8)))
+    monkeypatch.setattr(build, "inference_model", lambda *a, **k: RedBandModel())
+    segmenter = predict.Segmenter(loaded, tiles=sliding_window.TilePolicy(size=(8, 8)))
     labels = segmenter(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     assert labels.dtype == np.uint8 and labels.max() < NUM_CLASSES
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.inference import image_io, video
 
 H, W = 16, 32
@@ -170,7 +170,7 @@ def test_segment_writes_every_frame_in_order(tmp_path, drop_late):
     )
     segmenter = BlueSegmenter(gate=capture.gate)
     report = video.segment(
-        source, segmenter, L.STREET_PALETTE, outputs, alpha=0.5, drop_late=drop_late
+        source, segmenter, taxonomy.STREET_PALETTE, outputs, alpha=0.5, drop_late=drop_late
     )
     assert report.frames == 9 and report.dropped == 0
     assert len(report.timing.network) == 9 and report.timing.model_fps() > 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icnet_jax.data.labels import CITYSCAPES
+from icnet_jax.data.taxonomy import CITYSCAPES
 from icnet_jax.evaluation.regions import RegionAccuracy
 from icnet_jax.inference.visualize import (
     colorize,

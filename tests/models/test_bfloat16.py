@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import config as default
-from icnet_jax.train import loop as train_lib
+from icnet_jax import default
+from icnet_jax.train import trainer
 
 NUM_CLASSES = 5
 SIZE = (65, 129)
@@ -33,15 +33,15 @@ def train_losses(dtype: str, batches, steps: int):
     config = default.override(
         quickstart.get_config(), {"model.dtype": dtype, "num_steps": steps, "optim.lr": 0.03}
     )
-    model = train_lib.create_model(config, NUM_CLASSES, axis_name=train_lib.AXIS)
-    tx = train_lib.create_optimizer(config)
-    state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, SIZE)
+    model = trainer.create_model(config, NUM_CLASSES, axis_name=trainer.AXIS)
+    tx = trainer.create_optimizer(config)
+    state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, SIZE)
     devices = jax.local_devices()[:1]
-    step = train_lib.make_train_step(config, devices=devices)
-    state = train_lib.replicate(state, devices)
+    step = trainer.make_train_step(config, devices=devices)
+    state = trainer.replicate(state, devices)
     losses = []
     for i in range(steps):
-        state, metrics = step(state, train_lib.shard(batches[i % len(batches)], 1))
+        state, metrics = step(state, trainer.shard(batches[i % len(batches)], 1))
         assert metrics["loss"].dtype == jnp.float32
         losses.append(float(metrics["loss"]))
     return np.asarray(losses), jax.device_get(state), model

@@ -415,7 +415,7 @@ def test_batch_ohem_under_pmap_chooses_over_the_global_batch(normalize):
 
 
 def test_ohem_options_come_from_the_config():
-    from icnet_jax.config import get_config
+    from icnet_jax.default import get_config
     from icnet_jax.errors import UserError
 
     config = get_config()

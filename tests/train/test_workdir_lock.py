@@ -65,7 +65,7 @@ def test_train_py_on_a_workdir_in_use_is_one_error_line_and_writes_nothing(holde
     assert names == [workdir_lock.LOCK_NAME, workdir_lock.HOLDER_NAME]
 
 
-def test_the_lock_of_a_killed_process_is_taken_over_with_a_line(holder, capsys):
+def test_the_lock_of_a_killed_process_is_taken_over_with_a_line(holder, logged):
     workdir, process = holder
     (workdir / "checkpoints").mkdir()
     process.send_signal(signal.SIGKILL)  # no chance to clean up: the OS releases the lock
@@ -73,12 +73,12 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_a_line(holder, capsys):
     with workdir_lock.hold(workdir):
         record = json.loads((workdir / workdir_lock.HOLDER_NAME).read_text())
         assert record["pid"] == os.getpid()
-    report = capsys.readouterr().err
+    report = logged()
     assert f"process {process.pid}" in report and "no longer running" in report
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
 
 
-def test_a_record_without_a_lock_held_is_taken_over(tmp_path, capsys):
+def test_a_record_without_a_lock_held_is_taken_over(tmp_path, logged):
     # Whatever it says (another host, a pid now running something else): nobody holds the lock.
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -86,7 +86,7 @@ def test_a_record_without_a_lock_held_is_taken_over(tmp_path, capsys):
     (workdir / workdir_lock.HOLDER_NAME).write_text(json.dumps(left))
     with workdir_lock.hold(workdir):
         pass
-    assert "on another-host" in capsys.readouterr().err
+    assert "on another-host" in logged()
 
 
 def test_the_lock_goes_on_an_error_and_a_folder_it_made_is_removed(tmp_path):

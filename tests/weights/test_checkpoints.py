@@ -58,7 +58,7 @@ def test_saved_arrays_are_restored_exactly(tmp_path):
     manager.close()
 
 
-def test_corrupt_latest_checkpoint_is_moved_aside_and_can_be_saved_again(tmp_path, capsys):
+def test_corrupt_latest_checkpoint_is_moved_aside_and_can_be_saved_again(tmp_path, logged):
     state = {"w": np.arange(4.0)}
     manager = checkpoints.create_manager(tmp_path, asynchronous=False)
     for step in (1, 2):
@@ -71,7 +71,7 @@ def test_corrupt_latest_checkpoint_is_moved_aside_and_can_be_saved_again(tmp_pat
     step, restored, data = checkpoints.restore_latest(manager, abstract)
     assert step == 1 and data == {"next_index": 1}
     np.testing.assert_array_equal(restored["w"], state["w"])
-    report = capsys.readouterr().err
+    report = logged()
     assert report.count("\n") == 1 and len(report) < 400, report  # one short line
     assert "checkpoint 2 is unreadable" in report and "unreadable_checkpoints" in report
     assert (tmp_path / "unreadable_checkpoints" / "2" / "state").is_dir()
@@ -93,7 +93,7 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
     assert manager.all_steps() == [2]
 
 
-def test_a_step_deleted_while_read_is_skipped_for_the_next_newest(tmp_path, capsys):
+def test_a_step_deleted_while_read_is_skipped_for_the_next_newest(tmp_path, logged):
     """A run still training deletes old steps (its keep window) while a job reads them."""
     import json
     import shutil
@@ -118,4 +118,4 @@ def test_a_step_deleted_while_read_is_skipped_for_the_next_newest(tmp_path, caps
     np.testing.assert_array_equal(
         restored.state.params["conv6_cls"]["kernel"], states[5].params["conv6_cls"]["kernel"]
     )
-    assert "unreadable" not in capsys.readouterr().err
+    assert "unreadable" not in logged()

@@ -15,17 +15,14 @@ from flax import traverse_util
 
 from benchmarks.standin_resnet50 import torchvision_resnet50, write_safetensors
 from configs import cityscapes, quickstart
-from icnet_jax import config as default
+from icnet_jax import default
+from icnet_jax.build import bn_affine_mask
 from icnet_jax.errors import UserError
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.layers import BN_EPSILON, resize_bilinear
 from icnet_jax.models.pooling import avg_pool_ceil, max_pool_floor
-from icnet_jax.state import bn_affine_mask
-from icnet_jax.train import loop as train_lib
-from icnet_jax.weights import files as weight_files
-from icnet_jax.weights import imagenet as pretrained
-from icnet_jax.weights import release as cw
-from icnet_jax.weights import start as finetune
+from icnet_jax.train import trainer
+from icnet_jax.weights import files, finetune, imagenet, release
 from tests.weights.test_release import folded_params, nest, random_release
 
 TORCH_INPUT = {"input.bgr": False, "input.mean": default.TORCH_MEAN, "input.std": default.TORCH_STD}
@@ -68,10 +65,10 @@ def shapes(model, size=(33, 33)):
 
 
 def test_trunk_switches_give_the_sources_layers():
-    release = shapes(PSPNet(width=1.0))
-    assert release["conv1_1_3x3_s2/conv/kernel"] == (3, 3, 3, 64)
-    assert release["conv1_3_3x3/conv/kernel"] == (3, 3, 64, 128)
-    assert release["conv2_1/1x1_proj/conv/kernel"] == (1, 1, 128, 256)
+    released = shapes(PSPNet(width=1.0))
+    assert released["conv1_1_3x3_s2/conv/kernel"] == (3, 3, 3, 64)
+    assert released["conv1_3_3x3/conv/kernel"] == (3, 3, 64, 128)
+    assert released["conv2_1/1x1_proj/conv/kernel"] == (1, 1, 128, 256)
     resnet = shapes(PSPNet(width=1.0, stem="resnet", stride_on="3x3"))
     assert resnet["conv1_7x7_s2/conv/kernel"] == (7, 7, 3, 64)
     assert not any(k.startswith("conv1_1") for k in resnet)
@@ -100,22 +97,22 @@ def test_every_trunk_gives_the_release_map_sizes_on_odd_sides(size):
         )["intermediates"]
         return [f[k]["__call__"][0].shape[1:3] for k in ("conv2_3", "conv3_4", "conv5_3")]
 
-    release = stage_sizes()
+    released = stage_sizes()
     for kw in ({"stem": "resnet", "stride_on": "3x3"}, {"stem": "deep", "shortcut": "avgpool"}):
         if size[0] % 2:
-            assert stage_sizes(**kw) == release
+            assert stage_sizes(**kw) == released
         else:  # 32x34 -> 16x17 after the stride-2 conv: pooled 9x9 (Caffe's ceil mode), 8x9
-            assert release[0] == (9, 9) and stage_sizes(**kw)[0] == (8, 9)
+            assert released[0] == (9, 9) and stage_sizes(**kw)[0] == (8, 9)
 
 
 # ---- frozen BatchNorm --------------------------------------------------------------------------
 
 
 def test_frozen_bn_training_forward_of_converted_folded_weights_equals_inference():
-    release = random_release()
+    released = random_release()
     model = ICNet(num_classes=19)
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 65, 65, 3))))
-    converted, _, _ = cw.release_variables(release, template)
+    converted, _, _ = release.release_variables(released, template)
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     variables, _ = finetune.merge_variables(fresh, converted)  # training-only heads: zeros
     x = jnp.asarray(np.random.default_rng(1).uniform(-120, 130, (2, 65, 129, 3)), jnp.float32)
@@ -124,7 +121,7 @@ def test_frozen_bn_training_forward_of_converted_folded_weights_equals_inference
     logits, updates = frozen.apply(variables, x, train=True, mutable=["batch_stats"])
     train_sub124 = resize_bilinear(logits["sub124"], x.shape[1:3])
     # Independent reference: the release's inference form (BN folded into the convolutions).
-    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(release)}, x)
+    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(released)}, x)
     scale = float(np.abs(reference).max())
     np.testing.assert_allclose(train_sub124, reference, atol=1e-4 * scale, rtol=0)
     np.testing.assert_allclose(frozen.apply(variables, x), reference, atol=1e-4 * scale, rtol=0)
@@ -141,20 +138,20 @@ def test_frozen_bn_training_forward_of_converted_folded_weights_equals_inference
 def converted_folded(tmp_path_factory):
     path = tmp_path_factory.mktemp("folded")
     np.save(path / "icnet.npy", nest(random_release()), allow_pickle=True)
-    cw.convert(path / "icnet.npy", path / "out", cityscapes.get_config(), verbose=False)
+    release.convert(path / "icnet.npy", path / "out", cityscapes.get_config(), verbose=False)
     return path / "out"
 
 
 def fresh_state(config, num_classes=19):
     """A TrainState of the config's model with zeros for weights and ones for variances (shapes
     from `jax.eval_shape`: a real initialisation of a width-1 network costs a minute here)."""
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
+    model = trainer.create_model(config, num_classes)
+    tx = trainer.create_optimizer(config)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3))))
     variables = jax.tree_util.tree_map_with_path(
         lambda path, s: (np.ones if path[-1].key == "var" else np.zeros)(s.shape, s.dtype), shapes
     )
-    return train_lib.TrainState.create(
+    return trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
@@ -192,16 +189,16 @@ def test_a_frozen_step_keeps_statistics_and_frozen_affine_keeps_bn_parameters(tm
         quickstart.get_config(),
         {"model.freeze_bn_stats": True, "optim.freeze_bn_affine": True, "optim.lr": 0.1},
     )
-    model = train_lib.create_model(config, num_classes=5, axis_name=train_lib.AXIS)
-    tx = train_lib.create_optimizer(config)
-    state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
+    model = trainer.create_model(config, num_classes=5, axis_name=trainer.AXIS)
+    tx = trainer.create_optimizer(config)
+    state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(2, 33, 65, 3)).astype(np.float32),
         "label": rng.integers(0, 5, size=(2, 33, 65)).astype(np.int32),
     }
-    step = train_lib.make_train_step(config, devices=jax.local_devices()[:2])
-    new, _ = jax.device_get(step(state, train_lib.shard(batch, 2)))
+    step = trainer.make_train_step(config, devices=jax.local_devices()[:2])
+    new, _ = jax.device_get(step(state, trainer.shard(batch, 2)))
     old = jax.device_get(state)
     jax.tree.map(np.testing.assert_array_equal, new.batch_stats, old.batch_stats)
     mask = traverse_util.flatten_dict(bn_affine_mask(old.params))
@@ -228,14 +225,14 @@ def test_safetensors_are_read_without_torch(tmp_path):
         "n": np.array(7, np.int64),
     }
     write_safetensors(tmp_path / "w.safetensors", tensors)
-    read = weight_files.read_weights(tmp_path / "w.safetensors")
+    read = files.read_weights(tmp_path / "w.safetensors")
     assert read.keys() == tensors.keys()
     for name, value in tensors.items():
         np.testing.assert_array_equal(read[name], value)
         assert read[name].dtype == value.dtype
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 12)
     with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
-        weight_files.read_weights(tmp_path / "bad.safetensors")
+        files.read_weights(tmp_path / "bad.safetensors")
 
 
 def torchvision_config(variant="width1"):
@@ -243,13 +240,13 @@ def torchvision_config(variant="width1"):
     return default.override(cityscapes.get_config(variant), overrides)
 
 
-def test_torchvision_names_load_into_icnet_width1(tmp_path, capsys):
+def test_torchvision_names_load_into_icnet_width1(tmp_path, logged):
     tensors = torchvision_resnet50(dtype=np.float16)  # half precision files become float32
     write_safetensors(tmp_path / "resnet50.safetensors", tensors)
     config = torchvision_config()
     state = fresh_state(config)
-    loaded, report = pretrained.load_backbone(state, tmp_path / "resnet50.safetensors", config)
-    printed = capsys.readouterr().out
+    loaded, report = imagenet.load_backbone(state, tmp_path / "resnet50.safetensors", config)
+    printed = logged()
     assert "torchvision resnet50" in printed and "fc.bias, fc.weight" in printed
     assert report.skipped["the ImageNet classifier"] == ["fc.bias", "fc.weight"]
     assert len(report.skipped["BatchNorm bookkeeping"]) == 53
@@ -290,7 +287,7 @@ def test_a_config_that_does_not_fit_the_file_is_told_which_flags_to_set(tmp_path
     write_safetensors(tmp_path / "r.safetensors", torchvision_resnet50())
     config = cityscapes.get_config("width1")  # the release's trunk and preprocessing
     with pytest.raises(UserError) as error:
-        pretrained.load_backbone(None, tmp_path / "r.safetensors", config)
+        imagenet.load_backbone(None, tmp_path / "r.safetensors", config)
     message = str(error.value)
     for flag in (
         "--config.model.stem=resnet",
@@ -302,11 +299,11 @@ def test_a_config_that_does_not_fit_the_file_is_told_which_flags_to_set(tmp_path
         assert flag in message
     assert "shortcut" not in message and "\n" not in message
     with pytest.raises(UserError, match=r"--config\.model\.width=1\.0"):
-        pretrained.load_backbone(None, tmp_path / "r.safetensors", torchvision_config(None))
+        imagenet.load_backbone(None, tmp_path / "r.safetensors", torchvision_config(None))
     config = torchvision_config()
     config.init_checkpoint = "elsewhere"
     with pytest.raises(UserError, match="not both"):
-        pretrained.load_backbone(None, tmp_path / "r.safetensors", config)
+        imagenet.load_backbone(None, tmp_path / "r.safetensors", config)
 
 
 def test_wrong_files_are_refused_naming_the_tensors(tmp_path, monkeypatch):
@@ -317,7 +314,7 @@ def test_wrong_files_are_refused_naming_the_tensors(tmp_path, monkeypatch):
     def refused(changed, match, name="r.safetensors"):
         write_safetensors(tmp_path / name, changed)
         with pytest.raises(UserError, match=match):
-            pretrained.load_backbone(state, tmp_path / name, config, verbose=False)
+            imagenet.load_backbone(state, tmp_path / name, config, verbose=False)
 
     refused({k: v for k, v in tensors.items() if k != "layer2.3.bn2.running_var"},
             r"1 missing: layer2\.3\.bn2\.running_var \[128\]")  # fmt: skip
@@ -329,13 +326,13 @@ def test_wrong_files_are_refused_naming_the_tensors(tmp_path, monkeypatch):
     refused({"encoder.weight": np.zeros((1,), np.float32)}, r"not a ResNet-50 this loader knows")
     (tmp_path / "r.h5").write_bytes(b"")
     with pytest.raises(UserError, match=r"unknown weights format '\.h5'"):
-        weight_files.read_weights(tmp_path / "r.h5")
+        files.read_weights(tmp_path / "r.h5")
     with pytest.raises(UserError, match="no such file"):
-        weight_files.read_weights(tmp_path / "absent.pth")
+        files.read_weights(tmp_path / "absent.pth")
     (tmp_path / "r.pth").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # as without the extras
     with pytest.raises(UserError, match=r"needs torch \(pip install -r requirements-pretrained"):
-        weight_files.read_weights(tmp_path / "r.pth")
+        files.read_weights(tmp_path / "r.pth")
 
 
 def pspnet50_release(folded=False, seed=0):
@@ -363,14 +360,12 @@ def pspnet50_release(folded=False, seed=0):
 
 
 @pytest.mark.parametrize("model_name", ["icnet", "pspnet"])
-def test_the_pspnet50_release_npy_fills_the_trunk(tmp_path, model_name, capsys):
+def test_the_pspnet50_release_npy_fills_the_trunk(tmp_path, model_name, logged):
     tensors = pspnet50_release()
     np.save(tmp_path / "pspnet50.npy", nest(tensors), allow_pickle=True)
     config = cityscapes.get_config("width1" if model_name == "icnet" else "pspnet50")
-    loaded, report = pretrained.load_backbone(
-        fresh_state(config), tmp_path / "pspnet50.npy", config
-    )
-    assert "PSPNet50 release" in capsys.readouterr().out
+    loaded, report = imagenet.load_backbone(fresh_state(config), tmp_path / "pspnet50.npy", config)
+    assert "PSPNet50 release" in logged()
     head = report.skipped["not part of the trunk (PSPNet's head)"]
     assert (
         "conv6/weights" in head
@@ -392,9 +387,9 @@ def test_a_bn_folded_trunk_needs_frozen_statistics(tmp_path):
     np.save(tmp_path / "folded.npy", nest(pspnet50_release(folded=True)), allow_pickle=True)
     config = cityscapes.get_config("pspnet50")
     with pytest.raises(UserError, match=r"--config\.model\.freeze_bn_stats=True"):
-        pretrained.load_backbone(fresh_state(config), tmp_path / "folded.npy", config)
+        imagenet.load_backbone(fresh_state(config), tmp_path / "folded.npy", config)
     config.model.freeze_bn_stats = True
-    loaded, _ = pretrained.load_backbone(
+    loaded, _ = imagenet.load_backbone(
         fresh_state(config), tmp_path / "folded.npy", config, verbose=False
     )
     np.testing.assert_array_equal(

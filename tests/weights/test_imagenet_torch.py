@@ -1,7 +1,7 @@
 """ImageNet trunks from the reference libraries' own models (random weights): our trunk's
 features equal the library's forward on the same input.
 
-Needs torch, torchvision and timm (requirements-pretrained.txt); skipped without them here, and
+Needs torch, torchvision and timm (requirements-imagenet.txt); skipped without them here, and
 CI installs them and runs this file so that it cannot skip there.
 """
 
@@ -17,8 +17,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from icnet_jax.models import ICNet, PSPNet  # noqa: E402
 from icnet_jax.models.backbone import Trunk  # noqa: E402
-from icnet_jax.weights import files as weight_files  # noqa: E402
-from icnet_jax.weights import imagenet as pretrained  # noqa: E402
+from icnet_jax.weights import files, imagenet  # noqa: E402
 
 # Our stage outputs and the torch modules that produce them.
 STAGES = {"conv2_3": "layer1", "conv3_4": "layer2", "conv4_6": "layer3", "conv5_3": "layer4"}
@@ -72,8 +71,8 @@ def pspnet_with(path, trunk: Trunk, size):
     """PSPNet50 at output stride 32 (its trunk is the plain ResNet-50) with `path`'s trunk."""
     model = PSPNet(num_classes=19, width=1.0, output_stride=32, **trunk._asdict())
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, *size, 3)))
-    tensors = weight_files.read_weights(path)
-    merged, report = pretrained.trunk_variables(tensors, variables, trunk, path=str(path))
+    tensors = files.read_weights(path)
+    merged, report = imagenet.trunk_variables(tensors, variables, trunk, path=str(path))
     return model, merged, report
 
 
@@ -146,9 +145,7 @@ def test_icnet_width1_trunk_equals_torchvision_up_to_conv3_1(tmp_path):
     trunk = Trunk("resnet", "3x3", "conv")
     model = ICNet(num_classes=19, width=1.0, **trunk._asdict())
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 33, 33, 3)))
-    merged, _ = pretrained.trunk_variables(
-        weight_files.read_weights(path), variables, trunk, path=str(path)
-    )
+    merged, _ = imagenet.trunk_variables(files.read_weights(path), variables, trunk, path=str(path))
     x = images((129, 137), seed=3)
     inter = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True)[1])(merged, x)
     inter = inter["intermediates"]

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from icnet_jax import errors
-from icnet_jax.weights import files as weight_files
-from icnet_jax.weights import npy_pickle
+from icnet_jax.weights import files, npy_pickle
 
 
 class _Payload:
@@ -44,8 +43,8 @@ def test_a_crafted_npy_is_refused_before_it_runs_anything(tmp_path, make_payload
     marker = tmp_path / "written_by_the_pickle"
     evil = save_object(tmp_path / "evil.npy", {"conv1": {"weights": make_payload(marker)}})
 
-    with pytest.raises(weight_files.WeightsError) as error:
-        weight_files.load_release(evil)
+    with pytest.raises(files.WeightsError) as error:
+        files.load_release(evil)
     assert not marker.exists()
     assert str(error.value) == (
         f"{evil}: refused to unpickle {refused}: a weights .npy holds only arrays and "
@@ -53,7 +52,7 @@ def test_a_crafted_npy_is_refused_before_it_runs_anything(tmp_path, make_payload
     )
     assert isinstance(error.value, errors.UserError)
     with pytest.raises(errors.UserError, match=f"refused to unpickle {refused}"):
-        weight_files.read_weights(evil)  # the ImageNet trunk path (config.init_backbone)
+        files.read_weights(evil)  # the ImageNet trunk path (config.init_backbone)
     assert not marker.exists()
 
     np.load(evil, allow_pickle=True)  # the premise: numpy's own loader does run it
@@ -72,7 +71,7 @@ def test_the_ports_layouts_load_unchanged(tmp_path):
         ),
         "fortran": {"w": np.asfortranarray(rng.normal(size=(4, 5)).astype(np.float32))},
     }
-    read = weight_files.load_release(save_object(tmp_path / "nested.npy", nested))
+    read = files.load_release(save_object(tmp_path / "nested.npy", nested))
     expected = {
         "conv1_sub1/weights": nested["conv1_sub1"]["weights"],
         "conv1_sub1/biases": nested["conv1_sub1"]["biases"],

@@ -14,8 +14,7 @@ import pytest
 from configs import quickstart
 from icnet_jax import cli, errors
 from icnet_jax.models import ICNet
-from icnet_jax.weights import prune, trees
-from icnet_jax.weights import start as finetune
+from icnet_jax.weights import finetune, prune, trees
 from icnet_jax.weights.release import write_training_checkpoint
 
 

@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 
 from configs import cityscapes
-from icnet_jax import cli, errors
-from icnet_jax import state as state_lib
+from icnet_jax import build, cli, errors
 from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
-from icnet_jax.weights import files as weight_files
-from icnet_jax.weights import release as cw
-from icnet_jax.weights import start as finetune
+from icnet_jax.weights import files, finetune, release
 from tests.conftest import SHARED_DATA
 
 SIZE = (65, 129)
@@ -189,7 +186,7 @@ def test_tf_bundle_reader_reads_every_tensor(tmp_path):
     )
     write_tf_bundle(tmp_path / "model.ckpt-60000", tensors, shard_split=True)
     for path in (tmp_path / "model.ckpt-60000.index", tmp_path / "model.ckpt-60000", tmp_path):
-        read = weight_files.read_tf_checkpoint(path)
+        read = files.read_tf_checkpoint(path)
         assert set(read) == set(tensors)
         for name, value in tensors.items():
             np.testing.assert_array_equal(read[name], value)
@@ -209,16 +206,16 @@ def test_real_tensorflow_checkpoint_is_read_without_tf(tmp_path):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             saver.save(session, str(tmp_path / "model.ckpt"), global_step=7)
-    read = weight_files.read_tf_checkpoint(tmp_path)
+    read = files.read_tf_checkpoint(tmp_path)
     for name, value in values.items():
         np.testing.assert_array_equal(read[name], value)
 
 
-def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path, capsys):
-    release = random_release()
-    np.save(tmp_path / "icnet.npy", nest(release), allow_pickle=True)
-    cw.convert(tmp_path / "icnet.npy", tmp_path / "out", cityscapes.get_config())
-    printed = capsys.readouterr().out
+def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path, logged):
+    released = random_release()
+    np.save(tmp_path / "icnet.npy", nest(released), allow_pickle=True)
+    release.convert(tmp_path / "icnet.npy", tmp_path / "out", cityscapes.get_config())
+    printed = logged()
     assert "conv6_sub2" in printed and "conv6_sub4" in printed and "randomly" in printed
 
     state, config, num_classes, step = finetune.restore_checkpoint(tmp_path / "out")
@@ -235,29 +232,29 @@ def test_folded_npy_converts_to_a_checkpoint_equal_to_the_folded_model(tmp_path,
     )
     assert float(jnp.abs(state.params["conv6_sub4"]["kernel"]).sum()) > 0  # initialised
     # a fresh optimizer state of the release's config: zero momentum, step counts 0
-    tx = state_lib.create_optimizer(cw.release_config(cityscapes.get_config(), width=0.5))
+    tx = build.create_optimizer(release.release_config(cityscapes.get_config(), width=0.5))
     chex.assert_trees_all_equal(state.opt_state, tx.init(state.params))
 
     x = images()
     ours = ICNet(num_classes=19).apply(
         {"params": state.params, "batch_stats": state.batch_stats}, x
     )
-    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(release)}, x)
+    reference = ICNet(num_classes=19, fold_bn=True).apply({"params": folded_params(released)}, x)
     assert_logits_close(ours, reference)
 
 
-def bn_kept(release, seed=2):
-    """BN-kept tensors whose hand-folded (numpy) form is `release`'s shapes, plus that form."""
+def bn_kept(released, seed=2):
+    """BN-kept tensors whose hand-folded (numpy) form is `released`'s shapes, plus that form."""
     rng = np.random.default_rng(seed)
     kept, folded = {}, {}
-    for name in release:
+    for name in released:
         layer, param = name.split("/")
         if param == "biases":
             continue
-        w = release[name]
+        w = released[name]
         if layer == "conv6_cls":
-            kept[name], kept[f"{layer}/biases"] = w, release[f"{layer}/biases"]
-            folded[name], folded[f"{layer}/biases"] = w, release[f"{layer}/biases"]
+            kept[name], kept[f"{layer}/biases"] = w, released[f"{layer}/biases"]
+            folded[name], folded[f"{layer}/biases"] = w, released[f"{layer}/biases"]
             continue
         n = w.shape[-1]
         scale = rng.uniform(0.5, 1.5, n).astype(np.float32)
@@ -298,12 +295,12 @@ def test_bn_kept_flat_npy_and_tf_checkpoint_equal_hand_folding(tmp_path):
     tf_names["conv1_sub1/weights/Momentum"] = kept["conv1_sub1/weights"]
     write_tf_bundle(tmp_path / "model.ckpt-30000", tf_names)
 
-    from_npy, ignored, absent = cw.release_variables(
-        cw.load_release(tmp_path / "kept.npy"), template()
+    from_npy, ignored, absent = release.release_variables(
+        release.load_release(tmp_path / "kept.npy"), template()
     )
     assert ignored == [] and sorted(absent) == sorted(TRAINING_ONLY_LAYERS)
-    from_tf, ignored, _ = cw.release_variables(
-        cw.load_release(tmp_path / "model.ckpt-30000.index"), template()
+    from_tf, ignored, _ = release.release_variables(
+        release.load_release(tmp_path / "model.ckpt-30000.index"), template()
     )
     assert ignored == ["conv1_sub1/weights/Momentum", "global_step"]
     jax.tree.map(np.testing.assert_array_equal, from_npy, from_tf)
@@ -317,15 +314,15 @@ def test_bn_kept_flat_npy_and_tf_checkpoint_equal_hand_folding(tmp_path):
 
 
 def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
-    release = random_release()
-    del release["conv3_1_1x1_reduce/weights"]
-    del release["conv5_4_k1/biases"]
-    release["conv_sub4/weights"] = release["conv_sub4/weights"][:, :, :, :64]
-    release["conv6_cls/biases"] = np.zeros(20, np.float32)
-    release["conv9_extra/weights"] = np.zeros((1, 1, 2, 2), np.float32)
-    np.save(tmp_path / "bad.npy", nest(release), allow_pickle=True)
+    released = random_release()
+    del released["conv3_1_1x1_reduce/weights"]
+    del released["conv5_4_k1/biases"]
+    released["conv_sub4/weights"] = released["conv_sub4/weights"][:, :, :, :64]
+    released["conv6_cls/biases"] = np.zeros(20, np.float32)
+    released["conv9_extra/weights"] = np.zeros((1, 1, 2, 2), np.float32)
+    np.save(tmp_path / "bad.npy", nest(released), allow_pickle=True)
     with pytest.raises(ValueError) as error:
-        cw.release_variables(cw.load_release(tmp_path / "bad.npy"), template())
+        release.release_variables(release.load_release(tmp_path / "bad.npy"), template())
     message = str(error.value)
     for name in (
         "conv3_1_1x1_reduce/weights",
@@ -339,14 +336,14 @@ def test_errors_name_every_missing_extra_and_misshaped_tensor(tmp_path):
     assert "\n" not in message and isinstance(error.value, errors.UserError)
     # nothing is written on error
     with pytest.raises(ValueError):
-        cw.convert(tmp_path / "bad.npy", tmp_path / "out", cityscapes.get_config())
+        release.convert(tmp_path / "bad.npy", tmp_path / "out", cityscapes.get_config())
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_wrong_files_are_named_in_one_line(tmp_path):
     def error_of(path) -> str:
-        with pytest.raises(cw.WeightsError) as error:
-            cw.load_release(path)
+        with pytest.raises(release.WeightsError) as error:
+            release.load_release(path)
         assert isinstance(error.value, errors.UserError) and "\n" not in str(error.value)
         return str(error.value)
 
@@ -368,21 +365,23 @@ def test_wrong_files_are_named_in_one_line(tmp_path):
 
 
 def test_classifier_with_other_classes_names_the_count_and_the_flag():
-    release = random_release()
-    with pytest.raises(cw.WeightsError, match="no 4-d tensor conv6_cls/weights"):
-        cw.infer_release_geometry({k: v for k, v in release.items() if "conv6_cls" not in k}, 19)
-    cut = {**release, "conv6_cls/weights": release["conv6_cls/weights"][..., :11]}
-    with pytest.raises(cw.WeightsError, match=r"weights has 11 classes but conv6_cls/biases"):
-        cw.infer_release_geometry(cut, 19)
-    cut["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
+    released = random_release()
+    with pytest.raises(release.WeightsError, match="no 4-d tensor conv6_cls/weights"):
+        release.infer_release_geometry(
+            {k: v for k, v in released.items() if "conv6_cls" not in k}, 19
+        )
+    cut = {**released, "conv6_cls/weights": released["conv6_cls/weights"][..., :11]}
+    with pytest.raises(release.WeightsError, match=r"weights has 11 classes but conv6_cls/biases"):
+        release.infer_release_geometry(cut, 19)
+    cut["conv6_cls/biases"] = released["conv6_cls/biases"][:11]
     config = cityscapes.get_config()
-    with pytest.raises(cw.WeightsError) as error:
-        cw.infer_release_geometry(cut, cw.expected_classes(config))
+    with pytest.raises(release.WeightsError) as error:
+        release.infer_release_geometry(cut, release.expected_classes(config))
     assert "has 11 classes where the config says 19" in str(error.value)
     assert "--num_classes=11" in str(error.value)
-    assert cw.infer_release_geometry(cut, cw.expected_classes(config, 11)) == (0.5, 11)
+    assert release.infer_release_geometry(cut, release.expected_classes(config, 11)) == (0.5, 11)
     config.dataset.name = "custom"  # no fixed number of classes: the file's
-    assert cw.infer_release_geometry(cut, cw.expected_classes(config)) == (0.5, 11)
+    assert release.infer_release_geometry(cut, release.expected_classes(config)) == (0.5, 11)
 
 
 def run_tool(tmp_path, *args) -> subprocess.CompletedProcess:
@@ -400,10 +399,10 @@ def test_command_line_errors_are_one_line_with_status_2(tmp_path):
         "error: notes.txt: neither a NumPy .npy/.npz file (it does not start with their magic "
         "bytes) nor a TensorFlow checkpoint (no .index file)"
     ]
-    release = random_release()
-    release["conv6_cls/weights"] = release["conv6_cls/weights"][..., :11]
-    release["conv6_cls/biases"] = release["conv6_cls/biases"][:11]
-    np.save(tmp_path / "cut.npy", nest(release), allow_pickle=True)
+    released = random_release()
+    released["conv6_cls/weights"] = released["conv6_cls/weights"][..., :11]
+    released["conv6_cls/biases"] = released["conv6_cls/biases"][:11]
+    np.save(tmp_path / "cut.npy", nest(released), allow_pickle=True)
     result = run_tool(tmp_path, "--input=cut.npy", "--output=out")
     assert result.returncode == cli.EXIT_USAGE, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -83,13 +83,13 @@ def test_other_save_errors_pass_unchanged(tmp_path, monkeypatch):
     assert not isinstance(raised.value, checkpoints.DiskFullError)
 
 
-def test_the_leftover_of_an_interrupted_save_is_removed_at_the_next_start(tmp_path, capsys):
+def test_the_leftover_of_an_interrupted_save_is_removed_at_the_next_start(tmp_path, logged):
     checkpoints.write(tmp_path, 3, _state(3), {})
     leftover = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1733000000"
     (leftover / "state").mkdir(parents=True)
     (leftover / "state" / "part").write_bytes(b"\0" * 100)
     manager = checkpoints.create_manager(tmp_path)
-    report = capsys.readouterr().err
+    report = logged()
     assert str(leftover) in report and "interrupted" in report and report.count("\n") == 1
     assert not leftover.exists()
     assert manager.all_steps() == [3]

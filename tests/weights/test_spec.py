@@ -9,16 +9,12 @@ from flax import traverse_util
 
 from benchmarks.standin_resnet50 import torchvision_resnet50, write_safetensors
 from configs import cityscapes
-from icnet_jax import config as default
-from icnet_jax import state as state_lib
-from icnet_jax.data import labels
+from icnet_jax import build, default
+from icnet_jax.data import taxonomy
 from icnet_jax.models import ICNet, PSPNet
 from icnet_jax.models.backbone import SegmentationNetwork, trunk_layer_names
 from icnet_jax.models.layers import ConvBN, resize_bilinear
-from icnet_jax.weights import checkpoints
-from icnet_jax.weights import imagenet as pretrained
-from icnet_jax.weights import release as cw
-from icnet_jax.weights import start as finetune
+from icnet_jax.weights import checkpoints, finetune, imagenet, release
 from icnet_jax.weights.spec import WeightsSpec, restore_target, upgrade
 from tests.checkpoint_fakes import random_state
 from tests.weights.test_imagenet import fresh_state, torchvision_config
@@ -30,14 +26,14 @@ from tests.weights.test_release import bn_kept, random_release
 def test_a_config_saved_before_the_switches_existed_describes_the_release():
     saved = {"model": {"name": "icnet", "width": 0.5, "align_corners": True}, "input": {}}
     spec = WeightsSpec.from_config(saved, 19)
-    release = WeightsSpec.from_config(default.get_config(), 19)
-    assert spec == release and not spec.differences(release)
+    released = WeightsSpec.from_config(default.get_config(), 19)
+    assert spec == released and not spec.differences(released)
     assert (spec.stem, spec.stride_on, spec.shortcut) == ("release", "1x1", "conv")
     assert spec.bgr and spec.mean == default.IMAGENET_MEAN_RGB and not spec.bn_folded
     assert spec.frozen_bn == "none" and spec.describe() == "icnet width 0.5, 19 classes"
     assert upgrade({}) == {}  # no saved config: nothing to upgrade
-    # The upgraded config builds the model (no default repeated in state.py).
-    model = state_lib.create_model(default.get_config().__class__(upgrade(saved)), 19)
+    # The upgraded config builds the model (no default repeated in build.py).
+    model = build.create_model(default.get_config().__class__(upgrade(saved)), 19)
     assert model.stem == "release" and model.frozen_bn == "none"
 
 
@@ -64,17 +60,17 @@ def test_differences_name_each_setting_with_both_values():
 
 def test_frozen_layers_are_those_the_weights_came_from():
     config = default.override(default.get_config(), {"model.freeze_bn_stats": True})
-    assert state_lib.frozen_bn(config) == "all"
-    assert state_lib.frozen_bn(default.override(config, {"init_backbone": "r.pth"})) == "trunk"
-    assert state_lib.frozen_bn(default.override(config, {"init_checkpoint": "run"})) == "all"
+    assert build.frozen_bn(config) == "all"
+    assert build.frozen_bn(default.override(config, {"init_backbone": "r.pth"})) == "trunk"
+    assert build.frozen_bn(default.override(config, {"init_checkpoint": "run"})) == "all"
     config.model.freeze_bn_stats = False
-    assert state_lib.frozen_bn(default.override(config, {"init_backbone": "r.pth"})) == "none"
+    assert build.frozen_bn(default.override(config, {"init_backbone": "r.pth"})) == "none"
 
 
 def test_one_dataset_table():
-    assert labels.DATASETS["cityscapes"].num_classes == 19
-    assert set(labels.DATASETS) == {"cityscapes", "camvid", "coco_stuff", "street"}
-    assert cw.expected_classes(cityscapes.get_config()) == 19
+    assert taxonomy.DATASETS["cityscapes"].num_classes == 19
+    assert set(taxonomy.DATASETS) == {"cityscapes", "camvid", "coco_stuff", "street"}
+    assert release.expected_classes(cityscapes.get_config()) == 19
 
 
 def test_the_restore_target_is_the_saved_configs_model():
@@ -118,10 +114,10 @@ def test_a_step_from_init_backbone_freezes_the_trunk_only(tmp_path):
         torchvision_config(),
         {"model.freeze_bn_stats": True, "init_backbone": str(tmp_path / "r.safetensors")},
     )
-    state, _ = pretrained.load_backbone(  # fresh layers: random kernels, zero running means
+    state, _ = imagenet.load_backbone(  # fresh layers: random kernels, zero running means
         random_state(config, 19), tmp_path / "r.safetensors", config, verbose=False
     )
-    model = state_lib.create_model(config, 19)
+    model = build.create_model(config, 19)
     assert model.frozen_bn == "trunk"
     x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (2, 33, 33, 3)), jnp.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -139,14 +135,14 @@ def test_a_step_from_init_backbone_freezes_the_trunk_only(tmp_path):
 
 
 def test_training_forward_of_a_folded_release_frozen_from_the_config_equals_inference():
-    release = random_release()
+    released = random_release()
     config = default.override(
         cityscapes.get_config(), {"model.freeze_bn_stats": True, "init_checkpoint": "release"}
     )
-    model = state_lib.create_model(config, 19)
+    model = build.create_model(config, 19)
     assert model.frozen_bn == "all"
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3))))
-    converted, _, _ = cw.release_variables(release, template)
+    converted, _, _ = release.release_variables(released, template)
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     variables, _ = finetune.merge_variables(fresh, converted)
     x = jnp.asarray(np.random.default_rng(1).uniform(-120, 130, (1, 33, 33, 3)), jnp.float32)
@@ -165,7 +161,7 @@ def test_training_forward_of_a_folded_release_frozen_from_the_config_equals_infe
 def test_finetuning_from_bn_kept_weights_runs_live_batchnorm(tmp_path):
     kept, _ = bn_kept(random_release())
     np.save(tmp_path / "kept.npy", kept, allow_pickle=True)
-    cw.convert(tmp_path / "kept.npy", tmp_path / "out", cityscapes.get_config(), verbose=False)
+    release.convert(tmp_path / "kept.npy", tmp_path / "out", cityscapes.get_config(), verbose=False)
     manager, _ = checkpoints.open_for_reading(tmp_path / "out")
     recorded = WeightsSpec.from_config(checkpoints.read_config(manager, 0), 19)
     manager.close()
@@ -177,7 +173,7 @@ def test_finetuning_from_bn_kept_weights_runs_live_batchnorm(tmp_path):
     assert not report.missing
     mean = state.batch_stats["conv3_1"]["1x1_reduce"]["bn"]["mean"]
     np.testing.assert_array_equal(mean, kept["conv3_1_1x1_reduce_bn/mean"])
-    model = state_lib.create_model(config, 19)
+    model = build.create_model(config, 19)
     assert model.frozen_bn == "none"
     x = jnp.asarray(np.random.default_rng(0).uniform(-120, 130, (2, 33, 33, 3)), jnp.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders import leftovers, storage
 from icnet_jax.data.builders.decoding import (
     check_label_values,
@@ -50,15 +50,6 @@ from icnet_jax.data.builders.files import (
 
 OnBadFile = Literal["error", "skip"]
 _log = logging.getLogger(__name__)
-
-
-def _not_custom_config_notice(record: logging.LogRecord) -> bool:
-    # tfds warns "Using custom data configuration: StreetConfig(...)" on every run for configs
-    # built from arguments (street, custom): by design here, so not worth a line.
-    return not str(record.msg).startswith("Using custom data configuration")
-
-
-logging.getLogger("absl").addFilter(_not_custom_config_notice)
 
 
 FINGERPRINT_KEY = "source_fingerprint"
@@ -89,11 +80,11 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder):
         return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
 
     def _log_download_bytes(self) -> None:
-        print(f"preparing {self.name} into {self.data_dir} (once: later runs reuse it)")
+        _log.info(f"preparing {self.name} into {self.data_dir} (once: later runs reuse it)")
 
     def _log_download_done(self) -> None:
         counts = ", ".join(f"{s} {v.num_examples}" for s, v in sorted(self.info.splits.items()))
-        print(f"prepared {self.name}: {counts} examples")
+        _log.info(f"prepared {self.name}: {counts} examples")
 
     def changed_since_prepared(self) -> str | None:
         """Why the prepared copy no longer matches its sources (None: it still does)."""
@@ -136,7 +127,7 @@ class SegmentationBuilder(PreparedBuilder):
 
     # Subclass interface.
     @abc.abstractmethod
-    def dataset_info(self) -> L.DatasetInfo:
+    def dataset_info(self) -> taxonomy.DatasetInfo:
         """Class names and palette; may read the manual dir (custom datasets)."""
 
     @abc.abstractmethod
@@ -220,7 +211,7 @@ class SegmentationBuilder(PreparedBuilder):
         super().download_and_prepare(*args, **kwargs)
 
     def _log_download_bytes(self) -> None:
-        print(f"preparing {self.name} from {self.manual_root} into {self.data_dir} (once)")
+        _log.info(f"preparing {self.name} from {self.manual_root} into {self.data_dir} (once)")
 
     def _check_manual_dir(self) -> None:
         root = self.manual_root

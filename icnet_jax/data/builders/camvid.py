@@ -9,7 +9,7 @@ config ``original`` (the Cambridge CamVid web site, 720x960)
   ``701_StillsRaw_full/*.png`` images and ``LabeledApproved_full/*_L.png`` colour-coded 32-class
   labels (any folder names: files are found below the manual dir by name), and the Sturgess split
   as list files ``train.txt`` / ``val.txt`` / ``test.txt`` whose lines start with an image name
-  (SegNet's list files work). The 32 classes are grouped into 11 (``labels.CAMVID_32_TO_11``).
+  (SegNet's list files work). The 32 classes are grouped into 11 (``taxonomy.CAMVID_32_TO_11``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders.base import SegmentationBuilder
 from icnet_jax.data.builders.decoding import label_png, table_reader
 from icnet_jax.data.builders.files import (
@@ -51,10 +51,10 @@ class IcnetCamvid(SegmentationBuilder):
     ]
     SPLITS = ("train", "val", "test")
 
-    def dataset_info(self) -> L.DatasetInfo:
-        return L.CAMVID
+    def dataset_info(self) -> taxonomy.DatasetInfo:
+        return taxonomy.CAMVID
 
-    _segnet_label = table_reader(label_png, L.CAMVID_SEGNET_TABLE)
+    _segnet_label = table_reader(label_png, taxonomy.CAMVID_SEGNET_TABLE)
 
     def read_label(self, file: File) -> np.ndarray:
         if self.builder_config.name == "segnet":
@@ -62,7 +62,7 @@ class IcnetCamvid(SegmentationBuilder):
         rgb = label_png(file)
         if rgb.ndim != 3:
             raise BadFileError(f"{file}: expected an RGB colour-coded label, got {rgb.shape}")
-        return L.colour_labels_to_ids(rgb)
+        return taxonomy.colour_labels_to_ids(rgb)
 
     def _list_lines(self, root: pathlib.Path) -> dict[str, list[list[str]]]:
         lines = {}

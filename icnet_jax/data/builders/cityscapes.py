@@ -13,7 +13,7 @@ import pathlib
 import re
 import zipfile
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders.base import SegmentationBuilder
 from icnet_jax.data.builders.decoding import label_png, table_reader
 from icnet_jax.data.builders.files import BadFileError, DirTree, File, Pair, Tree, ZipTree
@@ -30,10 +30,10 @@ class IcnetCityscapes(SegmentationBuilder):
     _IMAGE = re.compile(r"(?:^|/)leftImg8bit/(train|val|test)/([^/]+)/([^/]+)_leftImg8bit\.png$")
     _LABEL = re.compile(r"(?:^|/)gtFine/(train|val|test)/([^/]+)/([^/]+)_gtFine_labelIds\.png$")
 
-    def dataset_info(self) -> L.DatasetInfo:
-        return L.CITYSCAPES
+    def dataset_info(self) -> taxonomy.DatasetInfo:
+        return taxonomy.CITYSCAPES
 
-    read_label = table_reader(label_png, L.CITYSCAPES_TABLE)
+    read_label = table_reader(label_png, taxonomy.CITYSCAPES_TABLE)
 
     def _tree(self, root: pathlib.Path, folder: str, archive: str) -> Tree:
         if (root / folder).is_dir():

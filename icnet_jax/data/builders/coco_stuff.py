@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders.base import SegmentationBuilder
 from icnet_jax.data.builders.decoding import label_mat, label_png, table_reader
 from icnet_jax.data.builders.files import DirTree, File, Pair, by_stem, tree_paths
@@ -35,11 +35,11 @@ class IcnetCocoStuff(SegmentationBuilder):
         tfds.core.BuilderConfig(name="164k", description="COCO 2017 train/val stuff+thing maps"),
     ]
 
-    def dataset_info(self) -> L.DatasetInfo:
-        return L.COCO_STUFF
+    def dataset_info(self) -> taxonomy.DatasetInfo:
+        return taxonomy.COCO_STUFF
 
-    _label_10k = table_reader(label_mat, L.COCO_STUFF_10K_TABLE)
-    _label_164k = table_reader(label_png, L.COCO_STUFF_164K_TABLE)
+    _label_10k = table_reader(label_mat, taxonomy.COCO_STUFF_10K_TABLE)
+    _label_164k = table_reader(label_png, taxonomy.COCO_STUFF_164K_TABLE)
 
     def read_label(self, file: File) -> np.ndarray:
         if self.builder_config.name == "10k":

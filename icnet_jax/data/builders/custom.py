@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from icnet_jax import errors
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders.base import SegmentationBuilder
 from icnet_jax.data.builders.decoding import label_png
 from icnet_jax.data.builders.files import (
@@ -40,7 +40,7 @@ PALETTE_FILE = "palette.txt"
 class CustomConfig(tfds.core.BuilderConfig):
     """``name`` tells prepared custom datasets apart; ``ignore_label`` is the raw ignore value."""
 
-    ignore_label: int = L.IGNORE_LABEL
+    ignore_label: int = taxonomy.IGNORE_LABEL
 
 
 class IcnetCustom(SegmentationBuilder):
@@ -53,7 +53,7 @@ class IcnetCustom(SegmentationBuilder):
     )
 
     def __init__(
-        self, *, dataset_name: str = "default", ignore_label: int = L.IGNORE_LABEL, **kwargs
+        self, *, dataset_name: str = "default", ignore_label: int = taxonomy.IGNORE_LABEL, **kwargs
     ) -> None:
         kwargs.setdefault("config", CustomConfig(name=dataset_name, ignore_label=ignore_label))
         super().__init__(**kwargs)
@@ -61,7 +61,7 @@ class IcnetCustom(SegmentationBuilder):
     def _options(self) -> dict:
         return {**super()._options(), "ignore_label": self.builder_config.ignore_label}
 
-    def dataset_info(self) -> L.DatasetInfo:
+    def dataset_info(self) -> taxonomy.DatasetInfo:
         classes_file = self.manual_root / "classes.txt"
         if not classes_file.is_file():
             raise self.missing(f"class list {classes_file}")
@@ -74,7 +74,7 @@ class IcnetCustom(SegmentationBuilder):
         palette = None
         if self.palette_path.is_file():
             palette = read_palette(self.palette_path, len(names))
-        return L.custom_info(self.builder_config.name, names, palette)
+        return taxonomy.custom_info(self.builder_config.name, names, palette)
 
     @property
     def palette_path(self) -> pathlib.Path:
@@ -88,8 +88,8 @@ class IcnetCustom(SegmentationBuilder):
         raw = label_png(file)
         num_classes = len(self.info.metadata["class_names"])
         if raw.ndim == 2:  # class ids, or the indices of a palette-mode PNG
-            table = L.identity_table(num_classes, self.builder_config.ignore_label)
-            return L.map_labels(raw, table)
+            table = taxonomy.identity_table(num_classes, self.builder_config.ignore_label)
+            return taxonomy.map_labels(raw, table)
         if not self.palette_path.is_file():
             raise MissingDataError(
                 f"{file} is a colour label: list the class colours in {self.palette_path} "
@@ -97,9 +97,9 @@ class IcnetCustom(SegmentationBuilder):
             )
         keys, ids = self._colour_table
         try:
-            return L.colour_labels_to_ids(raw, keys, ids)
+            return taxonomy.colour_labels_to_ids(raw, keys, ids)
         except ValueError:
-            packed = L.rgb_key(raw)
+            packed = taxonomy.rgb_key(raw)
             unknown = np.unique(packed[~np.isin(packed, keys)]).tolist()
             colours = ", ".join(str(_unpack(k)) for k in unknown[:5])
             verb = "are" if len(unknown) > 1 else "is"
@@ -111,10 +111,10 @@ class IcnetCustom(SegmentationBuilder):
 
     @functools.cached_property
     def _colour_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted packed colours (``labels.rgb_key``) and their train ids, for colour labels."""
+        """Sorted packed colours (``taxonomy.rgb_key``) and their train ids, for colour labels."""
         palette = read_palette(self.palette_path, len(self.info.metadata["class_names"]))
         colours: dict[int, int] = {}
-        for class_id, key in enumerate(L.rgb_key(palette).tolist()):
+        for class_id, key in enumerate(taxonomy.rgb_key(palette).tolist()):
             if key in colours:  # a UserError of the dataset, not of one label file
                 raise errors.UserError(
                     f"{self.palette_path}: classes {colours[key]} and {class_id} have the same "
@@ -123,7 +123,7 @@ class IcnetCustom(SegmentationBuilder):
             colours[key] = class_id
         ignore = self.builder_config.ignore_label
         if 0 <= ignore <= 255:
-            colours.setdefault(int(L.rgb_key(np.array([ignore] * 3))), L.IGNORE_LABEL)
+            colours.setdefault(int(taxonomy.rgb_key(np.array([ignore] * 3))), taxonomy.IGNORE_LABEL)
         order = sorted(colours)
         return np.asarray(order, np.int32), np.asarray([colours[k] for k in order], np.uint8)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders.files import BadFileError, File
 from icnet_jax.data.image_decode import DecodedImage, decode_image
 
@@ -51,7 +51,7 @@ def label_mat(file: File) -> np.ndarray:
 
 def check_label_values(label: np.ndarray, num_classes: int, where: str) -> None:
     """Raises BadFileError unless every value is a class id in [0, num_classes) or 255."""
-    bad = (label >= num_classes) & (label != L.IGNORE_LABEL)
+    bad = (label >= num_classes) & (label != taxonomy.IGNORE_LABEL)
     if bad.any():
         values = np.unique(label[bad])[:10].tolist()
         raise BadFileError(f"{where}: label values {values} outside [0, {num_classes}) and not 255")
@@ -62,6 +62,6 @@ def table_reader(read: Callable[[File], np.ndarray], table: np.ndarray):
         raw = read(file)
         if raw.ndim != 2:
             raise BadFileError(f"{file}: label has shape {raw.shape}, expected one channel")
-        return L.map_labels(raw, table)
+        return taxonomy.map_labels(raw, table)
 
     return read_label

@@ -13,6 +13,7 @@ the file system's ``flock`` (NFS emulates it; some network file systems do not l
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import shutil
@@ -20,6 +21,8 @@ import socket
 from collections.abc import Iterator
 
 import filelock
+
+_log = logging.getLogger(__name__)
 
 MARKER_PREFIX = ".preparing."
 
@@ -53,7 +56,7 @@ def preparing(folder: pathlib.Path) -> Iterator[None]:
         if not live:
             for leftover in sorted(p for p in folder.glob("incomplete.*") if p.is_dir()):
                 shutil.rmtree(leftover, ignore_errors=True)
-                print(f"removed {leftover}, left by an interrupted preparation")
+                _log.info(f"removed {leftover}, left by an interrupted preparation")
         yield
     finally:
         marker.unlink(missing_ok=True)

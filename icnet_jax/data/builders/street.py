@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
 from icnet_jax.data.builders import storage
 from icnet_jax.data.builders.base import PreparedBuilder, tfds_info
 from icnet_jax.data.synthetic_street import render_street
@@ -53,8 +53,8 @@ class IcnetStreet(PreparedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        self.info.metadata["class_names"] = list(L.STREET.class_names)
-        self.info.metadata["palette"] = L.STREET.palette.tolist()
+        self.info.metadata["class_names"] = list(taxonomy.STREET.class_names)
+        self.info.metadata["palette"] = taxonomy.STREET.palette.tolist()
         cfg = self.builder_config
         # Validation scenes come after the training ones so the splits never share a scene.
         return {

@@ -7,18 +7,18 @@ import pytest
 from flax import traverse_util
 
 from configs import quickstart
-from icnet_jax.train import loop as train_lib
-from icnet_jax.weights import start as finetune
+from icnet_jax.train import trainer
+from icnet_jax.weights import finetune
 from tests.checkpoint_fakes import checkpoint_config, write_checkpoint
 
 CLASSIFIERS = ("conv6_cls", "conv6_sub4", "conv6_sub2")
 
 
 def fresh_state(config, num_classes, seed):
-    model = train_lib.create_model(config, num_classes)
-    tx = train_lib.create_optimizer(config)
+    model = trainer.create_model(config, num_classes)
+    tx = trainer.create_optimizer(config)
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 9, 9, 3)))
-    return train_lib.TrainState.create(
+    return trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
@@ -32,12 +32,12 @@ def checkpoint_9(tiny_checkpoint):
     return path, state
 
 
-def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_9, capsys):
+def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkpoint_9, logged):
     path, source = checkpoint_9
     config = quickstart.get_config()
     state = fresh_state(config, 11, seed=7)
     loaded, report = finetune.load_pretrained(state, path, config=config)
-    printed = capsys.readouterr().out
+    printed = logged()
     assert "re-initialised" in printed and "conv6_cls/kernel" in printed
 
     flat_src = traverse_util.flatten_dict(

@@ -1,6 +1,6 @@
 """The one way a checkpoint is read for a job on a run (`icnet_jax.load`, `evaluate.py`,
 `predict.py`): the run's config saved with it, the command line's changes to it, the model's
-classes and palette (test-time augmentation: `multiscale.py`; the evaluation loop:
+classes and palette (test-time augmentation: `test_time.py`; the evaluation loop:
 `evaluation/loop.py`).
 
 The run's record (the config saved with the checkpoint, with `spec.RECORD`: classes and palette)
@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 
 from icnet_jax import errors
-from icnet_jax.config import get_config
-from icnet_jax.data import labels as L
+from icnet_jax.data import taxonomy
+from icnet_jax.default import get_config
 from icnet_jax.weights import checkpoints, spec
 
 Array = jax.Array
@@ -146,7 +146,7 @@ class CommandLine:
 
     Attributes:
       config: the command line's config (`--config` with its overrides); used whole when the
-        checkpoint saved no config. None: the defaults (`config.get_config`).
+        checkpoint saved no config. None: the defaults (`default.get_config`).
       file_given: `--config` was given: its dataset, input and model entries that differ from
         the run's are taken. Otherwise only `overrides` change the run's config.
       overrides: `--config.KEY=VALUE` as given (dotted keys).
@@ -298,9 +298,9 @@ class LoadedCheckpoint:
     settings: list[Setting]
     saved_config: dict[str, Any]
     changes: list[Change] = dataclasses.field(default_factory=list)
-    info: L.DatasetInfo | None = None
+    info: taxonomy.DatasetInfo | None = None
 
-    def dataset_info(self) -> L.DatasetInfo:
+    def dataset_info(self) -> taxonomy.DatasetInfo:
         """The classes and palette (`info`, else the dataset's table or generated ones)."""
         return self.info or dataset_info_for(self.config.dataset.name, self.num_classes)
 
@@ -385,13 +385,13 @@ def read_run(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, int, 
     return config, num_classes, int(step)
 
 
-def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
+def dataset_info_for(name: str, num_classes: int) -> taxonomy.DatasetInfo:
     """Class names and palette of a built-in dataset without preparing it.
 
-    Falls back to numbered classes and `labels.generated_palette` for other datasets (custom) or
+    Falls back to numbered classes and `taxonomy.generated_palette` for other datasets (custom) or
     when the checkpoint's number of classes differs from the dataset's.
     """
-    info = L.DATASETS.get(name)
+    info = taxonomy.DATASETS.get(name)
     if info is not None and info.num_classes == num_classes:
         return info
     if info is not None:
@@ -401,7 +401,7 @@ def dataset_info_for(name: str, num_classes: int) -> L.DatasetInfo:
             info.num_classes,
             num_classes,
         )
-    return L.custom_info(name or "unknown", [f"class_{i}" for i in range(num_classes)])
+    return taxonomy.custom_info(name or "unknown", [f"class_{i}" for i in range(num_classes)])
 
 
 def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool):

@@ -1,4 +1,4 @@
-"""`icnet_jax.load` and the job's config of a run (`inference/load.py`, `inference/model.py`):
+"""`icnet_jax.load` and the job's config of a run (`inference/saved_run.py`, `inference/model.py`):
 the run's record wins, the command line only changes it (each change listed), a weights-spec key
 from the command line is refused, and a checkpoint saved before the record still loads."""
 
@@ -12,8 +12,8 @@ import pytest
 import icnet_jax
 from configs import quickstart
 from icnet_jax import errors
-from icnet_jax.data import labels as L
-from icnet_jax.inference import load as inference
+from icnet_jax.data import taxonomy
+from icnet_jax.inference import saved_run
 from icnet_jax.inference.predict import Segmenter
 from icnet_jax.weights import checkpoints, spec
 from tests.checkpoint_fakes import NUM_CLASSES, checkpoint_config, random_state
@@ -27,8 +27,8 @@ SAVED = {
 
 
 def test_the_run_config_needs_no_command_line():
-    config, settings, changes = inference.run_config(
-        SAVED, inference.CommandLine(None, file_given=False)
+    config, settings, changes = saved_run.run_config(
+        SAVED, saved_run.CommandLine(None, file_given=False)
     )
     assert config.dataset.name == "custom" and config.dataset.builder_kwargs.num_val == 4
     assert config.model.width == 0.25 and config.input.mean == (1, 2, 3)
@@ -36,24 +36,24 @@ def test_the_run_config_needs_no_command_line():
 
 
 def test_overrides_change_the_run_and_are_listed():
-    command_line = inference.CommandLine(
+    command_line = saved_run.CommandLine(
         None, file_given=False, overrides={"dataset.builder_kwargs.num_val": 40}
     )
-    config, _, changes = inference.run_config(SAVED, command_line)
+    config, _, changes = saved_run.run_config(SAVED, command_line)
     assert config.dataset.builder_kwargs.num_val == 40
     assert [str(c) for c in changes] == ["dataset.builder_kwargs.num_val: run=4, now=40"]
-    assert "dataset.builder_kwargs.num_val: run=4, now=40" in inference.describe_changes(changes)
+    assert "dataset.builder_kwargs.num_val: run=4, now=40" in saved_run.describe_changes(changes)
 
 
 def test_a_config_file_changes_only_what_differs_and_keeps_the_weights_settings():
     given = quickstart.get_config()  # street dataset, BGR, the ImageNet mean
-    config, settings, changes = inference.run_config(SAVED, inference.CommandLine(given))
+    config, settings, changes = saved_run.run_config(SAVED, saved_run.CommandLine(given))
     keys = {c.key for c in changes}
     assert "dataset.name" in keys and config.dataset.name == given.dataset.name
     assert config.model.width == 0.25 and config.input.bgr is False  # the weights' own
     assert not keys & set(spec.CONFIG_KEYS)
     given.model.freeze_bn_stats = True  # a weights setting the inference keys do not list
-    config, _, changes = inference.run_config(SAVED, inference.CommandLine(given))
+    config, _, changes = saved_run.run_config(SAVED, saved_run.CommandLine(given))
     assert config.model.freeze_bn_stats is False and "model.freeze_bn_stats" not in str(changes)
     assert any(s.key == "input.mean" and s.differs for s in settings)
 
@@ -61,20 +61,20 @@ def test_a_config_file_changes_only_what_differs_and_keeps_the_weights_settings(
 @pytest.mark.parametrize(
     "command_line",
     [
-        inference.CommandLine(None, file_given=False, overrides={"input.bgr": True}),
-        inference.CommandLine(None, file_given=False, overrides={"model.stride_on": "3x3"}),
-        inference.CommandLine(quickstart.get_config(), wins=("input.bgr",)),
-        inference.CommandLine(quickstart.get_config(), wins=("model",)),
+        saved_run.CommandLine(None, file_given=False, overrides={"input.bgr": True}),
+        saved_run.CommandLine(None, file_given=False, overrides={"model.stride_on": "3x3"}),
+        saved_run.CommandLine(quickstart.get_config(), wins=("input.bgr",)),
+        saved_run.CommandLine(quickstart.get_config(), wins=("model",)),
     ],
 )
 def test_a_weights_spec_key_from_the_command_line_is_refused(command_line):
     with pytest.raises(errors.UserError, match="describe"):
-        inference.run_config(SAVED, command_line)
+        saved_run.run_config(SAVED, command_line)
 
 
 def test_an_override_equal_to_the_run_is_no_change():
-    command_line = inference.CommandLine(None, file_given=False, overrides={"input.bgr": False})
-    _, _, changes = inference.run_config(SAVED, command_line)
+    command_line = saved_run.CommandLine(None, file_given=False, overrides={"input.bgr": False})
+    _, _, changes = saved_run.run_config(SAVED, command_line)
     assert changes == []
 
 
@@ -84,7 +84,7 @@ def _write(workdir, record: bool):
     names = [f"thing{i}" for i in range(NUM_CLASSES)]
     palette = (np.arange(NUM_CLASSES * 3).reshape(NUM_CLASSES, 3) * 5).astype(np.uint8)
     if record:
-        saved[spec.RECORD] = spec.classes_record(L.custom_info("mine", names, palette))
+        saved[spec.RECORD] = spec.classes_record(taxonomy.custom_info("mine", names, palette))
     checkpoints.write(workdir, 7, random_state(config, NUM_CLASSES), saved)
     return names, palette
 
@@ -98,8 +98,8 @@ def test_the_record_gives_class_names_and_palette(tmp_path):
 
 def test_a_checkpoint_without_the_record_falls_back_to_the_dataset_table(tiny_checkpoint):
     model = icnet_jax.load(tiny_checkpoint[0])
-    assert model.class_names == L.STREET.class_names
-    np.testing.assert_array_equal(model.palette, L.STREET.palette)
+    assert model.class_names == taxonomy.STREET.class_names
+    np.testing.assert_array_equal(model.palette, taxonomy.STREET.palette)
 
 
 def test_the_model_segments_as_predict_does(tiny_checkpoint):
@@ -108,7 +108,7 @@ def test_the_model_segments_as_predict_does(tiny_checkpoint):
     assert isinstance(model, icnet_jax.Model) and model.step == 7
     assert model.config.input.mean == (0.0, 0.0, 0.0) and model.config.input.bgr is False
     image = np.random.default_rng(0).integers(0, 256, (41, 70, 3), dtype=np.uint8)
-    segmenter = Segmenter(inference.load_checkpoint(workdir, config))
+    segmenter = Segmenter(saved_run.load_checkpoint(workdir, config))
     labels = model.segment(image)
     np.testing.assert_array_equal(labels, segmenter(image))
     probabilities = model.probabilities(image)
@@ -127,7 +127,7 @@ def test_a_weights_override_is_refused_at_load(tiny_checkpoint):
 
 
 def test_read_run_reads_no_array(tiny_checkpoint):
-    config, num_classes, step = inference.read_run(tiny_checkpoint[0])
+    config, num_classes, step = saved_run.read_run(tiny_checkpoint[0])
     assert (num_classes, step) == (NUM_CLASSES, 7)
     assert config.model.width == 0.25 and config.input.bgr is False
 
@@ -169,7 +169,7 @@ def test_a_pruned_run_keeps_its_record(tmp_path):
     config = checkpoint_config(**{"model.width": 0.5})
     saved = json.loads(config.to_json())
     names = [f"thing{i}" for i in range(NUM_CLASSES)]
-    saved[spec.RECORD] = spec.classes_record(L.custom_info("mine", names))
+    saved[spec.RECORD] = spec.classes_record(taxonomy.custom_info("mine", names))
     checkpoints.write(tmp_path / "run", 7, random_state(config, NUM_CLASSES), saved)
     prune_checkpoint(tmp_path / "run", 0.5, tmp_path / "pruned", verbose=False)
     model = icnet_jax.load(tmp_path / "pruned")  # nothing but the checkpoint

@@ -17,7 +17,7 @@ kernel = folded kernel, BN scale 1, offset = folded bias, mean 0, variance 1 - e
 running statistics, but BatchNorm in training normalises with the batch's statistics and would
 make every layer's output differ from the release's. Training from such weights therefore needs
 `config.model.freeze_bn_stats=True`: the layers whose statistics were loaded (the whole network
-from `init_checkpoint`, the trunk from `init_backbone`: `state.frozen_bn`) use and keep their
+from `init_checkpoint`, the trunk from `init_backbone`: `build.frozen_bn`) use and keep their
 running statistics (mmseg's `norm_eval`), fresh layers learn theirs; optionally with
 `config.optim.freeze_bn_affine=True` (scales and offsets are not trained either).
 `check_folded_start` refuses the other case: a checkpoint is BN-folded when its config says so
@@ -28,6 +28,7 @@ placeholder statistics (which also catches runs fine-tuned from such weights).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 from collections.abc import Mapping
@@ -41,9 +42,10 @@ from flax import traverse_util
 from icnet_jax import errors
 from icnet_jax.errors import UserError
 from icnet_jax.models.layers import BN_EPSILON
-from icnet_jax.weights import checkpoints
-from icnet_jax.weights import spec as spec_lib
+from icnet_jax.weights import checkpoints, spec
 from icnet_jax.weights.trees import plain_dict
+
+_log = logging.getLogger(__name__)
 
 # Pytree paths of the checkpointed TrainState that hold the model (the rest: step, opt_state).
 _COLLECTIONS = ("params", "batch_stats")
@@ -101,7 +103,7 @@ def restore_checkpoint(
       the step.
     """
     restored = checkpoints.restore(
-        path, lambda saved, n: (spec_lib.restore_target(saved, n), None), step=step
+        path, lambda saved, n: (spec.restore_target(saved, n), None), step=step
     )
     return restored.state, restored.saved_config, restored.num_classes, restored.step
 
@@ -137,14 +139,14 @@ def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
         return
     if not saved:
         return
-    theirs = spec_lib.WeightsSpec.from_config(saved, num_classes)
-    ours = spec_lib.WeightsSpec.from_config(config)
+    theirs = spec.WeightsSpec.from_config(saved, num_classes)
+    ours = spec.WeightsSpec.from_config(config)
     rows = theirs.differences(ours)
     if rows:
         raise checkpoints.CheckpointMismatchError(
             f"{workdir} holds a run of {theirs.describe()} trained with other weights settings "
             f"than the config's ({ours.describe()}): "
-            + spec_lib.format_differences(rows, "saved", "new")
+            + spec.format_differences(rows, "saved", "new")
             + "; resume with the saved values, train in a new --workdir, or start a new run from "
             f"these weights with --config.init_checkpoint={workdir} and a new --workdir; nothing "
             "was written"
@@ -181,19 +183,19 @@ def check_fits(abstract_state: Any, checkpoint_path: str | pathlib.Path, config=
     saved_config, _ = _newest_config(checkpoint_path)
     if config is None or not saved_config:
         return
-    theirs = spec_lib.WeightsSpec.from_config(saved_config)
-    rows = theirs.differences(spec_lib.WeightsSpec.from_config(config), spec_lib.START_FREE)
+    theirs = spec.WeightsSpec.from_config(saved_config)
+    rows = theirs.differences(spec.WeightsSpec.from_config(config), spec.START_FREE)
     if rows:
         raise CheckpointDoesNotFitError(
             f"init_checkpoint {checkpoint_path} holds weights of other settings than the "
-            f"config ({spec_lib.format_differences(rows, 'checkpoint', 'config')}): set "
+            f"config ({spec.format_differences(rows, 'checkpoint', 'config')}): set "
             + " ".join(f"'--config.{key}={value}'" for key, value, _ in rows)
             + " (the network and input its weights expect)"
         )
 
 
 def _describe(config) -> str:
-    return "the model" if config is None else spec_lib.WeightsSpec.from_config(config).describe()
+    return "the model" if config is None else spec.WeightsSpec.from_config(config).describe()
 
 
 def merge_variables(
@@ -266,7 +268,7 @@ def load_pretrained(
     try:
         merged, lists = merge_variables(target, source)
     except CheckpointDoesNotFitError as error:
-        theirs = spec_lib.WeightsSpec.from_config(ckpt_config, ckpt_classes).describe()
+        theirs = spec.WeightsSpec.from_config(ckpt_config, ckpt_classes).describe()
         raise CheckpointDoesNotFitError(
             f"init_checkpoint {checkpoint_path} holds {theirs}, the config builds "
             f"{_describe(config)}: {error}; "
@@ -274,7 +276,7 @@ def load_pretrained(
         ) from None
     report = PretrainedReport(checkpoint=str(checkpoint_path), step=int(step), **lists)
     if verbose:
-        print(report.summary())
+        _log.info(report.summary())
     new_state = state.replace(
         params=jax.tree.map(jax.numpy.asarray, merged["params"]),
         batch_stats=jax.tree.map(jax.numpy.asarray, merged.get("batch_stats", {})),

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from icnet_jax import cli
-from icnet_jax import config as default
-from icnet_jax.train import loop as train_lib
+from icnet_jax import cli, default
+from icnet_jax.train import trainer
 from icnet_jax.weights import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -65,17 +64,17 @@ def test_one_two_four_devices_give_the_same_step(tmp_path, options):
     batch["label"][0, :30] = 255  # uneven ignored pixels across devices
     results = []
     with jax.enable_x64(True):
-        model = train_lib.create_model(config, num_classes=9, axis_name=train_lib.AXIS)
-        tx = train_lib.create_optimizer(config)
-        state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, (49, 97))
+        model = trainer.create_model(config, num_classes=9, axis_name=trainer.AXIS)
+        tx = trainer.create_optimizer(config)
+        state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (49, 97))
         state = state.replace(
             params=jax.tree.map(lambda x: x.astype(np.float64), state.params),
             batch_stats=jax.tree.map(lambda x: x.astype(np.float64), state.batch_stats),
             opt_state=tx.init(jax.tree.map(lambda x: x.astype(np.float64), state.params)),
         )
         for n in (1, 2, 4):
-            step = train_lib.make_train_step(config, devices=jax.local_devices()[:n])
-            new_state, metrics = jax.device_get(step(state, train_lib.shard(batch, n)))
+            step = trainer.make_train_step(config, devices=jax.local_devices()[:n])
+            new_state, metrics = jax.device_get(step(state, trainer.shard(batch, n)))
             results.append((new_state.params, new_state.batch_stats, new_state.opt_state, metrics))
     for result in results[1:]:
         chex.assert_trees_all_close(result, results[0], atol=1e-5, rtol=1e-5)
@@ -83,25 +82,25 @@ def test_one_two_four_devices_give_the_same_step(tmp_path, options):
 
 def test_the_step_compiles_once_for_a_replicated_state(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
-    model = train_lib.create_model(config, num_classes=9, axis_name=train_lib.AXIS)
-    tx = train_lib.create_optimizer(config)
-    state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
+    model = trainer.create_model(config, num_classes=9, axis_name=trainer.AXIS)
+    tx = trainer.create_optimizer(config)
+    state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
     batch = {
         "image": np.zeros((2, 33, 65, 3), np.float32),
         "label": np.zeros((2, 33, 65), np.int32),
     }
     chex.clear_trace_counter()
-    monkeypatch.setattr(train_lib, "train_step", chex.assert_max_traces(train_lib.train_step, 1))
+    monkeypatch.setattr(trainer, "train_step", chex.assert_max_traces(trainer.train_step, 1))
     devices = jax.local_devices()[:2]
-    step = train_lib.make_train_step(config, devices=devices)
-    state = train_lib.replicate(state, devices)
+    step = trainer.make_train_step(config, devices=devices)
+    state = trainer.replicate(state, devices)
     for _ in range(3):
-        state, _ = step(state, train_lib.shard(batch, 2))
+        state, _ = step(state, trainer.shard(batch, 2))
 
 
 def test_weight_decay_only_on_kernels(tmp_path):
     config = tiny_config(tmp_path)
-    tx = train_lib.create_optimizer(config)
+    tx = trainer.create_optimizer(config)
     params = {"conv": {"kernel": np.ones((2,)), "bias": np.ones((2,))}}
     updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
     assert np.all(np.asarray(updates["conv"]["kernel"]) < 0)

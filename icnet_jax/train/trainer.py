@@ -1,11 +1,12 @@
 """Training: the pmapped step, data sharding and the training loop (the model, optimiser and
-state a config describes are in `state.py`)."""
+state a config describes are in `build.py`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import logging
 import pathlib
 import time
 from collections.abc import Mapping
@@ -19,11 +20,7 @@ import optax
 from tqdm import tqdm
 
 from icnet_jax import config_checks, errors
-from icnet_jax.data import class_stats, datasets, pipeline
-from icnet_jax.data.input_spec import InputSpec
-from icnet_jax.evaluation import loop as eval_lib
-from icnet_jax.evaluation.evaluator import Evaluator
-from icnet_jax.state import (  # noqa: F401 - the model and state of a config, used here and re-exported
+from icnet_jax.build import (  # noqa: F401 - the model and state of a config, used here and re-exported
     TrainState,
     create_model,
     create_optimizer,
@@ -31,13 +28,16 @@ from icnet_jax.state import (  # noqa: F401 - the model and state of a config, u
     inference_model,
     learning_rate_schedule,
 )
+from icnet_jax.data import class_stats, datasets, pipeline
+from icnet_jax.data.input_spec import InputSpec
+from icnet_jax.evaluation import loop
+from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.train import run_control
 from icnet_jax.train.losses import Ohem, cascade_loss
-from icnet_jax.weights import checkpoints
-from icnet_jax.weights import imagenet as pretrained
-from icnet_jax.weights import spec as spec_lib
-from icnet_jax.weights import start as finetune
+from icnet_jax.weights import checkpoints, finetune, imagenet, spec
 from icnet_jax.weights.spec import WeightsSpec
+
+_log = logging.getLogger(__name__)
 
 Array = jax.Array
 AXIS = "batch"
@@ -198,7 +198,7 @@ def train_and_evaluate(
     if start is None:
         return {}
     config_dict = json.loads(config.to_json())
-    config_dict[spec_lib.RECORD] = spec_lib.classes_record(info)  # the run's classes, for its jobs
+    config_dict[spec.RECORD] = spec.classes_record(info)  # the run's classes, for its jobs
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
@@ -248,15 +248,15 @@ def _start(config: ml_collections.ConfigDict, workdir: pathlib.Path, num_classes
             step, state, data_state = restored
             if step >= config.num_steps:  # nothing to train: nothing written or relabelled
                 manager.close()
-                print(run_control.trained_already(step, config.num_steps, manager.directory))
+                _log.info(run_control.trained_already(step, config.num_steps, manager.directory))
                 return None
-            print(f"resuming from step {step} in {manager.directory}")
+            _log.info(f"resuming from step {step} in {manager.directory}")
             return _Start(step, state, data_state, manager)
     if config.init_checkpoint:  # before compiling anything
         finetune.check_fits(abstract, config.init_checkpoint, config)
     state = create_train_state(rng, model, tx, crop)
     if config.get("init_backbone"):  # an ImageNet ResNet-50 into the trunk
-        state, _ = pretrained.load_backbone(state, config.init_backbone, config)
+        state, _ = imagenet.load_backbone(state, config.init_backbone, config)
     if config.init_checkpoint:
         # Converted release weights, a pruned model or another run; classifiers of another
         # shape (number of classes) keep their fresh initialisation.
@@ -361,9 +361,9 @@ class _Evaluation:
         results = self.evaluator(variables)
         self.writer.write(step, {f"eval/{b}/miou": r["miou"] for b, r in results.items()})
         if jax.process_index() == 0:
-            summary = eval_lib.make_summary(step, split, results, **self.evaluator.protocol())
-            eval_lib.write_metrics(self.workdir / "eval" / split, summary)
-            print(
-                f"\nstep {step}, {split}:\n" + eval_lib.format_table(results, self.info.class_names)
+            summary = loop.make_summary(step, split, results, **self.evaluator.protocol())
+            loop.write_metrics(self.workdir / "eval" / split, summary)
+            _log.info(
+                f"\nstep {step}, {split}:\n" + loop.format_table(results, self.info.class_names)
             )
         return results

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from icnet_jax import state as state_lib
+from icnet_jax import build
 from icnet_jax.models.backbone import RELEASE, trunk_layer_names
-from icnet_jax.train import loop as train_lib
+from icnet_jax.train import trainer
 from tests.checkpoint_fakes import checkpoint_config
 
 TRUNK = set(trunk_layer_names(RELEASE))
@@ -18,11 +18,9 @@ FROZEN = {"model.freeze_bn_stats": True, "optim.freeze_bn_affine": True, "optim.
 
 
 def abstract_state(config):
-    model = state_lib.create_model(config, num_classes=5)
-    tx = state_lib.create_optimizer(config)
-    create = functools.partial(
-        state_lib.create_train_state, model=model, tx=tx, image_size=(33, 65)
-    )
+    model = build.create_model(config, num_classes=5)
+    tx = build.create_optimizer(config)
+    create = functools.partial(build.create_train_state, model=model, tx=tx, image_size=(33, 65))
     return jax.eval_shape(create, jax.random.PRNGKey(0)), tx
 
 
@@ -49,7 +47,7 @@ def moved_bn_layers(config):
 )
 def test_freeze_bn_affine_keeps_only_the_layers_whose_statistics_are_frozen(start, frozen):
     config = checkpoint_config(**FROZEN, **start)
-    assert state_lib.frozen_bn(config) == frozen
+    assert build.frozen_bn(config) == frozen
     moved = moved_bn_layers(config)
     assert set(moved) >= TRUNK and set(moved) - TRUNK  # trunk and head layers both have BN
     for layer, did_move in moved.items():
@@ -63,7 +61,7 @@ def test_without_freeze_bn_affine_every_bn_layer_learns():
 
 def test_freeze_bn_affine_without_frozen_statistics_freezes_nothing_and_says_so(caplog):
     config = checkpoint_config(**{**FROZEN, "model.freeze_bn_stats": False})
-    with caplog.at_level(logging.WARNING, logger="icnet_jax.state"):
+    with caplog.at_level(logging.WARNING, logger="icnet_jax.build"):
         moved = moved_bn_layers(config)
     assert all(moved.values())
     assert "freeze_bn_affine=True has no effect" in caplog.text
@@ -76,16 +74,16 @@ def test_freeze_bn_affine_without_frozen_statistics_freezes_nothing_and_says_so(
 @pytest.mark.slow
 def test_a_step_from_a_loaded_trunk_moves_the_head_bn_scales_only():
     config = checkpoint_config(**FROZEN, init_backbone="r.pth")
-    model = train_lib.create_model(config, num_classes=5, axis_name=train_lib.AXIS)
-    tx = train_lib.create_optimizer(config)
-    state = train_lib.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
+    model = trainer.create_model(config, num_classes=5, axis_name=trainer.AXIS)
+    tx = trainer.create_optimizer(config)
+    state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (33, 65))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(2, 33, 65, 3)).astype(np.float32),
         "label": rng.integers(0, 5, size=(2, 33, 65)).astype(np.int32),
     }
-    step = train_lib.make_train_step(config, devices=jax.local_devices()[:2])
-    new, _ = jax.device_get(step(state, train_lib.shard(batch, 2)))
+    step = trainer.make_train_step(config, devices=jax.local_devices()[:2])
+    new, _ = jax.device_get(step(state, trainer.shard(batch, 2)))
     before = traverse_util.flatten_dict(jax.device_get(state.params))
     after = traverse_util.flatten_dict(new.params)
     scales = [k for k in before if k[-2:] == ("bn", "scale")]
