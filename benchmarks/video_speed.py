@@ -126,7 +126,9 @@ def main(argv: list[str]) -> None:
     if args.data_dir:
         config.dataset.data_dir = args.data_dir
     batches = [int(b) for b in args.batches]
-    loaded = saved_run.load_checkpoint(args.checkpoint, config, command_line_wins=("input.eval_size",))
+    loaded = saved_run.load_checkpoint(
+        args.checkpoint, config, command_line_wins=("input.eval_size",)
+    )
     palette = saved_run.dataset_info_for("camvid", loaded.num_classes).palette
     result: dict[str, Any] = {
         "cpu": cpu_model(),
