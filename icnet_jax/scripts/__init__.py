@@ -1,3 +1,3 @@
-"""The entry scripts of the repository's root (`train.py`, `evaluate.py`, `predict.py`,
-`benchmark.py`) as modules of the package: links in the repository, copied into an installed
-package, so that the console scripts (`icnet_jax.console`) run them away from the clone."""
+"""The command lines of `train.py`, `evaluate.py`, `predict.py` and `benchmark.py`: each module
+defines its flags and `main`; the repository's root scripts and the console scripts
+(`icnet_jax.console`: `icnet-train`, ...) run them as `__main__`, from any folder."""
