@@ -182,10 +182,7 @@ def test_help_and_helpfull_exit_0_and_list_the_outputs(program):
 
 def run_in(folder, *command):
     """`python *command` run from `folder`, as a user in another folder does."""
-    return subprocess.run(
-        [sys.executable, *map(str, command)], cwd=folder, env=ENV, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
+    return run(*command, cwd=folder)
 
 
 CONFIG_USERS = ["train.py", "evaluate.py", "predict.py"]

@@ -258,6 +258,17 @@ def normalize(
     return out
 
 
+def denormalize(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool
+) -> np.ndarray:
+    """Inverse of `normalize`: the uint8 RGB image `[..., 3]` back (for overlays)."""
+    image = np.asarray(image, np.float32)
+    if bgr:
+        image = image[..., ::-1]
+    image = image * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def train_transform(
     example: Mapping[str, Any], rng: np.random.Generator, spec: InputSpec
 ) -> dict[str, np.ndarray]:

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from icnet_jax.data import augment
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.regions import RegionAccuracy
-from icnet_jax.inference import saved_run, visualize
+from icnet_jax.inference import visualize
 from icnet_jax.inference.image_io import write_png
 
 
@@ -99,7 +100,7 @@ class PictureWriter:
             return
         spec = self.spec
         stem = prediction_stem(example.get("file_name", "<unnamed>"), index)
-        image = saved_run.denormalize(example["image"], spec.mean, spec.std, spec.bgr)
+        image = augment.denormalize(example["image"], spec.mean, spec.std, spec.bgr)
         visualize.save_prediction(
             self.folder, stem, image, predictions[self.branch], self.palette, spec.ignore_label
         )

@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from icnet_jax import errors
 from icnet_jax.data import taxonomy
@@ -402,15 +401,3 @@ def dataset_info_for(name: str, num_classes: int) -> taxonomy.DatasetInfo:
             num_classes,
         )
     return taxonomy.custom_info(name or "unknown", [f"class_{i}" for i in range(num_classes)])
-
-
-def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float], bgr: bool):
-    """Inverse of `augment.normalize`: the uint8 RGB image back (for overlays)."""
-    image = np.asarray(image, np.float32)
-    if bgr:
-        image = image[..., ::-1]
-    image = image * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-# --- Evaluation loop ---------------------------------------------------------------------------

@@ -266,3 +266,11 @@ def test_input_spec_from_config() -> None:
     config.input.eval_size = None
     assert InputSpec.from_config(config).eval_size is None
     hash(spec)  # frozen: usable as a key, safe to share between workers
+
+
+def test_denormalize_inverts_normalize():
+    image = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    mean, std = (123.68, 116.779, 103.939), (58.0, 57.0, 57.5)
+    for bgr in (False, True):
+        x = augment.normalize(image, mean, std, bgr)
+        np.testing.assert_array_equal(augment.denormalize(x, mean, std, bgr), image)

@@ -7,8 +7,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 import types
 
 import jax
@@ -20,7 +18,6 @@ from PIL import Image
 from configs import quickstart
 from icnet_jax import build, default, errors
 from icnet_jax.data import taxonomy
-from icnet_jax.data.augment import normalize
 from icnet_jax.evaluation import evaluate, loop
 from icnet_jax.inference import saved_run, test_time
 from icnet_jax.inference.image_io import read_image
@@ -264,14 +261,6 @@ def test_scaled_size_keeps_the_release_geometry():
         test_time.parse_scales("0,1")
 
 
-def test_denormalize_inverts_normalize():
-    image = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    mean, std = (123.68, 116.779, 103.939), (58.0, 57.0, 57.5)
-    for bgr in (False, True):
-        x = normalize(image, mean, std, bgr)
-        np.testing.assert_array_equal(saved_run.denormalize(x, mean, std, bgr), image)
-
-
 # --- The real network, against model.apply + numpy ----------------------------------------------
 
 
@@ -376,10 +365,7 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
     def evaluate(*args):
-        command = [sys.executable, "evaluate.py", f"--workdir={workdir}", *args]
-        return subprocess.run(
-            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
+        return scripts.run("evaluate.py", f"--workdir={workdir}", *args, env=env)
 
     done = evaluate("--save_predictions=1")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -411,10 +397,7 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
     unknown = evaluate("--split=nonexistent")
     assert "--split=nonexistent" in scripts.one_error_line(unknown)
 
-    missing = subprocess.run(
-        [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'none'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    missing = scripts.run("evaluate.py", f"--workdir={tmp_path / 'none'}", env=env)
     assert missing.returncode == 2 and "no checkpoints at" in missing.stderr
 
 

@@ -5,8 +5,6 @@ installed."""
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +14,9 @@ from icnet_jax import errors
 from icnet_jax.inference import export
 from icnet_jax.tools.export import parse_size
 from icnet_jax.weights.release import write_training_checkpoint
+from tests import scripts
 
 SIZE = (65, 129)
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +93,14 @@ def test_export_speed_benchmark_runs_on_an_export(checkpoint, tmp_path):
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
     export.export(checkpoint, tmp_path, size=SIZE, formats=("onnx",), check_batches=(1,))
-    command = [
-        sys.executable,
+    env = {**scripts.ENV, "PYTHONPATH": str(scripts.REPO)}
+    result = scripts.run(
         "benchmarks/export_speed.py",
         f"--checkpoint={checkpoint}",
         f"--onnx={tmp_path / 'icnet.onnx'}",
         "--runs=1",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "onnxruntime / jax time" in result.stdout
     assert f"input (1, {SIZE[0]}, {SIZE[1]}, 3)" in result.stdout
@@ -221,12 +218,12 @@ def test_benchmark_script_times_onnxruntime_in_float32_and_int8(tmp_path):
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    command = [
-        sys.executable, "benchmark.py", "--height=65", "--width=129", "--width_scale=0.125",
+    result = scripts.run(
+        "benchmark.py", "--height=65", "--width=129", "--width_scale=0.125",
         "--runs=2", "--warmup=1", "--noprogress", "--models=icnet_sub124",
         "--backend=onnxruntime", "--dtype=int8", "--calibration_images=2", f"--json={out}",
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        env=dict(os.environ),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["config"]["backend"] == "onnxruntime"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +15,9 @@ from PIL import Image
 from icnet_jax import build
 from icnet_jax.data import taxonomy
 from icnet_jax.inference import image_io, predict, saved_run
+from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 H, W = 32, 64  # one size for images and video frames (even: mp4 keeps it), one compilation
 
 
@@ -167,9 +165,7 @@ def test_predict_cli_exit_codes(tmp_path, checkpoint):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
     def run(*args):
-        command = [sys.executable, "predict.py", f"--checkpoint={checkpoint}", *args]
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        return scripts.run("predict.py", f"--checkpoint={checkpoint}", *args, env=env)
 
     done = run(f"--input={tmp_path / 'in' / 'odd.png'}", f"--output={tmp_path / 'o'}",
                "--branch=sub4")  # fmt: skip

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,10 +16,10 @@ from PIL import Image
 from icnet_jax import build, cli, errors
 from icnet_jax.inference import predict, saved_run, sliding_window, test_time
 from tests import numpy_reference as ref
+from tests import scripts
 from tests.checkpoint_fakes import NUM_CLASSES
 from tests.inference.test_predict import RedBandModel, cli_config
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
 MIX, GLOBAL = RNG.normal(size=(2, 3, 5)), RNG.normal(size=(2, 3, 5))
 
@@ -324,12 +321,11 @@ def test_predict_cli_refuses_bad_tile_flags_before_writing(tiny_checkpoint, tmp_
     image = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     out = tmp_path / "out"
-    command = [
-        sys.executable, "predict.py", f"--checkpoint={tiny_checkpoint[0]}", f"--input={image}",
-        f"--output={out}", "--tile_stride=40,40",
-    ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = scripts.run(
+        "predict.py", f"--checkpoint={tiny_checkpoint[0]}", f"--input={image}",
+        f"--output={out}", "--tile_stride=40,40", env=env,
+    )  # fmt: skip
     assert done.returncode == cli.EXIT_USAGE, done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: --tile_stride=40,40: larger than the window 33x65 would leave pixels no window "

@@ -2,9 +2,6 @@
 channels are forced to zero."""
 
 import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +13,7 @@ from icnet_jax import cli, errors
 from icnet_jax.models import ICNet
 from icnet_jax.weights import finetune, prune, trees
 from icnet_jax.weights.release import write_training_checkpoint
+from tests import scripts
 
 
 def to_numpy(tree):
@@ -125,9 +123,10 @@ def test_bad_input_is_a_user_error_before_any_work(tmp_path):
         prune.prune_checkpoint(tmp_path / "absent", 1.5, tmp_path / "out")
     with pytest.raises(errors.UserError, match="--checkpoint=.*absent: no such checkpoint"):
         prune.prune_checkpoint(tmp_path / "absent", 0.5, tmp_path / "out")
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "icnet_jax.tools.prune", "--checkpoint=absent", "--output=o"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(scripts.REPO)}
+    result = scripts.run(
+        "-m", "icnet_jax.tools.prune", "--checkpoint=absent", "--output=o", env=env, cwd=tmp_path
+    )
     assert result.returncode == cli.EXIT_USAGE
     assert result.stderr.strip().splitlines() == [
         "error: --checkpoint=absent: no such checkpoint (a workdir, its checkpoints/ folder or a "

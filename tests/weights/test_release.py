@@ -4,7 +4,6 @@ import os
 import pathlib
 import struct
 import subprocess
-import sys
 
 import chex
 import jax
@@ -18,6 +17,7 @@ from icnet_jax.models import ICNet, fold_batchnorm, released_tensors
 from icnet_jax.models.icnet import TRAINING_ONLY_LAYERS
 from icnet_jax.models.layers import BN_EPSILON
 from icnet_jax.weights import files, finetune, release
+from tests import scripts
 from tests.conftest import SHARED_DATA
 
 SIZE = (65, 129)
@@ -386,9 +386,8 @@ def test_classifier_with_other_classes_names_the_count_and_the_flag():
 
 def run_tool(tmp_path, *args) -> subprocess.CompletedProcess:
     """The converter's command line, run from outside the repository."""
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "icnet_jax.tools.convert_weights", *args]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(scripts.REPO)}
+    return scripts.run("-m", "icnet_jax.tools.convert_weights", *args, env=env, cwd=tmp_path)
 
 
 def test_command_line_errors_are_one_line_with_status_2(tmp_path):
