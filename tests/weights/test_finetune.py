@@ -1,5 +1,6 @@
 """Fine-tuning from a checkpoint with another number of classes."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +67,7 @@ def test_9_to_11_classes_keeps_the_backbone_and_reinitialises_classifiers(checkp
     out = loaded.apply_fn(
         {"params": loaded.params, "batch_stats": loaded.batch_stats}, jnp.zeros((1, 33, 33, 3))
     )
-    assert out.shape == (1, 33, 33, 11)
+    chex.assert_shape(out, (1, 33, 33, 11))
 
 
 def test_same_classes_loads_everything(checkpoint_9):
@@ -74,7 +75,7 @@ def test_same_classes_loads_everything(checkpoint_9):
     config = quickstart.get_config()
     loaded, report = finetune.load_pretrained(fresh_state(config, 9, seed=1), path, verbose=False)
     assert not report.skipped
-    jax.tree.map(np.testing.assert_array_equal, loaded.params, jax.device_get(source.params))
+    chex.assert_trees_all_equal(loaded.params, jax.device_get(source.params))
 
 
 def test_a_backbone_mismatch_is_an_error_naming_the_tensors(checkpoint_9):

@@ -6,6 +6,7 @@ switches, the safetensors and .npy readers and the name mapping of ImageNet ResN
 
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -126,7 +127,7 @@ def test_frozen_bn_training_forward_of_converted_folded_weights_equals_inference
     np.testing.assert_allclose(train_sub124, reference, atol=1e-4 * scale, rtol=0)
     np.testing.assert_allclose(frozen.apply(variables, x), reference, atol=1e-4 * scale, rtol=0)
     # statistics kept as they were
-    jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
 
     # the bug this guards against: training-mode BatchNorm on batch statistics
     unfrozen, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -200,7 +201,7 @@ def test_a_frozen_step_keeps_statistics_and_frozen_affine_keeps_bn_parameters(tm
     step = trainer.make_train_step(config, devices=jax.local_devices()[:2])
     new, _ = jax.device_get(step(state, trainer.shard(batch, 2)))
     old = jax.device_get(state)
-    jax.tree.map(np.testing.assert_array_equal, new.batch_stats, old.batch_stats)
+    chex.assert_trees_all_equal(new.batch_stats, old.batch_stats)
     mask = traverse_util.flatten_dict(bn_affine_mask(old.params))
     before, after = traverse_util.flatten_dict(old.params), traverse_util.flatten_dict(new.params)
     assert {k[-1] for k, is_bn in mask.items() if is_bn} == {"scale", "bias"}

@@ -3,6 +3,7 @@ channels are forced to zero."""
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,9 +98,11 @@ def test_ranking_by_l1_norm_and_by_group(full_variables):
     )
     np.testing.assert_array_equal(selected["cff1"], np.sort(np.argsort(-cff1)[:128]))
     quarter = prune.prune_variables(full_variables, 0.25)
-    assert quarter["params"]["conv5_3"]["1x1_increase"]["conv"]["kernel"].shape == (1, 1, 128, 512)
-    assert quarter["params"]["conv6_cls"]["kernel"].shape == (1, 1, 64, 19)  # classes kept
-    assert quarter["batch_stats"]["conv_sub2"]["bn"]["var"].shape == (64,)
+    chex.assert_shape(
+        quarter["params"]["conv5_3"]["1x1_increase"]["conv"]["kernel"], (1, 1, 128, 512)
+    )
+    chex.assert_shape(quarter["params"]["conv6_cls"]["kernel"], (1, 1, 64, 19))  # classes kept
+    chex.assert_shape(quarter["batch_stats"]["conv_sub2"]["bn"]["var"], (64,))
 
 
 def test_prune_checkpoint_writes_a_narrower_checkpoint(tmp_path):
@@ -112,7 +115,7 @@ def test_prune_checkpoint_writes_a_narrower_checkpoint(tmp_path):
     expected = prune.prune_variables(
         to_numpy({"params": source.params, "batch_stats": source.batch_stats}), 0.5, width=0.5
     )
-    jax.tree.map(np.testing.assert_array_equal, to_numpy(state.params), expected["params"])
+    chex.assert_trees_all_equal(to_numpy(state.params), expected["params"])
     jax.tree.map(
         np.testing.assert_array_equal, to_numpy(state.batch_stats), expected["batch_stats"]
     )

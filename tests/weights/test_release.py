@@ -303,7 +303,7 @@ def test_bn_kept_flat_npy_and_tf_checkpoint_equal_hand_folding(tmp_path):
         release.load_release(tmp_path / "model.ckpt-30000.index"), template()
     )
     assert ignored == ["conv1_sub1/weights/Momentum", "global_step"]
-    jax.tree.map(np.testing.assert_array_equal, from_npy, from_tf)
+    chex.assert_trees_all_equal(from_npy, from_tf)
 
     fresh = ICNet(num_classes=19).init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 3)))
     variables, _ = finetune.merge_variables(fresh, from_npy)

@@ -1,6 +1,7 @@
 """The weights spec (what gives weights their meaning), frozen BatchNorm only where statistics were
 loaded, the BN-kept release as a fine-tuning start, the direct-API BatchNorm momentum."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,7 +152,7 @@ def test_training_forward_of_a_folded_release_frozen_from_the_config_equals_infe
     inference = model.apply(variables, x)
     scale = float(np.abs(inference).max())
     np.testing.assert_allclose(trained, inference, atol=1e-4 * scale, rtol=0)
-    jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
 
 
 # ---- the BN-kept release: live BatchNorm ---------------------------------------------------------
