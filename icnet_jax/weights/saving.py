@@ -127,16 +127,8 @@ def saving(directory: str | os.PathLike, step: int | None) -> Iterator[None]:
 
 
 def device_of(directory: pathlib.Path) -> str:
-    """'/dev/sda1 (mounted on /data)' for the file system holding `directory`, else the path."""
-    try:
-        lines = pathlib.Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return str(directory)
-    mounts = [line.split()[:2] for line in lines]
-    path = str(directory.resolve())
-    best = max(
-        (m for m in mounts if len(m) == 2 and (path + "/").startswith(m[1].rstrip("/") + "/")),
-        key=lambda m: len(m[1]),
-        default=None,
-    )
-    return f"{best[0]} (mounted on {best[1]})" if best else str(directory)
+    """'the file system mounted on /data': the mount point holding `directory`."""
+    path = directory.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return f"the file system mounted on {path}"
