@@ -169,7 +169,7 @@ class SegmentationBuilder(PreparedBuilder):
             options["image_format"] = self.image_format
         return options
 
-    def source_fingerprint(self) -> str:
+    def source_hash(self) -> str:
         """Hash of the options and of every file below the manual dir (path, size, mtime): cheap
         (no file is read) and changed by any file added, removed, replaced or edited."""
         digest = hashlib.sha256(json.dumps(self._options(), sort_keys=True).encode())
@@ -199,7 +199,7 @@ class SegmentationBuilder(PreparedBuilder):
                     f"--config.dataset.builder_kwargs.image_format={stored_format}"
                 )
             return None
-        if stored == self.source_fingerprint():
+        if stored == self.source_hash():
             return None
         return (
             f"the files in {self.manual_root} (or on_bad_file, image_format) changed since it "
@@ -230,7 +230,7 @@ class SegmentationBuilder(PreparedBuilder):
         del dl_manager  # nothing is downloaded
         root = self.manual_root
         self._check_manual_dir()
-        self.info.metadata[FINGERPRINT_KEY] = self.source_fingerprint()
+        self.info.metadata[FINGERPRINT_KEY] = self.source_hash()
         self.info.metadata["image_format"] = self.image_format
         info = self.dataset_info()
         self.info.metadata["class_names"] = list(info.class_names)
