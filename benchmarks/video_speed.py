@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
     loaded = saved_run.load_checkpoint(
         args.checkpoint, config, command_line_wins=("input.eval_size",)
     )
-    palette = saved_run.dataset_info_for("camvid", loaded.num_classes).palette
+    palette = loaded.info.palette
     result: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -126,7 +126,7 @@ def from_loaded(
     segmenter = Segmenter(
         loaded, branch=branch, flip=flip, scales=tuple(scales), tiles=tiles, backend=backend
     )
-    info = loaded.dataset_info()
+    info = loaded.info
     cfg = loaded.config
     tta = dict(
         eval_size=tuple(cfg.input.eval_size) if cfg.input.eval_size else None,

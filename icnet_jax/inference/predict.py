@@ -334,7 +334,7 @@ def predict(
     errors.check_writable(output, "--output")
     loaded = saved_run.load_checkpoint(checkpoint, config, command_line_wins=o.command_line_wins)
     _log.info(loaded.header())
-    info = loaded.dataset_info()
+    info = loaded.info
     _log.info(f"backend: {backend.describe()} ({why})")
     segmenter = Segmenter(
         loaded, branch=o.branch, flip=o.flip, scales=o.scales, tiles=o.tiles, backend=backend

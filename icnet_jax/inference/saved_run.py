@@ -296,12 +296,8 @@ class LoadedCheckpoint:
     workdir: pathlib.Path
     settings: list[Setting]
     saved_config: dict[str, Any]
+    info: taxonomy.DatasetInfo
     changes: list[Change] = dataclasses.field(default_factory=list)
-    info: taxonomy.DatasetInfo | None = None
-
-    def dataset_info(self) -> taxonomy.DatasetInfo:
-        """The classes and palette (`info`, else the dataset's table or generated ones)."""
-        return self.info or dataset_info_for(self.config.dataset.name, self.num_classes)
 
     def header(self) -> str:
         """What a job prints first: the checkpoint, the weights settings, the changes."""
