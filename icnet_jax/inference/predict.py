@@ -150,18 +150,12 @@ class Segmenter:
         """Class ids `[H, W]` of a uint8 RGB image (`prepared`: its `prepare(image)`, made
         ahead, e.g. by another thread)."""
         tiling = self.tiles.tiling_for(image.shape)
-        align_corners = self.config.model.align_corners
         try:
             if tiling is not None:
                 self._tell(image.shape, tiling)
                 return self._segment_tiled(image, tiling)
-            sizes = test_time.network_sizes(
-                image.shape[:2], self._scales, self._eval_size, align_corners
-            )
-            onnx_backend.prepare(self.network, sizes)  # outside the jitted function
             x = self.prepare(image) if prepared is None else prepared
-            (labels,) = self._predict(self.variables, x[None]).values()
-            return np.asarray(labels)[0]
+            return self._segment_whole(x[None])[0]
         except Exception as error:
             if not sliding_window.is_out_of_memory(error):
                 raise
@@ -172,18 +166,23 @@ class Segmenter:
         the network (those segmented in windows: one at a time)."""
         if len(images) == 1 or self.tiles.tiling_for(images[0].shape) is not None:
             return [self(image) for image in images]
-        sizes = test_time.network_sizes(
-            images[0].shape[:2], self._scales, self._eval_size, self.config.model.align_corners
-        )
-        onnx_backend.prepare(self.network, sizes)
-        batch = np.stack([self.prepare(image) for image in images])
         try:
-            (labels,) = self._predict(self.variables, batch).values()
+            labels = self._segment_whole(np.stack([self.prepare(image) for image in images]))
         except Exception as error:
             if not sliding_window.is_out_of_memory(error):
                 raise
             raise sliding_window.out_of_memory_error(images[0].shape, None, self.tiles) from None
-        return list(np.asarray(labels))
+        return list(labels)
+
+    def _segment_whole(self, batch: np.ndarray) -> np.ndarray:
+        """Class ids `[N, H, W]` of prepared images `[N, H, W, 3]`, whole (every network input
+        size made ready first, outside the jitted function)."""
+        sizes = test_time.network_sizes(
+            batch.shape[1:3], self._scales, self._eval_size, self.config.model.align_corners
+        )
+        onnx_backend.prepare(self.network, sizes)
+        (labels,) = self._predict(self.variables, batch).values()
+        return np.asarray(labels)
 
     def _segment_tiled(self, image: np.ndarray, tiling: sliding_window.Tiling) -> np.ndarray:
         """Windows over the image as the network sees whole images: resized to the eval size
