@@ -244,6 +244,32 @@ def define_multihost_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host job.")
 
 
+def define_backend_flags(default: str) -> None:
+    """--backend (default `default`), --dtype and --calibration_images: what runs the network
+    (predict.py, evaluate.py); `backend_from_flags` reads them."""
+    from icnet_jax.inference import onnx_backend
+
+    flags.DEFINE_enum(
+        "backend", default, onnx_backend.BACKENDS,
+        "What runs the network (auto: onnxruntime on a CPU with the export extras, else JAX).",
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "dtype", "float32", onnx_backend.DTYPES,
+        "int8: on onnxruntime (auto or --backend=onnxruntime).",
+    )  # fmt: skip
+    flags.DEFINE_integer(
+        "calibration_images", 32, "Training images calibrating int8.", lower_bound=1
+    )
+
+
+def backend_from_flags():
+    """The `onnx_backend.Backend` of the flags of `define_backend_flags`."""
+    from icnet_jax.inference import onnx_backend
+
+    f = flags.FLAGS
+    return onnx_backend.Backend(f.backend, f.dtype, f.calibration_images)
+
+
 def start_backend() -> None:
     """Starts JAX's backend now: a requested platform that is not available (JAX_PLATFORMS)
     fails here, before anything is written (`run` turns it into one line). Not before

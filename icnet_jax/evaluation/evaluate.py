@@ -30,7 +30,7 @@ from icnet_jax.evaluation import loop
 from icnet_jax.evaluation.evaluator import Evaluator
 from icnet_jax.evaluation.submission import SubmissionWriter
 from icnet_jax.evaluation.writers import PictureWriter, RegionWriter
-from icnet_jax.inference import saved_run, visualize
+from icnet_jax.inference import onnx_backend, saved_run, visualize
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class EvalOptions:
         `evaluate` is given a bare ConfigDict; a `saved_run.CommandLine` carries its own).
       devices: local devices to spread the images over (default `loop.default_devices()`).
       progress: a progress bar on host 0.
+      backend: what runs the network: JAX (every branch), or onnxruntime in float32 or int8
+        (`config.model.branch` only: the export holds one); auto as `Backend.resolve`.
     """
 
     checkpoint: str | pathlib.Path | None = None
@@ -66,6 +68,7 @@ class EvalOptions:
     command_line_wins: Sequence[str] = ()
     devices: Sequence[jax.Device] | None = None
     progress: bool = True
+    backend: onnx_backend.Backend = onnx_backend.JAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,7 @@ class _Target:
     loaded: saved_run.LoadedCheckpoint
     split: str
     out: pathlib.Path
+    backend: onnx_backend.Backend
 
     @property
     def title(self) -> str:
@@ -99,7 +103,10 @@ def evaluate(
       The summary written to metrics.json, with `'region_accuracy'` and `'output_dir'` added.
     """
     target = _open(config, options, check_split=source is None)
-    cfg, split = target.loaded.config, target.split
+    cfg, split, backend = target.loaded.config, target.split, target.backend
+    network, variables = None, target.loaded.variables
+    if backend.name == "onnxruntime":
+        network, variables = onnx_backend.OnnxModel(target.loaded, cfg.model.branch, backend), {}
     evaluator = Evaluator(
         cfg,
         target.loaded.num_classes,
@@ -108,6 +115,7 @@ def evaluate(
         flip=options.flip,
         source=source,
         info=info,
+        network=network,
     )
     info = evaluator.info
     _check_classes(info, target.loaded)
@@ -127,7 +135,7 @@ def evaluate(
     pictures, submission = _optional_writers(options, target, info, spec, saved_branch)
     start = time.perf_counter()
     results = evaluator(
-        target.loaded.variables,
+        variables,
         writers=[w for w in (regions, submission, pictures) if w is not None],
         devices=options.devices,
         progress=options.progress,
@@ -159,6 +167,8 @@ def _open(
     checkpoint, workdir = options.checkpoint, options.workdir
     if checkpoint is None and workdir is None:
         raise errors.UserError("give a checkpoint (--checkpoint) or a workdir (--workdir)")
+    backend, why = options.backend.resolve()
+    backend.check()
     if not isinstance(config, saved_run.CommandLine):
         config = saved_run.CommandLine(config, config is not None, wins=options.command_line_wins)
 
@@ -172,13 +182,14 @@ def _open(
     loaded = saved_run.load_checkpoint(run, config, before_restore=check)
     if jax.process_index() == 0:
         _log.info(loaded.header())
+        _log.info(f"backend: {backend.describe()} ({why})")
     split = _split(loaded.config, options)
-    folder = split + _difference(loaded.changes, options)
+    folder = split + _difference(loaded.changes, options, backend)
     out = pathlib.Path(workdir if workdir is not None else loaded.workdir) / "eval" / folder
     errors.check_writable(out, "evaluation output")
     if options.submission_dir is not None:
         errors.check_writable(options.submission_dir, "--submission_dir")
-    return _Target(loaded, split, out)
+    return _Target(loaded, split, out, backend)
 
 
 def _split(cfg: ml_collections.ConfigDict, options: EvalOptions) -> str:
@@ -238,12 +249,17 @@ def _changes_results(key: str) -> bool:
     return key in EVALUATION_KEYS
 
 
-def _difference(changes: Sequence[saved_run.Change], options: EvalOptions) -> str:
-    """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40'): the
-    folder suffix of an evaluation that must not overwrite the run's own."""
+def _difference(
+    changes: Sequence[saved_run.Change], options: EvalOptions, backend: onnx_backend.Backend
+) -> str:
+    """'' for the run's own settings, else '_<what differs>' (e.g. '_flip_num_val-40',
+    '_onnxruntime-int8'): the folder suffix of an evaluation that must not overwrite the run's
+    own (made with JAX)."""
     parts = [
         f"{c.key.rsplit('.', 1)[-1]}-{_text(c.now)}" for c in changes if _changes_results(c.key)
     ]
+    if backend.name != "jax":
+        parts.append(backend.describe().replace(" ", "-"))
     if options.flip:
         parts.append("flip")
     scales = tuple(float(s) for s in options.scales)
@@ -304,6 +320,7 @@ def _summary(
         results,
         **protocol,
         checkpoint=str(loaded.path),
+        backend=target.backend.describe(),
         flip=evaluator.flip,
         scales=list(evaluator.scales),
         eval_size=protocol["protocol"]["eval_size"],

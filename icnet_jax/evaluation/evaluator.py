@@ -14,13 +14,15 @@ from icnet_jax import build
 from icnet_jax.data import datasets, pipeline
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop
+from icnet_jax.inference import onnx_backend, test_time
 
 
 class Evaluator:
     """Every branch of a model evaluated on a split (whole images, the config's protocol).
 
     Attributes:
-      model: the Flax module giving every branch (`build.inference_model`).
+      model: the Flax module giving every branch (`build.inference_model`), or the `network`
+        given (an `onnx_backend.OnnxModel`: its one branch).
       branches: the names of its outputs (`loop.branch_names`).
       step: the jitted `(variables, images, labels) -> (confusions, predictions)` (`make_step`).
       source, info: the split's random-access source and its `DatasetInfo`.
@@ -38,16 +40,18 @@ class Evaluator:
         flip: bool = False,
         source: Any = None,
         info: Any = None,
+        network: onnx_backend.OnnxModel | None = None,
     ) -> None:
         """Builds the model and the step, and opens the split (`source`, `info`: an open one
-        instead of `config.dataset`'s: tests, notebooks)."""
+        instead of `config.dataset`'s: tests, notebooks; `network`: what runs instead of the
+        Flax module)."""
         if source is None:
             source, info = datasets.config_source(config, split)
         self.source, self.info, self.split = source, info, split
         self.config = config
         self.spec = InputSpec.from_config(config)
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
-        self.model = build.inference_model(config, num_classes)
+        self.model = network or build.inference_model(config, num_classes)
         self.branches = loop.branch_names(self.model)
         self.step = loop.make_step(
             self.model,
@@ -83,6 +87,15 @@ class Evaluator:
             },
         }
 
+    def run_step(self, variables: Any, images: Any, labels: Any) -> Any:
+        """`step`, after an onnxruntime network's sessions of these images' network input
+        sizes are made (they cannot be made inside the trace; nothing for a Flax module)."""
+        sizes = test_time.network_sizes(
+            images.shape[1:3], self.scales, self.spec.eval_size, self.config.model.align_corners
+        )
+        onnx_backend.prepare(self.model, sizes)
+        return self.step(variables, images, labels)
+
     def __call__(
         self,
         variables: Any,
@@ -94,7 +107,7 @@ class Evaluator:
         """`{branch: metrics}` of `variables` on the split (`loop.evaluate_examples`)."""
         kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
         return loop.evaluate_examples(
-            self.step,
+            self.run_step,
             variables,
             pipeline.eval_dataset(self.source, self.spec, **kw),
             self.info.class_names,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from icnet_jax.evaluation.metrics import confusion_matrix, segmentation_metrics
 from icnet_jax.evaluation.regions import RegionAccuracy
+from icnet_jax.inference.onnx_backend import OnnxModel
 from icnet_jax.inference.test_time import average_probabilities, prediction_dtype
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
 
@@ -85,15 +86,17 @@ def format_table(results: Mapping[str, Mapping[str, Any]], class_names: Sequence
     return "\n".join(lines)
 
 
-def branch_names(model: nn.Module) -> tuple[str, ...]:
+def branch_names(model: nn.Module | OnnxModel) -> tuple[str, ...]:
     """Keys of the probability dicts of `average_probabilities` for `model`."""
+    if isinstance(model, OnnxModel):
+        return (model.output_name,)
     if getattr(model, "branch", None) == ALL_BRANCHES:
         return BRANCHES
     return ("output",)
 
 
 def make_step(
-    model: nn.Module,
+    model: nn.Module | OnnxModel,
     num_classes: int,
     *,
     eval_size: Sequence[int] | None = None,

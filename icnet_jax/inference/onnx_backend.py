@@ -156,11 +156,16 @@ def cpu_session(path: str | os.PathLike):
 
 class OnnxModel:
     """A checkpoint's network on onnxruntime, with the `apply(variables, images)` of a Flax
-    module (variables ignored): `float32 [N, H, W, 3]` normalised images -> logits
-    `[N, H, W, classes]`, usable under `jax.jit` at the sizes made ready by `prepare`."""
+    module (variables ignored): `float32 [N, H, W, 3]` normalised images -> `{output_name:
+    logits [N, H, W, classes]}`, usable under `jax.jit` at the sizes made ready by `prepare`.
+
+    Attributes:
+      output_name: ICNet's branch (`branch`), or 'output' for a network without branches.
+    """
 
     def __init__(self, loaded: Any, branch: str, backend: Backend, *, verbose: bool = True):
         model = build.inference_model(loaded.config, loaded.num_classes, branch)
+        self.output_name = branch if getattr(model, "branch", None) == branch else "output"
         self._apply = model.clone(fold_bn=True).apply
         self._variables = jax.tree.map(np.asarray, fold_batchnorm(loaded.variables))
         self._loaded = loaded
@@ -212,7 +217,7 @@ class OnnxModel:
         name = session.get_inputs()[0].name
         return session.run(None, {name: np.asarray(images, np.float32)})[0]
 
-    def apply(self, variables: Any, images: jax.Array) -> jax.Array:
+    def apply(self, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
         del variables
         n, h, w, _ = images.shape
         if (h, w) not in self._sessions:
@@ -221,7 +226,7 @@ class OnnxModel:
                 "before tracing (exporting and quantising cannot run inside a trace)"
             )
         shape = jax.ShapeDtypeStruct((n, h, w, self.num_classes), jnp.float32)
-        return jax.pure_callback(self, shape, images.astype(jnp.float32))
+        return {self.output_name: jax.pure_callback(self, shape, images.astype(jnp.float32))}
 
 
 def inference_network(loaded: Any, branch: str, backend: Backend) -> Any:

@@ -25,14 +25,22 @@ A split without labelled pixels (Cityscapes' test split) gets predictions and no
     python evaluate.py --config=configs/cityscapes.py:trainval90k --workdir=DIR --split=test \
       --submission_dir=DIR/submission && (cd DIR/submission && zip -q ../submission.zip *.png)
 
+`--backend=onnxruntime` (or `auto`: onnxruntime on a CPU with the extras of
+requirements-export.txt) evaluates the run's ONNX export, as `predict.py` runs it (cached under
+`<workdir>/export/`), `--dtype=int8` its int8 quantisation (`--calibration_images` training
+images): the export holds one output, `config.model.branch` (sub124), so only that branch is
+evaluated. The default, JAX, evaluates every branch.
+
 Writes to `DIR/eval/<split>/` (DIR: `--workdir`, else the checkpoint's workdir) with the run's
 settings; with a change to the dataset (not to where its files lie), `input.eval_size`,
-`ignore_label` or `model.dtype`, or a test-time option, to `DIR/eval/<split>_<what differs>/`
-(e.g. `val_flip`, `val_num_val-40`), so that the run's own evaluation is never overwritten:
+`ignore_label` or `model.dtype`, a test-time option or another backend, to
+`DIR/eval/<split>_<what differs>/` (e.g. `val_flip`, `val_num_val-40`, `val_onnxruntime-int8`),
+so that the run's own evaluation is never overwritten:
 
 - `metrics.json`: `{"step", "split", "branches": {branch: mIoU, pixel accuracy, per-class IoU,
   confusion, ...}, "dataset": {name, builder_kwargs, manual_dir}, "num_images", "protocol":
-  {eval_size, flip, scales, ignore_label}, "checkpoint", "from_checkpoint", "changed_from_run"}`
+  {eval_size, flip, scales, ignore_label}, "backend", "checkpoint", "from_checkpoint",
+  "changed_from_run"}`
   (written by the same code as training's evaluation, plus the evaluation settings);
 - `per_class_iou.png`; `region_accuracy.json` and `region_accuracy.png`: accuracy of ground-truth
   connected regions by size, per branch, and the differences between branches (paper Fig. 8);
@@ -75,6 +83,7 @@ flags.DEFINE_list(
     "Config keys (e.g. input.eval_size, model) whose command-line value beats the checkpoint's.",
 )  # fmt: skip
 flags.DEFINE_integer("devices", 0, "Local devices to use (0: all; one on CPU).")
+cli.define_backend_flags("jax")
 cli.define_multihost_flags()
 
 
@@ -100,6 +109,7 @@ def main(argv):
         region_size_scale=FLAGS.region_size_scale,
         command_line_wins=tuple(FLAGS.command_line_wins),
         devices=jax.local_devices()[: FLAGS.devices] if FLAGS.devices > 0 else None,
+        backend=cli.backend_from_flags(),
     )
     given, overrides = cli.config_given()
     command_line = saved_run.CommandLine(

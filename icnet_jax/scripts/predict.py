@@ -54,7 +54,7 @@ written; 130 interrupted (Ctrl-C or SIGTERM).
 from absl import flags
 
 from icnet_jax import cli, config_checks, errors
-from icnet_jax.inference import onnx_backend, predict, saved_run, sliding_window, test_time
+from icnet_jax.inference import predict, saved_run, sliding_window, test_time
 from icnet_jax.models.icnet import BRANCHES
 
 FLAGS = flags.FLAGS
@@ -79,14 +79,7 @@ flags.DEFINE_string("tile_stride", "", "Window step H,W (default: two thirds of 
 flags.DEFINE_integer(
     "max_pixels", sliding_window.MAX_PIXELS, "Images above this many pixels are tiled (0: never)."
 )
-flags.DEFINE_enum(
-    "backend", "auto", onnx_backend.BACKENDS,
-    "What runs the network (auto: onnxruntime on a CPU with the export extras, else JAX).",
-)  # fmt: skip
-flags.DEFINE_enum(
-    "dtype", "float32", onnx_backend.DTYPES, "int8: on onnxruntime (auto or --backend=onnxruntime)."
-)
-flags.DEFINE_integer("calibration_images", 32, "Training images calibrating int8.", lower_bound=1)
+cli.define_backend_flags("auto")
 flags.DEFINE_bool("frames", False, "The input folder's images are the frames of one video.")
 flags.DEFINE_float("fps", 30.0, "Frame rate of --frames (and of a video that states none).")
 flags.DEFINE_multi_enum(
@@ -118,7 +111,7 @@ def main(argv):
         recursive=FLAGS.recursive,
         command_line_wins=tuple(FLAGS.command_line_wins),
         tiles=tiles,
-        backend=onnx_backend.Backend(FLAGS.backend, FLAGS.dtype, FLAGS.calibration_images),
+        backend=cli.backend_from_flags(),
         frames=FLAGS.frames,
         fps=FLAGS.fps,
         video_outputs=tuple(FLAGS.video_outputs),

@@ -19,7 +19,7 @@ from configs import quickstart
 from icnet_jax import build, default, errors
 from icnet_jax.data import taxonomy
 from icnet_jax.evaluation import evaluate, loop
-from icnet_jax.inference import saved_run, test_time
+from icnet_jax.inference import onnx_backend, saved_run, test_time
 from icnet_jax.inference.image_io import read_image
 from icnet_jax.train import trainer
 from icnet_jax.weights import checkpoints, spec
@@ -337,14 +337,19 @@ def test_results_with_other_settings_get_a_folder_naming_the_difference():
     change = saved_run.Change
     options = evaluate.EvalOptions(scales=(0.75, 1.0))
     moved = [change("dataset.manual_dir", "/a", "/b"), change("dataset.data_dir", "x", "y")]
-    assert evaluate._difference(moved, evaluate.EvalOptions()) == ""  # the run's own
+    jax_backend, int8 = onnx_backend.JAX, onnx_backend.Backend("onnxruntime", "int8")
+    assert evaluate._difference(moved, evaluate.EvalOptions(), jax_backend) == ""  # the run's own
     other = [
         change("dataset.builder_kwargs.num_val", 4, 40),
         change("input.eval_size", None, (65, 129)),
     ]
-    assert evaluate._difference(other, options) == "_num_val-40_eval_size-65x129_scales-0.75-1"
+    assert (
+        evaluate._difference(other, options, jax_backend)
+        == "_num_val-40_eval_size-65x129_scales-0.75-1"
+    )
+    assert evaluate._difference([], evaluate.EvalOptions(), int8) == "_onnxruntime-int8"
     many = [change(f"dataset.builder_kwargs.k{i}", 0, i) for i in range(30)]
-    assert len(evaluate._difference(many, options)) <= 61
+    assert len(evaluate._difference(many, options, jax_backend)) <= 61
 
 
 def run_files(workdir: pathlib.Path) -> dict[pathlib.Path, bytes]:
@@ -376,6 +381,7 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
     out = workdir / "eval" / "val"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 3 and metrics["flip"] is False and metrics["num_images"] == 2
+    assert metrics["backend"] == "jax"  # evaluate.py's default: every branch
     assert metrics["dataset"]["builder_kwargs"]["num_val"] == 2
     for name in ("region_accuracy.json", "region_accuracy.png", "per_class_iou.png"):
         assert (out / name).is_file()
@@ -396,6 +402,8 @@ def test_evaluate_cli_on_the_street_dataset(tmp_path):
     assert "model.width" in scripts.one_error_line(refused)
     unknown = evaluate("--split=nonexistent")
     assert "--split=nonexistent" in scripts.one_error_line(unknown)
+    int8_on_jax = evaluate("--backend=jax", "--dtype=int8")
+    assert "--backend=onnxruntime" in scripts.one_error_line(int8_on_jax)
 
     missing = scripts.run("evaluate.py", f"--workdir={tmp_path / 'none'}", env=env)
     assert missing.returncode == 2 and "no checkpoints at" in missing.stderr

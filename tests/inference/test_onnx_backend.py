@@ -6,7 +6,9 @@ of requirements-export.txt are installed and ../shared/data/camvid is there; the
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -104,6 +106,34 @@ def test_predict_runs_int8_and_float32_onnxruntime_on_a_folder_and_a_video(camvi
     # that ignore the image (a NaN scale: one class everywhere) stay far below it.
     assert np.bincount(float32.ravel()).max() / float32.size < 0.8
     assert np.mean(int8 == float32) >= 0.9
+
+
+def evaluate(workdir, *flags) -> dict:
+    """Runs evaluate.py on the two training frames; returns its metrics.json."""
+    done = run("evaluate.py", f"--workdir={workdir}", "--split=train", *flags)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    folder = re.search(r"outputs in (\S+)", done.stdout)
+    assert folder, done.stdout[-3000:]
+    return json.loads((pathlib.Path(folder[1]) / "metrics.json").read_text())
+
+
+@pytest.mark.slow  # three runs of evaluate.py (the exports are those of the test above, if run)
+@pytest.mark.shared_data
+def test_evaluate_runs_the_export_beside_the_runs_own_evaluation(camvid_run):
+    workdir, _ = camvid_run
+    jax = evaluate(workdir)
+    float32 = evaluate(workdir, "--backend=onnxruntime")
+    int8 = evaluate(workdir, "--backend=auto", "--dtype=int8", "--calibration_images=2")
+    assert jax["backend"] == "jax" and list(jax["branches"]) == ["sub124", "sub24", "sub4"]
+    assert float32["backend"] == "onnxruntime float32" and int8["backend"] == "onnxruntime int8"
+    assert list(float32["branches"]) == list(int8["branches"]) == ["sub124"]  # the export's
+    folders = {p.name for p in (workdir / "eval").iterdir()}
+    assert {"train", "train_onnxruntime-float32", "train_onnxruntime-int8"} <= folders
+    # Same network, rounding only: the confusion matrices differ by a few pixels at most.
+    reference = np.asarray(jax["branches"]["sub124"]["confusion"])
+    moved = np.abs(np.asarray(float32["branches"]["sub124"]["confusion"]) - reference).sum()
+    assert moved <= 0.002 * reference.sum()
+    assert np.asarray(int8["branches"]["sub124"]["confusion"]).sum() == reference.sum()
 
 
 @pytest.mark.parametrize(
