@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from icnet_jax.evaluation.metrics import confusion_matrix, segmentation_metrics
 from icnet_jax.evaluation.regions import RegionAccuracy
 from icnet_jax.inference.onnx_backend import OnnxModel
-from icnet_jax.inference.test_time import average_probabilities, prediction_dtype
+from icnet_jax.inference.test_time import predict_labels
 from icnet_jax.models.icnet import ALL_BRANCHES, BRANCHES
 
 # The order of branch columns everywhere (tables, metrics.json): the network's output first.
@@ -87,7 +86,7 @@ def format_table(results: Mapping[str, Mapping[str, Any]], class_names: Sequence
 
 
 def branch_names(model: nn.Module | OnnxModel) -> tuple[str, ...]:
-    """Keys of the probability dicts of `average_probabilities` for `model`."""
+    """Keys of the dicts of `predict_labels` for `model`."""
     if isinstance(model, OnnxModel):
         return (model.output_name,)
     if getattr(model, "branch", None) == ALL_BRANCHES:
@@ -114,11 +113,7 @@ def make_step(
 
     @jax.jit
     def step(variables, images, labels):
-        probabilities = average_probabilities(model, variables, images, **tta)
-        predictions = {
-            k: jnp.argmax(p, axis=-1).astype(prediction_dtype(num_classes))
-            for k, p in probabilities.items()
-        }
+        predictions = predict_labels(model, variables, images, num_classes, **tta)
         confusions = {
             k: confusion_matrix(labels, p, num_classes, ignore_label)
             for k, p in predictions.items()

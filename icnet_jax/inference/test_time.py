@@ -133,6 +133,36 @@ def prediction_dtype(num_classes: int):
     return jnp.uint8 if num_classes <= 256 else jnp.int32
 
 
+def predict_labels(
+    model: nn.Module,
+    variables: Any,
+    images: Array,
+    num_classes: int,
+    *,
+    eval_size: Sequence[int] | None = None,
+    align_corners: bool = True,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> dict[str, Array]:
+    """Class ids `[N, H, W]` per branch (`prediction_dtype`): the argmax of
+    `average_probabilities`.
+
+    One pass over the images as they are (scales (1,), no flip, no `eval_size`) takes the argmax
+    of the logits: the softmax cannot change it, and with nothing resized or averaged after it
+    its cost is all waste (8.6 of 11.4 ms for 512x1024 pixels and 11 classes on a 2-core CPU,
+    where the int8 network takes 40 ms).
+    """
+    if tuple(scales) == (1.0,) and not flip and eval_size is None:
+        scores = model.apply(variables, images)
+        if not isinstance(scores, Mapping):
+            scores = {"output": scores}
+    else:
+        tta = dict(eval_size=eval_size, align_corners=align_corners, scales=scales, flip=flip)
+        scores = average_probabilities(model, variables, images, **tta)
+    dtype = prediction_dtype(num_classes)
+    return {k: jnp.argmax(v, axis=-1).astype(dtype) for k, v in scores.items()}
+
+
 def make_predict_fn(
     model: nn.Module,
     num_classes: int,
@@ -147,10 +177,6 @@ def make_predict_fn(
 
     @jax.jit
     def predict(variables, images):
-        probabilities = average_probabilities(model, variables, images, **tta)
-        return {
-            k: jnp.argmax(p, axis=-1).astype(prediction_dtype(num_classes))
-            for k, p in probabilities.items()
-        }
+        return predict_labels(model, variables, images, num_classes, **tta)
 
     return predict

@@ -129,6 +129,23 @@ def test_normalize_by_hand_rgb_and_bgr() -> None:
     assert bgr.flags.c_contiguous
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 5, 7, 3), (4, 3)])
+@pytest.mark.parametrize("bgr", [False, True])
+def test_uint8_images_are_normalised_by_table_as_floats_are(shape, bgr) -> None:
+    """uint8 images take a table of the 256 values; the values are those of the float path,
+    bit for bit, and within float32 rounding of a float64 reference."""
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    mean, std = (123.68, 116.779, 103.939), (58.4, 57.1, 57.4)
+    table = augment.normalize(image, mean, std, bgr)
+    floats = augment.normalize(image.astype(np.float32), mean, std, bgr)
+    assert table.dtype == np.float32 and table.shape == shape and table.flags.c_contiguous
+    np.testing.assert_array_equal(table, floats)
+    order = slice(None, None, -1) if bgr else slice(None)
+    pixels = image[..., order].astype(np.float64)
+    reference = (pixels - np.array(mean)[order]) / np.array(std)[order]
+    np.testing.assert_allclose(table, reference, rtol=1e-6, atol=1e-6)
+
+
 def test_normalize_released_model_convention() -> None:
     # The release: BGR order minus the mean (B 103.939, G 116.779, R 123.68), no scaling.
     image = np.array([[[200, 100, 50]]], dtype=np.uint8)  # R, G, B

@@ -22,8 +22,8 @@ from tests.train.test_trainer import tiny_config
 def count_traces(monkeypatch):
     """Fails a test whose evaluation step is traced more than once."""
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(loop.average_probabilities, 1)
-    monkeypatch.setattr(loop, "average_probabilities", counted)
+    counted = chex.assert_max_traces(loop.predict_labels, 1)
+    monkeypatch.setattr(loop, "predict_labels", counted)
 
 
 def test_two_evaluations_trace_the_step_once(monkeypatch, count_traces):

@@ -200,6 +200,33 @@ def test_network_sizes_are_the_inputs_the_prediction_feeds(eval_size, flip):
     assert test_time.network_sizes((37, 53), scales, eval_size) == list(dict.fromkeys(model.sizes))
 
 
+class RandomLogits:
+    """Stands in for a network: fixed random logits `[N, H, W, 5]`, a few pixels with two
+    classes tied at the top."""
+
+    def __init__(self, shape):
+        logits = np.random.default_rng(3).normal(0, 4, (*shape, 5)).astype(np.float32)
+        logits[:, :2, :2, 3] = logits[:, :2, :2].max(axis=-1)  # ties: the first index wins
+        self.logits = logits
+
+    def apply(self, variables, images):
+        return {"sub124": jnp.asarray(self.logits)}
+
+
+def test_one_pass_labels_are_the_argmax_of_the_softmax():
+    """`predict_labels` without test-time averaging skips the softmax; its labels are those of
+    the probabilities, computed here in float64 numpy."""
+    from icnet_jax.inference import test_time
+
+    model = RandomLogits((2, 9, 13))
+    labels = test_time.predict_labels(model, {}, jnp.zeros((2, 9, 13, 3)), 5)["sub124"]
+    z = model.logits.astype(np.float64)
+    probabilities = np.exp(z - z.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    assert labels.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(labels), probabilities.argmax(-1))
+
+
 def test_auto_backend_without_the_extras_runs_jax(tmp_path, checkpoint, logged, monkeypatch):
     """`--backend=auto` where the export extras are absent (simulated): JAX, said in one line."""
     from icnet_jax.inference import onnx_backend
