@@ -157,8 +157,10 @@ def predict_labels(
         if not isinstance(scores, Mapping):
             scores = {"output": scores}
     else:
-        tta = dict(eval_size=eval_size, align_corners=align_corners, scales=scales, flip=flip)
-        scores = average_probabilities(model, variables, images, **tta)
+        scores = average_probabilities(
+            model, variables, images,
+            eval_size=eval_size, align_corners=align_corners, scales=scales, flip=flip,
+        )  # fmt: skip
     dtype = prediction_dtype(num_classes)
     return {k: jnp.argmax(v, axis=-1).astype(dtype) for k, v in scores.items()}
 
