@@ -1,6 +1,6 @@
 """`benchmark.py --backend=onnxruntime`: the benchmarked networks exported to ONNX (jax2onnx,
 BatchNorm folded as `--fold_bn` says), run by onnxruntime on the CPU, in float32 and, with
-`--dtype=int8`, statically quantised (QDQ, per channel; `inference.quantize`).
+`--dtype=int8`, statically quantised (per channel; `inference.quantize`).
 
 The weights are random, so the int8 ranges are calibrated on `calibration_images` random inputs
 (`networks.make_images` with the next seeds): speed does not depend on the ranges. mIoU of a real

@@ -7,7 +7,8 @@ released weights: BGR, minus the mean, no scaling) `float32 [batch, H, W, 3]` an
 `[batch, H, W, classes]` of the inference branch (sub124). H and W are fixed at export (ICNet's
 align-corners resizing and pyramid-pooling windows are computed from the static sizes, which is
 also what makes the export exact: each resize is one ONNX `Resize` node with the sizes and the
-coordinate convention spelled out, `onnx_resize`); the batch is dynamic. `fold_bn` exports the
+coordinate convention spelled out, `onnx_resize`; max pooling's padding is the `MaxPool`'s
+own, `onnx_pooling`); the batch is dynamic. `fold_bn` exports the
 inference form with BatchNorm folded into the convolutions.
 
 The SavedModel holds the network as StableHLO in an `XlaCallModule` op, lowered for each of
@@ -38,8 +39,9 @@ _log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # relative to the largest |logit|
 FORMATS = ("saved_model", "onnx")
 # The ONNX graph's revision, part of the onnxruntime backend's cache key: a change of the graph
-# (2: bilinear resizes as Resize nodes, `onnx_resize`) makes cached exports anew.
-ONNX_REVISION = 2
+# (2: bilinear resizes as Resize nodes, `onnx_resize`; 3: max pooling's padding as MaxPool pads,
+# `onnx_pooling`) makes cached exports anew.
+ONNX_REVISION = 3
 PLATFORMS = ("cpu", "cuda", "tpu")
 # The modules each format needs (the extras of requirements-export.txt).
 NEEDS = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
@@ -109,6 +111,7 @@ def export_onnx(
     import jax2onnx
     import onnx
 
+    from icnet_jax.inference.onnx_pooling import fold_max_pool_padding
     from icnet_jax.inference.onnx_resize import resize_nodes
 
     with resize_nodes():
@@ -120,6 +123,7 @@ def export_onnx(
             opset=opset,
             return_mode="proto",
         )
+    fold_max_pool_padding(model)
     onnx.save_model(model, str(output), save_as_external_data=False)
 
 

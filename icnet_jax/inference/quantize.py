@@ -1,6 +1,7 @@
-"""int8 ONNX models: onnxruntime's static quantisation (QDQ format, int8 weights per output
-channel, uint8 activations, MinMax ranges) of the convolutions, calibrated on images
-normalised as the model expects.
+"""int8 ONNX models: onnxruntime's static quantisation (QOperator format: QLinearConv,
+QLinearAdd, ...; int8 weights per output channel, uint8 activations, MinMax ranges) of the
+convolutions, the additions, the poolings and the concatenations, calibrated on images normalised
+as the model expects.
 
 `dataset_images(calibration_config(loaded), size, n)` gives the calibration images of a
 checkpoint: `n` images of the training split of the dataset it was trained on (read through
@@ -56,7 +57,7 @@ def dataset_images(config, size: tuple[int, int], n: int) -> Iterator[np.ndarray
 def quantize_static(
     model: str | os.PathLike, output: str | os.PathLike, images: Iterable[np.ndarray]
 ) -> None:
-    """Writes the int8 QDQ model of the float32 ONNX `model` to `output`, its activation ranges
+    """Writes the int8 model of the float32 ONNX `model` to `output`, its activation ranges
     calibrated on `images` (each `float32 [N, H, W, 3]`, as the model's input)."""
     from onnxruntime import quantization as q
 
@@ -77,14 +78,15 @@ def quantize_static(
             str(model),
             str(output),
             Reader(),
-            quant_format=q.QuantFormat.QDQ,
+            # Quantised operators written out (QLinearConv, QLinearAdd, QLinearAveragePool, ...)
+            # rather than Q/DQ pairs for onnxruntime's fuser to find: it also quantises the
+            # additions and poolings between the convolutions, which the QDQ fuser left in float
+            # between Quantize/DequantizeLinear nodes. 1.7x float32's speed became 1.9x on a
+            # 2-core Intel Xeon (docs/inference_speed.md).
+            quant_format=q.QuantFormat.QOperator,
             per_channel=True,
             # uint8 activations x int8 weights is what onnxruntime's x86 kernels run (VNNI's
-            # u8 x s8 dot product). With int8 activations its CPU fuser (int8 allowed on ARM
-            # only) first rewrites each int8 Q/DQ pair to uint8 and misses those whose
-            # DequantizeLinear feeds two convolutions (a residual block's projection and first
-            # 1x1): 15 of 64 stayed float Conv between DQ and Q, with layout Transposes around
-            # them (39 against 5). Figures: docs/inference_speed.md.
+            # u8 x s8 dot product); int8 activations ran 1.2x float32 (docs/inference_speed.md).
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             # 7-bit weights: without VNNI (AVX2) the u8 x s8 products are summed in pairs into
@@ -94,52 +96,18 @@ def quantize_static(
             # does not grow with the image size (full-size activations are never kept).
             calibrate_method=q.CalibrationMethod.MinMax,
             op_types_to_quantize=list(OP_TYPES),
-            nodes_to_exclude=padded_for_max_pooling(model),
+            # Every listed operator quantised, whatever its input: without it an addition or
+            # pooling after a float Resize stayed float.
+            extra_options={"ForceQuantizeNoInputCheck": True},
         )
     finally:
         root.setLevel(level)
 
 
-# Convolutions (and the ReLUs after them, which then vanish into the int8 range). With uint8
-# activations, adding Add, Concat, MaxPool and AveragePool gained nothing measurable at
-# 512x1024 on a 2-core CPU; the float interpolations, over half the int8 model's time while
-# the export traced them into Gathers and arithmetic, are single Resize nodes now
-# (`onnx_resize`), and int8 runs 2.2x float32 (docs/inference_speed.md).
-OP_TYPES = ("Conv", "Relu")
+# The convolutions (and the ReLUs after them, which vanish into the uint8 range), the additions,
+# poolings and concatenations, and the layout moves between them. Not Resize: onnxruntime 1.32's
+# uint8 Resize took 13.6 ms where its float one took 8.5 (512x1024, 2-core Intel Xeon).
+OP_TYPES = ("Conv", "Relu", "Add", "Concat", "MaxPool", "AveragePool", "Transpose")
 # Names these settings in the export cache's file names (`onnx_backend`): a model cached by an
-# earlier recipe (int8 activations: 15 of 64 convolutions left in float32) is made anew.
-RECIPE = "u8act"
-# Nodes between a -inf padding and its max pooling only move values (layout, shape).
-_MOVES = ("Transpose", "Reshape", "Identity")
-
-
-def padded_for_max_pooling(model: str | os.PathLike) -> list[str]:
-    """Names of the nodes that carry -inf: each `Pad` with a constant value of -inf (max
-    pooling's padding, as jax2onnx writes it), the layout and shape nodes after it and the
-    `MaxPool` that ends it. They stay float: an int8 range cannot hold -inf (its scale would be
-    NaN and every later value with it)."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    names = []
-    for node in graph.node:
-        value = constants.get(node.input[2]) if len(node.input) > 2 else None
-        if node.op_type != "Pad" or value is None or not np.all(np.isneginf(value)):
-            continue
-        names.append(node.name)
-        chain = consumers.get(node.output[0], [])
-        while len(chain) == 1 and chain[0].op_type in (*_MOVES, "MaxPool"):
-            names.append(chain[0].name)
-            if chain[0].op_type == "MaxPool":
-                break
-            chain = consumers.get(chain[0].output[0], [])
-    return names
+# earlier recipe is made anew.
+RECIPE = "qop"

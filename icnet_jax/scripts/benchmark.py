@@ -25,7 +25,7 @@ figures and settings (schema: `icnet_jax/benchmarking/speed.py`).
 `--backend=onnxruntime` (the extras of requirements-export.txt) exports each network to ONNX
 (jax2onnx) and times onnxruntime on the CPU instead of JAX, same protocol (no compilation to
 leave out; no FLOPs or memory figures). `--dtype=int8` adds the statically quantised model
-(QDQ, per channel, calibrated on `--calibration_images` random inputs: the weights are random
+(per channel, calibrated on `--calibration_images` random inputs: the weights are random
 too), timed after float32, with `speedup_vs_float32` in the JSON.
 
 `--checkpoint=RUN` times the run's own network (its saved architecture, width, classes and

@@ -36,7 +36,7 @@ the extras of requirements-export.txt are installed (about twice JAX's speed the
 JAX, and prints which in one line. `--backend=onnxruntime` runs the network on onnxruntime:
 exported to ONNX once per network input size and cached under
 `<workdir>/export/` (`icnet_jax/inference/onnx_backend.py`); the labels agree with JAX's.
-`--dtype=int8` quantises that export (static, QDQ, per channel), calibrated on
+`--dtype=int8` quantises that export (static, per channel), calibrated on
 `--calibration_images` training images of the checkpoint's dataset (`--config.dataset.*` says
 where it is prepared).
 

@@ -64,6 +64,43 @@ def test_onnx_matches_jax_with_a_dynamic_batch(checkpoint, tmp_path):
     # Each bilinear resize is one Resize node, not gathers and arithmetic (onnx_resize).
     ops = {node.op_type for node in model.graph.node}
     assert "Resize" in ops and "Gather" not in ops
+    # The stem's max pooling pads itself (onnx_pooling): no -inf left in the graph, and no
+    # shape recorded for a tensor that the padding had made larger (onnxruntime checks them).
+    onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    constants = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+    assert not any(np.isneginf(c).any() for c in constants if c.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("size", [(9, 17), (8, 16), (3, 4)])
+def test_max_pool_padding_becomes_the_pools_own(size, tmp_path):
+    """Caffe's ceil-mode pooling exported with its -inf padding folded into MaxPool's pads:
+    onnxruntime's values are the numpy reference's, and no Pad node is left."""
+    jax2onnx = pytest.importorskip("jax2onnx")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from icnet_jax.inference.onnx_pooling import fold_max_pool_padding
+    from icnet_jax.models import pooling
+
+    h, w = size
+    model = jax2onnx.to_onnx(pooling.max_pool_ceil, inputs=[("B", h, w, 2)], return_mode="proto")
+    assert "Pad" in {n.op_type for n in model.graph.node}
+    assert fold_max_pool_padding(model) == 1
+    assert "Pad" not in {n.op_type for n in model.graph.node} and not model.graph.initializer
+    onnx.save_model(model, str(tmp_path / "pool.onnx"))
+    x = np.random.default_rng(0).normal(size=(2, h, w, 2)).astype(np.float32)
+    (got,) = export.onnx_session(tmp_path / "pool.onnx").run(None, {model.graph.input[0].name: x})
+
+    def caffe_size(n: int) -> int:  # ceil mode; a last window starting in the padding dropped
+        out = int(np.ceil((n + 2 - 3) / 2)) + 1
+        return out - 1 if (out - 1) * 2 >= n + 1 else out
+
+    rows, cols = caffe_size(h), caffe_size(w)
+    padded = np.pad(x, ((0, 0), (1, 3), (1, 3), (0, 0)), constant_values=-np.inf)
+    expected = np.empty((2, rows, cols, 2), np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            expected[:, i, j] = padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2))
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
@@ -171,7 +208,7 @@ def test_onnxruntime_backend_gives_the_labels_of_jax_on_real_frames(tiny_checkpo
     assert not list((workdir / "export").glob(".*"))  # no temporary file left
 
 
-def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monkeypatch, tmp_path):
+def test_int8_backend_quantises_every_convolution(tiny_checkpoint, monkeypatch, tmp_path):
     pytest.importorskip("jax2onnx")
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
@@ -186,16 +223,15 @@ def test_int8_backend_quantises_the_export_with_qdq_nodes(tiny_checkpoint, monke
     assert labels.shape == frames[0].shape[:2] and labels.max() < 9
     # Close to float32 (a NaN scale, as -inf padding would give, leaves nothing in common).
     assert np.mean(labels == jax_run(frames[0])) >= 0.9
-    (path,) = (workdir / "export").glob("icnet_360x480_*_int8_u8act_n2.onnx")
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # onnxruntime fuses every convolution's Q/DQ group into QLinearConv: one left float (as
-    # int8 activations left a residual block's projection) runs in float between them.
+    (path,) = (workdir / "export").glob(f"icnet_360x480_*_int8_{quantize.RECIPE}_n2.onnx")
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert {"QLinearConv", "QLinearAdd", "QuantizeLinear", "DequantizeLinear"} <= set(ops)
+    # No convolution is left in float32, before or after onnxruntime's optimisations.
     options = session_options()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     fused = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
-    assert "QLinearConv" in fused and "Conv" not in fused
+    assert "Conv" not in ops and "QLinearConv" in fused and "Conv" not in fused
 
 
 def test_backend_combinations_and_missing_extras_are_one_error(monkeypatch):
