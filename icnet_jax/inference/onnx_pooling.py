@@ -40,7 +40,8 @@ def fold_max_pool_padding(model: Any) -> int:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    folded, reshaped = [], set()
+    folded: list[Any] = []
+    reshaped: set[str] = set()
     for pad in graph.node:
         value = constants.get(pad.input[2]) if len(pad.input) > 2 else None
         if pad.op_type != "Pad" or value is None or not np.all(np.isneginf(value)):
