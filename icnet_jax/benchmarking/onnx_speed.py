@@ -4,7 +4,7 @@ BatchNorm folded as `--fold_bn` says), run by onnxruntime on the CPU, in float32
 
 The weights are random, so the int8 ranges are calibrated on `calibration_images` random inputs
 (`networks.make_images` with the next seeds): speed does not depend on the ranges. mIoU of a real
-checkpoint in int8: `benchmarks/int8_camvid.py`. Each int8 result also has
+checkpoint in int8: `evaluate.py --backend=onnxruntime --dtype=int8`. Each int8 result also has
 `speedup_vs_float32`: the float32 median of the same export over the int8 median (int8 is timed
 with float32 for that ratio).
 """

@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 
 from icnet_jax.inference.image_io import write_png
@@ -44,20 +45,35 @@ def colorize(
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     num_classes = palette.shape[0]
-    valid = (labels >= 0) & (labels < num_classes)
-    if ignore_label is not None:
-        valid |= labels == ignore_label
-    if not valid.all():
-        bad = np.unique(labels[~valid])[:10].tolist()
-        raise ValueError(
-            f"label values {bad} are neither classes [0, {num_classes}) nor ignore ({ignore_label})"
-        )
     size = num_classes if ignore_label is None else max(num_classes, int(ignore_label) + 1)
-    table = np.zeros((size, 3), dtype=np.uint8)
+    if labels.dtype == np.uint8 and labels.ndim == 2 and size <= 256:
+        # uint8 maps (the predictions of up to 256 classes) through OpenCV's table lookup: a
+        # quarter of numpy's indexing time, what a video's colouring stage pays per frame.
+        table = np.zeros((256, 3), np.uint8)
+        valid = np.zeros(256, np.uint8)
+    else:
+        table = np.zeros((size, 3), dtype=np.uint8)
+        valid = None
     table[:num_classes] = palette.astype(np.uint8)
     if ignore_label is not None:
         table[int(ignore_label)] = np.asarray(ignore_color, dtype=np.uint8)
-    return table[labels.astype(np.intp)]
+    if valid is None:
+        ok = (labels >= 0) & (labels < num_classes)
+        if ignore_label is not None:
+            ok |= labels == ignore_label
+    else:
+        valid[:num_classes] = 1
+        if ignore_label is not None:
+            valid[int(ignore_label)] = 1
+        ok = cv2.LUT(labels, valid).view(bool)
+    if not ok.all():
+        bad = np.unique(labels[~ok])[:10].tolist()
+        raise ValueError(
+            f"label values {bad} are neither classes [0, {num_classes}) nor ignore ({ignore_label})"
+        )
+    if valid is None:
+        return table[labels.astype(np.intp)]
+    return cv2.LUT(cv2.merge([labels, labels, labels]), table[None])
 
 
 _BAND_ROWS = 256
@@ -93,6 +109,20 @@ def overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if alpha == 0.5 and image.dtype == colour_map.dtype == np.uint8:
+        # The default, in uint8: (a + b + 1) // 2 = (a | b) - ((a ^ b) >> 1), no float copies.
+        out = (image | colour_map) - ((image ^ colour_map) >> 1)
+    else:
+        out = _blend(image, colour_map, alpha)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} differs from image {image.shape[:2]}")
+        out = np.where(mask[:, :, None], out, image.astype(np.uint8))
+    return out
+
+
+def _blend(image: np.ndarray, colour_map: np.ndarray, alpha: float) -> np.ndarray:
     out = np.empty(image.shape, np.uint8)
     # Bands of rows: float64 copies of a whole 8000x8000 image would take 3 GiB.
     for top in range(0, image.shape[0], _BAND_ROWS):
@@ -100,11 +130,6 @@ def overlay(
         blended = (1.0 - alpha) * image[rows].astype(np.float64)
         blended += alpha * colour_map[rows].astype(np.float64)
         out[rows] = np.clip(np.floor(blended + 0.5), 0, 255)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask shape {mask.shape} differs from image {image.shape[:2]}")
-        out = np.where(mask[:, :, None], out, image.astype(np.uint8))
     return out
 
 
@@ -133,6 +158,8 @@ def overlay_labels(
     num_classes = palette.shape[0]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"label values outside the classes [0, {num_classes})")
+    if alpha == 0.5:  # the default: overlay's uint8 path is faster still
+        return overlay(image, colorize(labels, palette, ignore_label=None))
     values = np.arange(256, dtype=np.float64)[None, :, None]
     table = (1.0 - alpha) * values + alpha * palette.astype(np.float64)[:, None, :]
     flat = np.clip(np.floor(table + 0.5), 0, 255).astype(np.uint8).reshape(-1)  # [K * 256 * 3]

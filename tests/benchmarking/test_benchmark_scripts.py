@@ -9,7 +9,7 @@ from tests import scripts
 OWN_FLAG = {
     "cpu_profile.py": "--onnx",
     "export_speed.py": "--pause",
-    "int8_camvid.py": "--calibration_images",
+    "video_speed.py": "--batches",
     "pipeline_throughput.py": "--image_format",
     "standin_resnet50.py": "--out",
 }

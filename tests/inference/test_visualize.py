@@ -18,8 +18,9 @@ PALETTE = np.array([[10, 20, 30], [200, 100, 0], [0, 255, 7]], np.uint8)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_colorize_values():
-    labels = np.array([[0, 1, 2], [255, 2, 0]])
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])  # uint8: OpenCV's table lookup
+def test_colorize_values(dtype):
+    labels = np.array([[0, 1, 2], [255, 2, 0]], dtype)
     got = colorize(labels, PALETTE, ignore_color=(1, 2, 3))
     assert got.dtype == np.uint8 and got.shape == (2, 3, 3)
     expected = np.array(
@@ -29,11 +30,12 @@ def test_colorize_values():
     np.testing.assert_array_equal(colorize(labels, PALETTE)[1, 0], [0, 0, 0])  # default black
 
 
-def test_colorize_rejects_unknown_labels():
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_colorize_rejects_unknown_labels(dtype):
     with pytest.raises(ValueError, match=r"\[3, 7\]"):
-        colorize(np.array([[0, 3, 7]]), PALETTE)
+        colorize(np.array([[0, 3, 7]], dtype), PALETTE)
     with pytest.raises(ValueError, match="255"):
-        colorize(np.array([[255]]), PALETTE, ignore_label=None)
+        colorize(np.array([[255]], dtype), PALETTE, ignore_label=None)
 
 
 def test_colorize_cityscapes_palette():
