@@ -163,9 +163,10 @@ class ICNet(nn.Module):
         return _resize(sub124, (h, w))
 
 
-def _conv_bns(model: ICNet) -> list[tuple[str, nn.Module]]:
+def _conv_bns(model: ICNet) -> list[tuple[str, Any]]:
     """`(Flax layer path, torch ConvBN)` in the order of `ICNet.__init__`."""
-    pairs = [(n, m) for n, m in zip(("conv1_1_3x3_s2", "conv1_2_3x3", "conv1_3_3x3"), model.stem)]
+    stem_names = ("conv1_1_3x3_s2", "conv1_2_3x3", "conv1_3_3x3")
+    pairs: list[tuple[str, Any]] = list(zip(stem_names, model.stem))
     stages = [
         (2, model.conv2, 1),
         (3, model.conv3_1, 1),
@@ -217,6 +218,7 @@ def load_flax(model: ICNet, variables: Mapping[str, Any]) -> ICNet:
         ("conv6_cls", model.cls),
     )
     for path, conv in heads:
+        assert conv.bias is not None  # the heads have biases
         put(conv.weight, np.transpose(_at(params, path)["kernel"], (3, 2, 0, 1)))
         put(conv.bias, _at(params, path)["bias"])
     return model
@@ -240,7 +242,8 @@ def cascade_loss(
     ignore_label: int,
 ) -> torch.Tensor:
     """Sum over branches of weight x mean cross entropy over the labelled pixels."""
-    return sum(
+    terms = [
         weights[k] * F.cross_entropy(logits[k], labels[k], ignore_index=ignore_label)
         for k in weights
-    )
+    ]
+    return torch.stack(terms).sum()
