@@ -76,20 +76,12 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
-def _chain(error: BaseException | None) -> list[BaseException]:
-    chain: list[BaseException] = []
-    while error is not None and len(chain) < 20:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
 def _where_in(config_file: str, error: BaseException) -> str:
     """' (raised at FILE, line N)': the last line of `config_file` in the tracebacks of `error`'s
     chain (a syntax error: its own line); '' when the error did not come from that file."""
     path = os.path.realpath(config_files.resolve(config_file).split(":", 1)[0])
     line = None
-    for link in reversed(_chain(error)):
+    for link in reversed(errors.error_chain(error)):
         if (
             isinstance(link, SyntaxError)
             and link.filename
@@ -142,7 +134,7 @@ def _cannot_load(config: str, error: BaseException) -> str:
             f"cannot load --config={config}: {file} {what} (config paths are relative to the "
             f"current folder, {os.getcwd()}; run from the repository root or give the full path)"
         )
-    cause = _chain(error)[-1]
+    cause = errors.error_chain(error)[-1]
     if isinstance(cause, AttributeError) and "get_config" in str(cause):
         return f"cannot load --config={config}: {file} defines no get_config()"
     reason = str(cause).strip().splitlines() or [type(cause).__name__]
@@ -153,7 +145,7 @@ def _cannot_load(config: str, error: BaseException) -> str:
 
 def _flag_error_message(error: BaseException) -> str:
     """One line out of a (possibly chained, multi-line) flag parsing error."""
-    texts = [str(link) for link in _chain(error)]
+    texts = [str(link) for link in errors.error_chain(error)]
     text = " ".join(texts)
     hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     if hint:
@@ -321,44 +313,6 @@ def check_outputs() -> None:
     )
 
 
-# The install lines of https://docs.jax.dev/en/latest/installation.html, by platform.
-_NVIDIA = 'an NVIDIA GPU: pip install -U "jax[cuda13]" ("jax[cuda12]" with CUDA 12 drivers)'
-_JAX_INSTALL = {
-    "cuda": _NVIDIA,
-    "gpu": _NVIDIA,
-    "rocm": 'an AMD GPU: pip install -U "jax[rocm7-local]"',
-    "tpu": 'a TPU: pip install -U "jax[tpu]"',
-}
-
-
-def _unavailable_platform(error: BaseException) -> str | None:
-    """One line for a requested JAX platform that did not start (JAX_PLATFORMS=cuda on a
-    machine or install without CUDA: jax raises a bare AssertionError or a RuntimeError); None
-    for any other error."""
-    import jax
-
-    requested = os.environ.get("JAX_PLATFORMS", "")
-    from_backends = any(
-        "Unable to initialize backend" in str(link)
-        or any(
-            frame.filename.endswith(os.path.join("jax", "_src", "xla_bridge.py"))
-            for frame in traceback.extract_tb(link.__traceback__)[-1:]
-        )
-        for link in _chain(error)
-    )
-    if not requested or not from_backends:
-        return None
-    platforms = [p.strip() for p in requested.split(",")]
-    installs = dict.fromkeys(_JAX_INSTALL[p] for p in platforms if p in _JAX_INSTALL)
-    install = "; ".join(f"for {i}" for i in installs) or (
-        "see https://docs.jax.dev/en/latest/installation.html"
-    )
-    return (
-        f"JAX platform {requested!r} (JAX_PLATFORMS={requested}) is not available to the "
-        f"installed jax {jax.__version__}; {install}; or unset JAX_PLATFORMS to run on the CPU"
-    )
-
-
 def fail(message: str, status: int = EXIT_USAGE) -> None:
     """Prints `error: message` to stderr and exits with `status`."""
     print(f"error: {message}", file=sys.stderr)
@@ -403,7 +357,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
                 raise
             fail(str(error))
         except Exception as error:
-            platform = None if verbose() else _unavailable_platform(error)
+            platform = None if verbose() else errors.unavailable_platform(error)
             if platform is None:
                 raise
             fail(platform)

@@ -1,7 +1,8 @@
 """Failures a user causes and can fix, and the checks that raise them before any work.
 
 The library raises `UserError("what, where, what to do")`; the entry points (`icnet_jax.cli`)
-print it as one `error: ...` line with exit status 2 and no traceback.
+print it as one `error: ...` line with exit status 2 and no traceback. A JAX platform that does
+not start is turned into such a line too (`unavailable_platform`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+import traceback
 from collections.abc import Mapping
 
 
@@ -65,3 +67,50 @@ def _check_folder(folder: pathlib.Path, path: pathlib.Path, what: str) -> None:
             f"{what} {path}: cannot create anything in {existing} ({error.strerror or error}); "
             "choose another path"
         ) from None
+
+
+def error_chain(error: BaseException | None) -> list[BaseException]:
+    """`error`, its cause or context, theirs, ... (at most 20)."""
+    chain: list[BaseException] = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+# The install lines of https://docs.jax.dev/en/latest/installation.html, by platform.
+_NVIDIA = 'an NVIDIA GPU: pip install -U "jax[cuda13]" ("jax[cuda12]" with CUDA 12 drivers)'
+_JAX_INSTALL = {
+    "cuda": _NVIDIA,
+    "gpu": _NVIDIA,
+    "rocm": 'an AMD GPU: pip install -U "jax[rocm7-local]"',
+    "tpu": 'a TPU: pip install -U "jax[tpu]"',
+}
+
+
+def unavailable_platform(error: BaseException) -> str | None:
+    """One line for a requested JAX platform that did not start (JAX_PLATFORMS=cuda on a
+    machine or install without CUDA: jax raises a bare AssertionError or a RuntimeError); None
+    for any other error."""
+    import jax
+
+    requested = os.environ.get("JAX_PLATFORMS", "")
+    from_backends = any(
+        "Unable to initialize backend" in str(link)
+        or any(
+            frame.filename.endswith(os.path.join("jax", "_src", "xla_bridge.py"))
+            for frame in traceback.extract_tb(link.__traceback__)[-1:]
+        )
+        for link in error_chain(error)
+    )
+    if not requested or not from_backends:
+        return None
+    platforms = [p.strip() for p in requested.split(",")]
+    installs = dict.fromkeys(_JAX_INSTALL[p] for p in platforms if p in _JAX_INSTALL)
+    install = "; ".join(f"for {i}" for i in installs) or (
+        "see https://docs.jax.dev/en/latest/installation.html"
+    )
+    return (
+        f"JAX platform {requested!r} (JAX_PLATFORMS={requested}) is not available to the "
+        f"installed jax {jax.__version__}; {install}; or unset JAX_PLATFORMS to run on the CPU"
+    )
