@@ -65,6 +65,7 @@ class Model:
         (whole image, the run's evaluation size, the test-time options of `load`)."""
         c = self.config.input
         x = normalize(_rgb(image), c.mean, c.std, c.bgr)[None]
+        self.segmenter.make_ready(x.shape[1:3])
         (p,) = self._probabilities(self.segmenter.variables, x).values()
         return np.asarray(p)[0]
 

@@ -174,13 +174,18 @@ class Segmenter:
             raise sliding_window.out_of_memory_error(images[0].shape, None, self.tiles) from None
         return list(labels)
 
-    def _segment_whole(self, batch: np.ndarray) -> np.ndarray:
-        """Class ids `[N, H, W]` of prepared images `[N, H, W, 3]`, whole (every network input
-        size made ready first, outside the jitted function)."""
+    def make_ready(self, size: tuple[int, ...]) -> None:
+        """Makes the network ready for whole images of `size` (H, W): an onnxruntime network's
+        sessions of every input size the test-time options feed (made outside any traced
+        function; nothing for JAX)."""
         sizes = test_time.network_sizes(
-            batch.shape[1:3], self._scales, self._eval_size, self.config.model.align_corners
+            size[:2], self._scales, self._eval_size, self.config.model.align_corners
         )
         onnx_backend.prepare(self.network, sizes)
+
+    def _segment_whole(self, batch: np.ndarray) -> np.ndarray:
+        """Class ids `[N, H, W]` of prepared images `[N, H, W, 3]`, whole."""
+        self.make_ready(batch.shape[1:3])
         (labels,) = self._predict(self.variables, batch).values()
         return np.asarray(labels)
 

@@ -136,6 +136,21 @@ def test_evaluate_runs_the_export_beside_the_runs_own_evaluation(camvid_run):
     assert np.asarray(int8["branches"]["sub124"]["confusion"]).sum() == reference.sum()
 
 
+@pytest.mark.shared_data
+def test_a_loaded_model_on_onnxruntime_gives_probabilities_before_labels(camvid_run):
+    """`icnet_jax.load(..., backend="onnxruntime")`: probabilities first (their sessions made
+    before tracing), then labels: the labels are the probabilities' argmax."""
+    import icnet_jax
+
+    workdir, inputs = camvid_run
+    model = icnet_jax.load(workdir, backend="onnxruntime")
+    frame = image_io.read_image(next(p for p in inputs.iterdir() if p.suffix != ".mp4"))
+    probabilities = model.probabilities(frame)
+    assert probabilities.shape == (*frame.shape[:2], 11)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
+    assert np.mean(model.segment(frame) == probabilities.argmax(-1)) >= 0.999
+
+
 @pytest.mark.parametrize(
     "platform, extras, dtype, expected",
     [
