@@ -14,7 +14,7 @@ from icnet_jax import build
 from icnet_jax.data import datasets, pipeline
 from icnet_jax.data.input_spec import InputSpec
 from icnet_jax.evaluation import loop
-from icnet_jax.inference import onnx_backend, test_time
+from icnet_jax.inference import onnx_backend
 
 
 class Evaluator:
@@ -90,10 +90,10 @@ class Evaluator:
     def run_step(self, variables: Any, images: Any, labels: Any) -> Any:
         """`step`, after an onnxruntime network's sessions of these images' network input
         sizes are made (they cannot be made inside the trace; nothing for a Flax module)."""
-        sizes = test_time.network_sizes(
-            images.shape[1:3], self.scales, self.spec.eval_size, self.config.model.align_corners
-        )
-        onnx_backend.prepare(self.model, sizes)
+        onnx_backend.prepare_for_images(
+            self.model, images.shape[1:3], self.scales, self.spec.eval_size,
+            self.config.model.align_corners,
+        )  # fmt: skip
         return self.step(variables, images, labels)
 
     def __call__(

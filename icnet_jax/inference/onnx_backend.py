@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icnet_jax import build, errors
-from icnet_jax.inference import export
+from icnet_jax.inference import export, test_time
 from icnet_jax.models import fold_batchnorm
 
 _log = logging.getLogger(__name__)
@@ -234,6 +234,18 @@ def inference_network(loaded: Any, branch: str, backend: Backend) -> Any:
     if backend.name == "onnxruntime":
         return OnnxModel(loaded, branch, backend)
     return build.inference_model(loaded.config, loaded.num_classes, branch)
+
+
+def prepare_for_images(
+    network: Any,
+    image_size: Sequence[int],
+    scales: Sequence[float],
+    eval_size: Sequence[int] | None,
+    align_corners: bool,
+) -> None:
+    """`prepare` for every network input size that test-time averaging (`scales`, resizing to
+    `eval_size`) feeds for whole images of `image_size` (H, W)."""
+    prepare(network, test_time.network_sizes(image_size[:2], scales, eval_size, align_corners))
 
 
 def prepare(network: Any, sizes: Iterable[tuple[int, int]]) -> None:

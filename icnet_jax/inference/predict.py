@@ -178,10 +178,9 @@ class Segmenter:
         """Makes the network ready for whole images of `size` (H, W): an onnxruntime network's
         sessions of every input size the test-time options feed (made outside any traced
         function; nothing for JAX)."""
-        sizes = test_time.network_sizes(
-            size[:2], self._scales, self._eval_size, self.config.model.align_corners
+        onnx_backend.prepare_for_images(
+            self.network, size, self._scales, self._eval_size, self.config.model.align_corners
         )
-        onnx_backend.prepare(self.network, sizes)
 
     def _segment_whole(self, batch: np.ndarray) -> np.ndarray:
         """Class ids `[N, H, W]` of prepared images `[N, H, W, 3]`, whole."""
